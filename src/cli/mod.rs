@@ -1,0 +1,201 @@
+//! The command line: argument structs (plain data, parsed into typed values by clap), one file
+//! per command, and the one place that prints and turns errors into exit statuses.
+//!
+//! Exit statuses are part of the interface (scripts and the scheduler read them); see
+//! [`exit`].
+
+mod estimate;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit statuses, documented in README and `upload send --help`.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// Anything not covered below (e.g. the state database cannot be opened).
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments or input (a malformed size, rate, time or URL): fix the command line.
+    pub const USAGE: u8 = 2;
+    /// The source file is missing or unreadable.
+    pub const SOURCE: u8 = 3;
+    /// The source is not a regular file (a directory, a device).
+    pub const NOT_A_FILE: u8 = 4;
+    /// The source file changed since its upload began; `--restart` starts over.
+    pub const CHANGED: u8 = 5;
+    /// The server could not be reached, or kept failing, within `--max-retries`.
+    pub const NETWORK: u8 = 6;
+    /// The server refused the credentials (401/403).
+    pub const AUTH: u8 = 7;
+    /// The server refused the size (413).
+    pub const TOO_LARGE: u8 = 8;
+    /// The server received the whole file but its SHA-256 did not match: nothing was published.
+    pub const VERIFY: u8 = 9;
+    /// Another `upload` process is sending this transfer right now.
+    pub const BUSY: u8 = 10;
+    /// The server answered in a way tus does not allow, or the upload vanished from it.
+    pub const PROTOCOL: u8 = 11;
+    /// Interrupted by SIGINT or SIGTERM; progress is saved, rerun to continue.
+    pub const INTERRUPTED: u8 = 130;
+
+    /// The table printed in `upload send --help` and README.
+    pub const TABLE: &str = "\
+Exit status:
+  0   done: the file is on the server, verified
+  1   other failure (e.g. the state database cannot be opened)
+  2   bad arguments (size, rate, time, URL)
+  3   the source file is missing or unreadable
+  4   the source is not a regular file
+  5   the source changed since its upload began (--restart starts over)
+  6   the server could not be reached or kept failing (see --max-retries)
+  7   the server refused the credentials (401/403)
+  8   the server refused the size (413)
+  9   the server's SHA-256 of the whole file did not match: nothing was published
+  10  another upload process is sending this transfer
+  11  the server broke the tus protocol, or the upload vanished from it
+  130 interrupted: progress is saved, rerun the same command to continue";
+}
+
+/// Get big files over slow, flaky uplinks, resumably and verified (tus 1.0).
+#[derive(Debug, Parser)]
+#[command(name = "upload", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The state database (transfers, link history).
+    /// [default: $XDG_STATE_HOME/upload/upload.db]
+    #[arg(long, global = true, env = "UPLOAD_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logs go to stderr. The server logs what it receives by default; a client shows its
+/// progress display instead and logs only errors unless asked.
+fn init_logging(verbose: u8, command: &Command) {
+    let default = match (verbose, command) {
+        (0, _) => "upload=error",
+        (1, _) => "upload=info",
+        _ => "upload=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// How long an upload takes on this link, when it finishes within the allowed windows,
+    /// and whether building on the remote side is faster.
+    #[command(after_help = estimate::AFTER_HELP)]
+    Estimate(estimate::Args),
+}
+
+/// An error on its way out, with the exit status it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self::new(exit::USAGE, error)
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::new(exit::FAILURE, e)
+    }
+}
+
+/// Parses the command line, runs the command, prints, and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    init_logging(cli.verbose, &cli.command);
+    let global = Global { db: cli.db };
+    match cli.command {
+        Command::Estimate(args) => estimate::run(&global, args),
+    }
+}
+
+/// Options every command may use.
+pub struct Global {
+    pub db: Option<PathBuf>,
+}
+
+impl Global {
+    /// The state database path: `--db`, `UPLOAD_DB`, else the XDG default.
+    pub fn db_path(&self) -> Result<PathBuf, Failure> {
+        match &self.db {
+            Some(p) => Ok(p.clone()),
+            None => crate::store::default_db_path().map_err(Failure::usage),
+        }
+    }
+}
+
+/// "first", "second", ... for nights and windows, as people say them.
+pub fn ordinal(n: u32) -> String {
+    const WORDS: [&str; 10] = [
+        "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth",
+        "tenth",
+    ];
+    match n {
+        1..=10 => WORDS[n as usize - 1].to_string(),
+        _ => {
+            let suffix = match (n % 10, n % 100) {
+                (_, 11..=13) => "th",
+                (1, _) => "st",
+                (2, _) => "nd",
+                (3, _) => "rd",
+                _ => "th",
+            };
+            format!("{n}{suffix}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ordinals() {
+        assert_eq!(ordinal(3), "third");
+        assert_eq!(ordinal(11), "11th");
+        assert_eq!(ordinal(22), "22nd");
+        assert_eq!(ordinal(101), "101st");
+    }
+}

@@ -1,0 +1,10 @@
+//! `upload`: get big files over slow, flaky uplinks, unattended, without losing a byte.
+//!
+//! Data flows one way: `cli` (parses, prints) -> engine (`estimate`, `send`, `queue`)
+//! -> transport (`client`, `server`, `protocol`). Only `store` speaks SQL; only `cli` prints.
+
+pub mod cli;
+pub mod estimate;
+pub mod schedule;
+pub mod store;
+pub mod units;

@@ -1,0 +1,74 @@
+//! Shared fixtures: a temp dir with its own state database, and the real `upload` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fresh directory and state database for one test.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("state.db")
+    }
+
+    /// The real binary, with this test's database, UTC as local time, and no inherited
+    /// configuration.
+    pub fn upload(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_upload"));
+        cmd.env("UPLOAD_DB", self.db())
+            .env("TZ", "UTC")
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_STATE_HOME", self.path("state"))
+            .env_remove("UPLOAD_TOKEN")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Writes `len` bytes of a repeatable pattern and returns the path.
+    pub fn file(&self, name: &str, len: usize) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, pattern(len, 7)).expect("write test file");
+        p
+    }
+}
+
+/// Deterministic, non-repeating-looking bytes (a small xorshift), so offsets matter.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs a command and returns its output, with stdout and stderr as text for assertions.
+pub fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run upload");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let data = std::fs::read(path).expect("read for hash");
+    hex::encode(sha2::Sha256::digest(&data))
+}

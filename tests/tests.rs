@@ -1,0 +1,5 @@
+//! Integration tests, built into one binary so they link once (two cores).
+
+mod helper;
+
+mod estimate;
