@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod estimate;
+pub mod protocol;
 pub mod schedule;
+pub mod server;
 pub mod store;
 pub mod units;

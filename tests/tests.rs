@@ -3,3 +3,4 @@
 mod helper;
 
 mod estimate;
+mod server;

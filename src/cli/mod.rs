@@ -5,6 +5,7 @@
 //! [`exit`].
 
 mod estimate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ pub struct Cli {
 /// progress display instead and logs only errors unless asked.
 fn init_logging(verbose: u8, command: &Command) {
     let default = match (verbose, command) {
+        (0, Command::Serve(_)) => "upload=info",
         (0, _) => "upload=error",
         (1, _) => "upload=info",
         _ => "upload=debug",
@@ -87,6 +89,7 @@ fn init_logging(verbose: u8, command: &Command) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -97,6 +100,10 @@ pub enum Command {
     /// and whether building on the remote side is faster.
     #[command(after_help = estimate::AFTER_HELP)]
     Estimate(estimate::Args),
+
+    /// Receive uploads: a tus 1.0 server that publishes only complete, verified files.
+    #[command(after_help = serve::AFTER_HELP)]
+    Serve(serve::Args),
 }
 
 /// An error on its way out, with the exit status it maps to.
@@ -142,6 +149,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let global = Global { db: cli.db };
     match cli.command {
         Command::Estimate(args) => estimate::run(&global, args),
+        Command::Serve(args) => serve::run(&global, args),
     }
 }
 

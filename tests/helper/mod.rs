@@ -72,3 +72,27 @@ pub fn sha256_file(path: &Path) -> String {
     let data = std::fs::read(path).expect("read for hash");
     hex::encode(sha2::Sha256::digest(&data))
 }
+pub mod http;
+
+pub mod serve;
+
+impl Env {
+    /// Starts `upload serve` on a free loopback port, storing into `inbox/`, without auth.
+    pub fn serve(&self, extra: &[&str]) -> serve::ServeProcess {
+        self.serve_on("127.0.0.1:0", extra)
+    }
+
+    pub fn serve_on(&self, listen: &str, extra: &[&str]) -> serve::ServeProcess {
+        let dir = self.path("inbox");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = self.upload();
+        cmd.args(["serve", "--dir"])
+            .arg(&dir)
+            .args(["--listen", listen]);
+        if !extra.contains(&"--token-file") {
+            cmd.arg("--no-auth");
+        }
+        cmd.args(extra);
+        serve::ServeProcess::start(cmd, &dir)
+    }
+}

@@ -1,0 +1,207 @@
+//! `upload serve --dir DIR`: turns the arguments into a [`server::Config`], refuses to run an
+//! open server on a reachable address, runs the server on its own tokio runtime, and prints the
+//! one line scripts and tests wait for: `listening on http://ADDR/files/`.
+
+use super::{Failure, Global};
+use crate::server::{self, Config, Server};
+use crate::units::{self, Size};
+use anyhow::anyhow;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  upload serve --dir /srv/uploads --listen 0.0.0.0:8080 --token-file /etc/upload/tokens
+  upload serve --dir ./incoming --no-auth                  (loopback only, e.g. behind a proxy)
+  upload serve --dir /srv/uploads --token-file tokens --max-size 50GiB --expire-after 3d
+
+Clients upload to http://HOST:PORT/files/ (tus 1.0.0: creation, creation-with-upload,
+creation-defer-length, checksum, termination, expiration). Unfinished uploads wait in
+DIR/.partial; a finished upload is published in DIR under its metadata filename, reduced to a
+safe base name, once its SHA-256 matches the one declared (metadata sha256 or Repr-Digest).
+Without a declared SHA-256 it is published unverified.
+
+Name clashes: a file in DIR is never overwritten. If DIR/NAME exists with identical content,
+the upload counts as delivered there; otherwise it is published as STEM.1.EXT, STEM.2.EXT, ...
+(e.g. debian.1.iso; the first free one). The response names it in Upload-Published-As.
+
+Token file: one token per line; blank lines and lines starting with # are ignored. Clients send
+Authorization: Bearer TOKEN. Without --token-file, --no-auth is required and only allowed on a
+loopback address.
+
+Uploads idle longer than --expire-after are removed. SIGINT or SIGTERM stop the server: it
+stops accepting, lets running requests go on for a few seconds, then keeps what each
+interrupted upload received (or discards it when it carried a checksum) and exits 0.";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where finished uploads are published (created if missing); unfinished ones wait in
+    /// DIR/.partial.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The IP address and port to listen on; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Accept only the bearer tokens in this file (one per line, # comments).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_auth")]
+    pub token_file: Option<PathBuf>,
+
+    /// Accept uploads without a token; only on a loopback --listen address.
+    #[arg(long)]
+    pub no_auth: bool,
+
+    /// Refuse uploads larger than this, e.g. 50GiB [default: no limit].
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<Size>,
+
+    /// Remove uploads (and records of finished ones) idle this long, e.g. 3d or 12h.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "7d")]
+    pub expire_after: Duration,
+
+    /// Treat an upload whose client sends nothing for this long as interrupted, e.g. 60s.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+}
+
+pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
+    let config = config(&args)?;
+    let listen = args.listen;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::from(anyhow!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        // Signal handlers first: a SIGTERM right after the "listening" line must stop the
+        // server gracefully, not kill it with the default action.
+        let shutdown = shutdown_signal()?;
+        let server = Server::bind(config, listen).await?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{}/files/", server.local_addr())?;
+        stdout.flush()?;
+        drop(stdout);
+        server.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+fn config(args: &Args) -> Result<Config, Failure> {
+    let tokens = match (&args.token_file, args.no_auth) {
+        (Some(path), _) => Some(server::load_token_file(path).map_err(Failure::usage)?),
+        (None, true) if args.listen.ip().is_loopback() => None,
+        (None, true) => {
+            return Err(Failure::usage(anyhow!(
+                "--no-auth is only allowed on a loopback address, and {} is not one: anyone who \
+                 can reach it could fill the disk. Give --token-file FILE (one token per line), \
+                 e.g. upload serve --dir {} --listen {} --token-file /etc/upload/tokens",
+                args.listen,
+                args.dir.display(),
+                args.listen
+            )));
+        }
+        (None, false) => {
+            return Err(Failure::usage(anyhow!(
+                "the server needs --token-file FILE (one token per line), e.g. upload serve \
+                 --dir {} --token-file /etc/upload/tokens; or --no-auth to accept anyone, only \
+                 on a loopback address, e.g. upload serve --dir {} --listen 127.0.0.1:8080 \
+                 --no-auth",
+                args.dir.display(),
+                args.dir.display()
+            )));
+        }
+    };
+    if args.expire_after.is_zero() {
+        return Err(Failure::usage(anyhow!(
+            "--expire-after must be more than 0, e.g. 7d"
+        )));
+    }
+    if args.idle_timeout.is_zero() {
+        return Err(Failure::usage(anyhow!(
+            "--idle-timeout must be more than 0, e.g. 60s"
+        )));
+    }
+    Ok(Config {
+        dir: args.dir.clone(),
+        tokens,
+        max_size: args.max_size.map(Size::bytes),
+        expire_after: args.expire_after,
+        // A short expiry (tests, a scratch server) is pointless if only checked hourly.
+        sweep_interval: Config::DEFAULT_SWEEP_INTERVAL
+            .min(args.expire_after / 4)
+            .max(Duration::from_secs(1)),
+        idle_timeout: args.idle_timeout,
+    })
+}
+
+/// Resolves at the first SIGINT or SIGTERM. The handlers are installed now, not on first poll.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failure> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("signal received");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("signal received");
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(listen: &str, token_file: Option<PathBuf>, no_auth: bool) -> Args {
+        Args {
+            dir: PathBuf::from("/srv/uploads"),
+            listen: listen.parse().unwrap(),
+            token_file,
+            no_auth,
+            max_size: None,
+            expire_after: Duration::from_secs(7 * 86400),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn no_auth_only_on_loopback() {
+        assert!(config(&args("127.0.0.1:8080", None, true)).is_ok());
+        assert!(config(&args("[::1]:8080", None, true)).is_ok());
+        for (listen, no_auth) in [("0.0.0.0:8080", true), ("127.0.0.1:8080", false)] {
+            let failure = config(&args(listen, None, no_auth)).unwrap_err();
+            assert_eq!(failure.code, super::super::exit::USAGE);
+            let message = failure.error.to_string();
+            assert!(
+                message.contains("--token-file") && message.contains("e.g. upload serve"),
+                "{message}"
+            );
+        }
+        let failure = config(&args("127.0.0.1:8080", None, false)).unwrap_err();
+        assert!(failure.error.to_string().contains("--no-auth"));
+    }
+
+    #[test]
+    fn short_expiry_sweeps_often() {
+        let mut a = args("127.0.0.1:0", None, true);
+        a.expire_after = Duration::from_secs(60);
+        assert_eq!(config(&a).unwrap().sweep_interval, Duration::from_secs(15));
+        let a = args("127.0.0.1:0", None, true);
+        assert_eq!(
+            config(&a).unwrap().sweep_interval,
+            Duration::from_secs(3600)
+        );
+    }
+}

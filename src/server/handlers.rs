@@ -1,0 +1,446 @@
+//! The tus routes: `/files/` (creation) and `/files/{id}` (core: HEAD, PATCH; termination:
+//! DELETE), OPTIONS on both, and what every request passes first (method override, version,
+//! token).
+//!
+//! Routes take any method and dispatch on the effective one themselves, because
+//! `X-HTTP-Method-Override` must be applied before routing and axum's layers run after it.
+//! Each request runs in its own task: hyper drops a handler's future when its connection dies,
+//! and a PATCH must always get to commit or discard what it wrote.
+
+use super::App;
+use super::append::{self, BodyHeaders, Published, append, complete, settle};
+use super::error::ApiError;
+use super::names::Id;
+use super::storage::{Info, State, now_ms};
+use super::uploads::{Upload, blocking};
+use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// `Upload-Metadata` longer than this is refused (431): metadata is names and hashes, and what
+/// is stored per upload stays small.
+pub(crate) const MAX_METADATA_BYTES: usize = 4096;
+
+const CREATION_ALLOW: &str = "OPTIONS, POST";
+const UPLOAD_ALLOW: &str = "OPTIONS, HEAD, PATCH, DELETE";
+
+/// What `Tus-Extension` advertises: exactly what the handlers below implement.
+const EXTENSIONS: [&str; 6] = [
+    ext::CREATION,
+    ext::CREATION_WITH_UPLOAD,
+    ext::CREATION_DEFER_LENGTH,
+    ext::CHECKSUM,
+    ext::TERMINATION,
+    ext::EXPIRATION,
+];
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/files", any(creation_route))
+        .route("/files/", any(creation_route))
+        .route("/files/{id}", any(upload_route))
+        .fallback(|| async { ApiError::NotFound })
+        // Bodies are streamed to disk, never collected; the size limit is the upload's length.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(tus_resumable))
+        .with_state(app)
+}
+
+async fn tus_resumable(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        protocol::TUS_RESUMABLE,
+        HeaderValue::from_static(protocol::TUS_VERSION),
+    );
+    response
+}
+
+#[derive(Debug)]
+enum Target {
+    Creation,
+    /// The path segment as sent; checked only after the token.
+    Upload(String),
+}
+
+async fn creation_route(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: Request,
+) -> Response {
+    spawn(app, Target::Creation, req).await
+}
+
+async fn upload_route(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    spawn(app, Target::Upload(id), req).await
+}
+
+async fn spawn(app: Arc<App>, target: Target, req: Request) -> Response {
+    match tokio::spawn(handle(app, target, req)).await {
+        Ok(result) => result.into_response(),
+        Err(e) => ApiError::Internal(format!("request task failed: {e}")).into_response(),
+    }
+}
+
+async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response, ApiError> {
+    let method = effective_method(&req)?;
+    if method == Method::OPTIONS {
+        return Ok(options(&app));
+    }
+    check_version(req.headers())?;
+    if let Some(tokens) = &app.tokens
+        && !tokens.allows(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    let upload = |raw: &str| Id::parse(raw).ok_or(ApiError::NotFound);
+    match (target, method) {
+        (Target::Creation, Method::POST) => create(&app, req).await,
+        (Target::Creation, _) => Err(ApiError::MethodNotAllowed {
+            allow: CREATION_ALLOW,
+        }),
+        (Target::Upload(id), Method::HEAD) => head(&app, &upload(&id)?).await,
+        (Target::Upload(id), Method::PATCH) => patch(&app, &upload(&id)?, req).await,
+        (Target::Upload(id), Method::DELETE) => delete(&app, &upload(&id)?).await,
+        (Target::Upload(_), _) => Err(ApiError::MethodNotAllowed {
+            allow: UPLOAD_ALLOW,
+        }),
+    }
+}
+
+/// `X-HTTP-Method-Override` on a POST, for clients behind proxies that only pass GET and POST.
+fn effective_method(req: &Request) -> Result<Method, ApiError> {
+    match req.headers().get(protocol::METHOD_OVERRIDE) {
+        Some(value) if req.method() == Method::POST => Method::from_bytes(value.as_bytes())
+            .map_err(|_| ApiError::BadRequest("X-HTTP-Method-Override is not a method".into())),
+        _ => Ok(req.method().clone()),
+    }
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(protocol::TUS_RESUMABLE) {
+        Some(v) if v == protocol::TUS_VERSION => Ok(()),
+        _ => Err(ApiError::Version),
+    }
+}
+
+/// A header as text; `None` when absent. Non-ASCII is a 400: no tus header has any.
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("{name} is not ASCII text")))
+        })
+        .transpose()
+}
+
+fn body_headers(headers: &HeaderMap) -> Result<BodyHeaders, ApiError> {
+    Ok(BodyHeaders {
+        checksum: text(headers, protocol::UPLOAD_CHECKSUM)?
+            .map(Checksum::parse)
+            .transpose()?,
+        repr_digest: text(headers, protocol::REPR_DIGEST)?
+            .map(protocol::parse_repr_digest)
+            .transpose()?,
+        content_length: text(headers, header::CONTENT_LENGTH.as_str())?
+            .map(|v| protocol::parse_u64("Content-Length", v))
+            .transpose()?,
+    })
+}
+
+fn has_upload_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == protocol::OFFSET_OCTET_STREAM)
+}
+
+fn options(app: &App) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        protocol::TUS_VERSION_HEADER,
+        HeaderValue::from_static(protocol::TUS_VERSION),
+    );
+    set(h, protocol::TUS_EXTENSION, &EXTENSIONS.join(","));
+    set(
+        h,
+        protocol::TUS_CHECKSUM_ALGORITHM,
+        &Algorithm::header_value(),
+    );
+    if let Some(max) = app.config.max_size {
+        h.insert(protocol::TUS_MAX_SIZE, HeaderValue::from(max));
+    }
+    response
+}
+
+/// creation, creation-defer-length, creation-with-upload.
+async fn create(app: &App, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers();
+    let length = match (
+        text(headers, protocol::UPLOAD_LENGTH)?,
+        text(headers, protocol::UPLOAD_DEFER_LENGTH)?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "send Upload-Length or Upload-Defer-Length, not both".into(),
+            ));
+        }
+        (Some(length), None) => Some(protocol::parse_length(length)?),
+        (None, Some(defer)) => {
+            protocol::parse_defer_length(defer)?;
+            None
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "Upload-Length or Upload-Defer-Length: 1 is required".into(),
+            ));
+        }
+    };
+    if let (Some(length), Some(max)) = (length, app.config.max_size)
+        && length > max
+    {
+        return Err(ApiError::TooLarge(format!(
+            "Upload-Length {length} is over this server's maximum of {max} bytes"
+        )));
+    }
+    let metadata = text(headers, protocol::UPLOAD_METADATA)?.unwrap_or_default();
+    if metadata.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::MetadataTooLarge {
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    let parsed = Metadata::parse(metadata)?;
+    let expected_sha256 = match parsed.0.get(protocol::meta::SHA256) {
+        None => None,
+        Some(value) => {
+            let value = std::str::from_utf8(value).ok();
+            let sha = value.and_then(protocol::parse_hex_sha256).ok_or_else(|| {
+                ApiError::BadRequest("metadata sha256 is not 64 hex digits".into())
+            })?;
+            Some(hex::encode(sha))
+        }
+    };
+    let with_body = has_upload_body(headers);
+    let body_headers = body_headers(headers)?;
+
+    let id = Id::random();
+    let now = now_ms();
+    let info = Info {
+        id: id.to_string(),
+        length,
+        offset: 0,
+        metadata: metadata.to_string(),
+        expected_sha256,
+        created_ms: now,
+        last_activity_ms: now,
+        state: State::Partial,
+    };
+    let store = app.uploads.store().clone();
+    let (create_id, create_info) = (id.clone(), info.clone());
+    let mut held = app
+        .uploads
+        .insert(Upload {
+            id: id.clone(),
+            info,
+            sha: Some(Sha256::new()),
+        })
+        .await;
+    if let Err(e) = blocking(move || store.create(&create_info, &create_id)).await {
+        app.uploads.remove(&mut held, &id).await?;
+        return Err(e);
+    }
+    tracing::info!(%id, ?length, metadata = %metadata, "created");
+
+    let published = if with_body {
+        match append(app, &mut held, req.into_body(), body_headers).await {
+            Ok(published) => published,
+            // The upload exists either way; the client learns the offset and resumes.
+            Err(e) if e.rejects_body_only() => {
+                tracing::info!(%id, error = %e, "creation body not kept whole");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else if length == Some(0) {
+        Some(complete(app, &mut held, body_headers.repr_digest).await?)
+    } else {
+        None
+    };
+
+    let upload = held.upload();
+    let mut response = StatusCode::CREATED.into_response();
+    let h = response.headers_mut();
+    set(h, header::LOCATION.as_str(), &format!("/files/{id}"));
+    h.insert(
+        protocol::UPLOAD_OFFSET,
+        HeaderValue::from(upload.info.offset),
+    );
+    expires(app, h, &upload.info);
+    if let Some(published) = published {
+        set_published(h, &published);
+    }
+    Ok(response)
+}
+
+/// core: HEAD.
+async fn head(app: &App, id: &Id) -> Result<Response, ApiError> {
+    let mut held = app.uploads.acquire(id).await?;
+    settle(app, &mut held).await?;
+    let upload = held.upload();
+    if let Some((declared, received)) = upload.is_failed() {
+        return Err(gone(declared, received));
+    }
+    let info = &upload.info;
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(protocol::UPLOAD_OFFSET, HeaderValue::from(info.offset));
+    match info.length {
+        Some(length) => h.insert(protocol::UPLOAD_LENGTH, HeaderValue::from(length)),
+        None => h.insert(protocol::UPLOAD_DEFER_LENGTH, HeaderValue::from_static("1")),
+    };
+    if !info.metadata.is_empty() {
+        set(h, protocol::UPLOAD_METADATA, &info.metadata);
+    }
+    match Published::of(info) {
+        Some(published) => set_published(h, &published),
+        None => expires(app, h, info),
+    }
+    Ok(response)
+}
+
+/// core: PATCH, with checksum and the deferred length.
+async fn patch(app: &App, id: &Id, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers();
+    if !has_upload_body(headers) {
+        return Err(ApiError::ContentType);
+    }
+    let offset = text(headers, protocol::UPLOAD_OFFSET)?
+        .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))
+        .and_then(|v| Ok(protocol::parse_offset(v)?))?;
+    let new_length = text(headers, protocol::UPLOAD_LENGTH)?
+        .map(protocol::parse_length)
+        .transpose()?;
+    let body_headers = body_headers(headers)?;
+
+    let mut held = app.uploads.acquire(id).await?;
+    settle(app, &mut held).await?;
+    let upload = held.upload();
+    if let Some((declared, received)) = upload.is_failed() {
+        return Err(gone(declared, received));
+    }
+    if offset != upload.info.offset {
+        return Err(ApiError::OffsetMismatch {
+            sent: offset,
+            offset: upload.info.offset,
+        });
+    }
+    if let Some(published) = Published::of(&upload.info) {
+        // A repeat of the last PATCH (its response was lost): nothing to add.
+        if body_headers.content_length.unwrap_or(0) > 0 {
+            return Err(ApiError::TooLarge("the upload is complete".into()));
+        }
+        return Ok(patched(app, &upload.info, Some(published)));
+    }
+    if let Some(length) = new_length {
+        declare_length(app, upload, length).await?;
+    }
+
+    let published = append(app, &mut held, req.into_body(), body_headers).await?;
+    Ok(patched(app, &held.upload().info, published))
+}
+
+/// creation-defer-length: the length arrives on a PATCH, once.
+async fn declare_length(app: &App, upload: &mut Upload, length: u64) -> Result<(), ApiError> {
+    match upload.info.length {
+        Some(known) if known == length => return Ok(()),
+        Some(known) => {
+            return Err(ApiError::BadRequest(format!(
+                "Upload-Length is already {known} and cannot change"
+            )));
+        }
+        None => {}
+    }
+    if length < upload.info.offset {
+        return Err(ApiError::BadRequest(format!(
+            "Upload-Length {length} is less than the {} bytes already received",
+            upload.info.offset
+        )));
+    }
+    if let Some(max) = app.config.max_size
+        && length > max
+    {
+        return Err(ApiError::TooLarge(format!(
+            "Upload-Length {length} is over this server's maximum of {max} bytes"
+        )));
+    }
+    upload.info.length = Some(length);
+    append::save(app, &upload.id, &upload.info).await
+}
+
+fn patched(app: &App, info: &Info, published: Option<Published>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(protocol::UPLOAD_OFFSET, HeaderValue::from(info.offset));
+    expires(app, h, info);
+    if let Some(published) = published {
+        set_published(h, &published);
+    }
+    response
+}
+
+/// termination. A published file stays: it belongs to `DIR` now; only the record goes.
+async fn delete(app: &App, id: &Id) -> Result<Response, ApiError> {
+    let mut held = app.uploads.acquire(id).await?;
+    app.uploads.remove(&mut held, id).await?;
+    tracing::info!(%id, "terminated");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn gone(declared: &str, received: &str) -> ApiError {
+    ApiError::Gone(format!(
+        "whole-file SHA-256 mismatch: declared {declared}, received {received}; nothing was published"
+    ))
+}
+
+fn expires(app: &App, h: &mut HeaderMap, info: &Info) {
+    let at = info.expires_at(app.config.expire_after);
+    set(h, protocol::UPLOAD_EXPIRES, &httpdate::fmt_http_date(at));
+}
+
+fn set_published(h: &mut HeaderMap, published: &Published) {
+    set(
+        h,
+        protocol::UPLOAD_PUBLISHED_AS,
+        &protocol::encode_header_text(&published.name),
+    );
+    set(
+        h,
+        protocol::REPR_DIGEST,
+        &protocol::format_repr_digest(&published.sha256),
+    );
+}
+
+/// Inserts a header value made of printable ASCII (everything above builds only those).
+fn set(h: &mut HeaderMap, name: &str, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
+                value,
+            );
+        }
+        Err(_) => tracing::error!(name, value, "not a valid header value; left out"),
+    }
+}

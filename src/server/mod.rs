@@ -1,0 +1,276 @@
+//! `upload serve`: a tus 1.0.0 server (core, creation, creation-with-upload,
+//! creation-defer-length, checksum, termination, expiration) that receives uploads into a
+//! directory, verifies them, and publishes them under their names.
+//!
+//! This module owns the server's life: configuration, binding, the accept loop, graceful
+//! shutdown, and the expiry sweeper. The rest is split the way the protocol is:
+//! - `handlers`: routes, method override, version and token checks, one function per tus
+//!   request (extension by extension);
+//! - `append`: streaming a body to disk, commit/discard, checksum, whole-file SHA-256, publish;
+//! - `uploads`: the per-upload lock and takeover of a request stuck on a dead link;
+//! - `storage`: the files (`DIR/.partial/<id>.part` and `.info`), crash consistency;
+//! - `names`: ids and safe published names; `auth`: bearer tokens; `error`: statuses.
+//!
+//! Publishing and name clashes. A finished upload is hard-linked from its part file to
+//! `DIR/<name>`, where `<name>` is the metadata `filename` (or `name`) reduced to a safe base
+//! name (see [`names::safe_name`]). A published file is never overwritten: if `DIR/<name>`
+//! exists with identical content (same size and SHA-256) the upload counts as delivered there;
+//! otherwise it is published as `stem.1.ext`, `stem.2.ext`, … (the first free or identical
+//! one). The name used is returned in `Upload-Published-As` (percent-encoded outside printable
+//! ASCII) with the file's `Repr-Digest`. Nothing incomplete ever sits under a final name.
+//!
+//! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or a `Repr-Digest`
+//! on the completing PATCH; on a mismatch the data is deleted, the PATCH gets 422 and HEAD 410.
+//! Without either, the upload is published unverified (third-party clients).
+//!
+//! Statuses where tus is silent: 431 for metadata over 4 KiB; 408 / 409 / 400 for a body cut
+//! off by the idle timeout / by a newer request for the upload / by a broken connection (the
+//! offset is in the response either way); 503 + Retry-After when a takeover does not get the
+//! upload within 5 s; 507 on a full disk; 405 + Allow for other methods.
+
+mod append;
+mod auth;
+mod error;
+mod handlers;
+mod names;
+mod storage;
+mod uploads;
+
+pub use auth::load_token_file;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// How long in-flight requests may go on after a shutdown signal before their bodies are
+/// interrupted (and committed or discarded like any interrupted body).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long interrupted requests get to commit and answer before their connections are cut.
+const SHUTDOWN_STOP: Duration = Duration::from_secs(2);
+
+/// What the server needs to know; `Config::new` has the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Finished uploads land here; unfinished ones in `dir/.partial`.
+    pub dir: PathBuf,
+    /// Accepted bearer tokens; `None` accepts anyone.
+    pub tokens: Option<Vec<String>>,
+    /// The largest upload accepted (`Tus-Max-Size`).
+    pub max_size: Option<u64>,
+    /// An upload idle this long is removed (and so is the record of a finished one).
+    pub expire_after: Duration,
+    /// How often expired uploads are looked for.
+    pub sweep_interval: Duration,
+    /// A body that sends nothing for this long is treated as interrupted.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// No auth, no size limit, default timings.
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            tokens: None,
+            max_size: None,
+            expire_after: Self::DEFAULT_EXPIRE_AFTER,
+            sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use {} as the upload directory: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} holds no token: put one per line (lines starting with # are comments)",
+        path.as_ref().map_or("the token list".to_string(), |p| p.display().to_string())
+    )]
+    NoTokens { path: Option<PathBuf> },
+}
+
+/// Shared by every request.
+pub(crate) struct App {
+    config: Config,
+    tokens: Option<auth::Tokens>,
+    uploads: uploads::Uploads,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Creates `DIR/.partial` when missing and binds `addr` (port 0 picks a free port).
+    pub async fn bind(config: Config, addr: SocketAddr) -> Result<Server, ServerError> {
+        if config.tokens.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ServerError::NoTokens { path: None });
+        }
+        let store = storage::Store::open(&config.dir).map_err(|source| ServerError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let app = App {
+            tokens: config.tokens.as_deref().map(auth::Tokens::new),
+            uploads: uploads::Uploads::new(Arc::new(store), config.expire_after),
+            config,
+        };
+        Ok(Server {
+            listener,
+            local_addr,
+            app: Arc::new(app),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests run
+    /// for a few seconds, interrupts the rest (their bodies are committed or discarded as for
+    /// any interruption), and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            local_addr,
+            app,
+        } = self;
+        let router = handlers::router(app.clone());
+        let sweeper = tokio::spawn(sweep(app.clone()));
+        let (stop, stopping) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tracing::info!(%local_addr, dir = %app.config.dir.display(), "serving");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let connection = serve_connection(
+                            stream,
+                            router.clone(),
+                            stopping.clone(),
+                            app.config.idle_timeout,
+                        );
+                        connections.spawn(connection.instrument(tracing::info_span!("conn", %peer)));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors or the like: wait for some to free up
+                        // rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+
+        drop(listener);
+        tracing::info!(in_flight = connections.len(), "shutting down");
+        let _ = stop.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain(&mut connections))
+            .await
+            .is_err()
+        {
+            app.uploads.interrupt_all();
+            if tokio::time::timeout(SHUTDOWN_STOP, drain(&mut connections))
+                .await
+                .is_err()
+            {
+                tracing::warn!(left = connections.len(), "cutting connections");
+                connections.abort_all();
+            }
+        }
+        sweeper.abort();
+        Ok(())
+    }
+}
+
+async fn drain(connections: &mut JoinSet<()>) {
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) {
+    // Small responses (204s) go out at once instead of waiting on Nagle.
+    let _ = stream.set_nodelay(true);
+    let mut builder = http1::Builder::new();
+    // A client that never finishes its headers holds a connection for at most this long.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout);
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        // The guard `wait_for` returns is not Send: drop it inside.
+        () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Every `sweep_interval`, removes uploads idle longer than `expire_after`.
+async fn sweep(app: Arc<App>) {
+    let mut interval = tokio::time::interval(app.config.sweep_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match app.uploads.sweep().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired uploads removed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired uploads failed"),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Names: upload ids, and the file name a finished upload is published under.
+//!
+//! Both come from the network, so both are reduced to something that cannot escape `DIR` or
+//! surprise whoever lists it: an id is exactly 32 lowercase hex digits (anything else is a 404
+//! before the filesystem is touched), and a published name is a plain base name (see
+//! [`safe_name`]). Pure functions, so the nasty cases are unit-tested in a table.
+
+use std::fmt;
+
+/// The longest published name, in bytes. Leaves room for a clash suffix (`.123`) under the
+/// usual 255-byte file name limit.
+const MAX_NAME_BYTES: usize = 200;
+
+/// An extension longer than this is not kept when a name must be cut: it is more likely part of
+/// the name than a type (`report.final-version-for-review`).
+const MAX_EXTENSION_BYTES: usize = 16;
+
+/// An upload id: 128 random bits as 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(String);
+
+impl Id {
+    pub fn random() -> Id {
+        Id(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// Accepts exactly what [`Id::random`] produces, nothing else (no uppercase, no dots, no
+    /// separators), so an id is always safe to put in a path.
+    pub fn parse(s: &str) -> Option<Id> {
+        let ok = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Id(s.to_string()))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reduces a client-supplied file name to a safe base name: the last path component after any
+/// `/` or `\` (so `C:\x\y.iso` is `y.iso` and `../../etc/passwd` is `passwd`), without control
+/// characters (NUL included), surrounding white space or leading dots (so never `.`, `..` or a
+/// hidden file), at most 200 bytes (cut at a char boundary, keeping a short extension). What
+/// is left empty becomes `upload-<id>`.
+pub fn safe_name(requested: Option<&[u8]>, id: &Id) -> String {
+    let fallback = || format!("upload-{id}");
+    let Some(requested) = requested else {
+        return fallback();
+    };
+    let text = String::from_utf8_lossy(requested);
+    let last = text.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let name = clean.trim().trim_start_matches('.').trim_start();
+    if name.is_empty() {
+        return fallback();
+    }
+    truncate_keeping_extension(name, MAX_NAME_BYTES)
+}
+
+fn truncate_keeping_extension(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let (stem, ext) = split_extension(name);
+    if ext.len() <= MAX_EXTENSION_BYTES {
+        format!("{}{ext}", cut(stem, max - ext.len()))
+    } else {
+        cut(name, max).to_string()
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `debian.iso` → (`debian`, `.iso`); `archive.tar.gz` → (`archive.tar`, `.gz`); `README` →
+/// (`README`, ``). A name is never all extension (leading dots are gone by now).
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    }
+}
+
+/// The clash policy's candidates, in order: `name`, then `stem.1.ext`, `stem.2.ext`, ….
+pub fn candidate(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_string();
+    }
+    let (stem, ext) = split_extension(name);
+    format!("{stem}.{n}{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Id {
+        Id::parse("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn ids_are_strict() {
+        let random = Id::random();
+        assert_eq!(Id::parse(&random.to_string()), Some(random.clone()));
+        assert_ne!(Id::random(), random);
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "../3456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            assert_eq!(Id::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn safe_names() {
+        let long = "a".repeat(300);
+        let long_iso = format!("{}.iso", "b".repeat(300));
+        let long_utf8 = format!("{}.iso", "é".repeat(150));
+        let table: &[(&[u8], &str)] = &[
+            (b"debian.iso", "debian.iso"),
+            (b"../../etc/passwd", "passwd"),
+            (b"a/b", "b"),
+            (b"\0x", "x"),
+            (b"..", "upload-0123456789abcdef0123456789abcdef"),
+            (b".", "upload-0123456789abcdef0123456789abcdef"),
+            (b".hidden", "hidden"),
+            (b"...and dots", "and dots"),
+            (b"", "upload-0123456789abcdef0123456789abcdef"),
+            (b"   ", "upload-0123456789abcdef0123456789abcdef"),
+            (b"dir/", "upload-0123456789abcdef0123456789abcdef"),
+            (b"C:\\x\\y.iso", "y.iso"),
+            (b"evil\r\nname\x1b[31m.txt", "evilname[31m.txt"),
+            (b"tab\there\x7f", "tabhere"),
+            (b"caf\xc3\xa9.txt", "café.txt"),
+            (b"bad\xffutf8", "bad\u{fffd}utf8"),
+            (long.as_bytes(), &long[..200]),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                safe_name(Some(input), &id()),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert_eq!(
+            safe_name(None, &id()),
+            "upload-0123456789abcdef0123456789abcdef"
+        );
+
+        let cut = safe_name(Some(long_iso.as_bytes()), &id());
+        assert_eq!(cut.len(), 200);
+        assert!(cut.ends_with("b.iso"), "{cut}");
+
+        let cut = safe_name(Some(long_utf8.as_bytes()), &id());
+        assert!(cut.len() <= 200 && cut.ends_with("é.iso"), "{cut}");
+    }
+
+    #[test]
+    fn clash_candidates_number_before_the_extension() {
+        assert_eq!(candidate("x.iso", 0), "x.iso");
+        assert_eq!(candidate("x.iso", 1), "x.1.iso");
+        assert_eq!(candidate("x.iso", 12), "x.12.iso");
+        assert_eq!(candidate("archive.tar.gz", 2), "archive.tar.2.gz");
+        assert_eq!(candidate("README", 1), "README.1");
+    }
+}

@@ -1,0 +1,365 @@
+//! The files on disk: one part file and one info file per upload under `DIR/.partial/`, and
+//! publishing a finished part under its final name in `DIR`.
+//!
+//! ```text
+//! DIR/debian.iso                    published: complete and verified (or unverified, see mod)
+//! DIR/.partial/<id>.part            the bytes received so far (may run past the offset)
+//! DIR/.partial/<id>.info            JSON: the committed offset, length, metadata, state
+//! DIR/.partial/<id>.info.tmp        an info file being replaced
+//! ```
+//!
+//! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
+//! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
+//! After a crash the part file may hold more than the offset (bytes written, never committed);
+//! loading truncates it. Everything here is blocking `std::fs`: callers run it on the blocking
+//! pool.
+
+use super::names::{self, Id};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The directory of unfinished uploads, inside `DIR` so that publishing is a hard link on the
+/// same file system; the dot keeps it out of casual listings.
+pub const PARTIAL_DIR: &str = ".partial";
+
+/// What the server keeps about one upload, as stored in `<id>.info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Info {
+    pub id: String,
+    /// `None` until a deferred length is declared.
+    pub length: Option<u64>,
+    /// Committed bytes: on disk and fdatasync'ed.
+    pub offset: u64,
+    /// `Upload-Metadata` as received, echoed on HEAD.
+    pub metadata: String,
+    /// The declared whole-file SHA-256 (hex), from metadata `sha256`.
+    pub expected_sha256: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds of the last POST or PATCH: expiry counts from here.
+    pub last_activity_ms: u64,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Partial,
+    /// Complete and moved to `DIR/<name>`; kept so HEAD can say where, until it expires.
+    Published {
+        name: String,
+        sha256: String,
+    },
+    /// Complete but its SHA-256 was not the declared one: the data is gone; HEAD says 410.
+    Failed {
+        declared: String,
+        received: String,
+    },
+}
+
+impl Info {
+    pub fn expires_at(&self, expire_after: Duration) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.last_activity_ms) + expire_after
+    }
+
+    pub fn is_expired(&self, expire_after: Duration, now: SystemTime) -> bool {
+        self.expires_at(expire_after) <= now
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.length == Some(self.offset)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The upload directory and its `.partial` subdirectory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    partial: PathBuf,
+}
+
+impl Store {
+    /// Creates `DIR/.partial` (and `DIR`) when missing.
+    pub fn open(dir: &Path) -> io::Result<Store> {
+        let partial = dir.join(PARTIAL_DIR);
+        fs::create_dir_all(&partial)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            partial,
+        })
+    }
+
+    fn part_path(&self, id: &Id) -> PathBuf {
+        self.partial.join(format!("{id}.part"))
+    }
+
+    fn info_path(&self, id: &Id) -> PathBuf {
+        self.partial.join(format!("{id}.info"))
+    }
+
+    /// Creates an empty part file and the first info file.
+    pub fn create(&self, info: &Info, id: &Id) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.part_path(id))?;
+        self.save_info(info, id)
+    }
+
+    /// Replaces the info file atomically: a crash leaves the old one or the new one, whole.
+    pub fn save_info(&self, info: &Info, id: &Id) -> io::Result<()> {
+        let path = self.info_path(id);
+        let tmp = path.with_extension("info.tmp");
+        let json = serde_json::to_vec(info).map_err(io::Error::other)?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&self.partial)
+    }
+
+    /// Reads an upload's info, and makes the part file agree with it: bytes past the committed
+    /// offset were never acknowledged and go. `None` when there is no such upload.
+    pub fn load(&self, id: &Id) -> io::Result<Option<Info>> {
+        let json = match fs::read(self.info_path(id)) {
+            Ok(json) => json,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut info: Info = match serde_json::from_slice(&json) {
+            Ok(info) => info,
+            Err(e) => {
+                // Not ours or damaged beyond use: treat as absent rather than fail every
+                // request for it; the sweeper removes it when it expires by mtime.
+                tracing::error!(%id, error = %e, "unreadable info file; ignoring the upload");
+                return Ok(None);
+            }
+        };
+        if info.state != State::Partial {
+            return Ok(Some(info));
+        }
+        let part = OpenOptions::new().write(true).open(self.part_path(id));
+        let part = match part {
+            Ok(part) => part,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::error!(%id, "part file missing; restarting the upload at 0");
+                File::create(self.part_path(id))?;
+                info.offset = 0;
+                self.save_info(&info, id)?;
+                return Ok(Some(info));
+            }
+            Err(e) => return Err(e),
+        };
+        let on_disk = part.metadata()?.len();
+        if on_disk > info.offset {
+            tracing::info!(%id, on_disk, committed = info.offset, "dropping uncommitted bytes");
+            part.set_len(info.offset)?;
+        } else if on_disk < info.offset {
+            // fdatasync before every commit should make this impossible; a disk or file
+            // system that lies gets the upload resumed from what is really there.
+            tracing::error!(%id, on_disk, committed = info.offset, "part file shorter than committed");
+            info.offset = on_disk;
+            self.save_info(&info, id)?;
+        }
+        Ok(Some(info))
+    }
+
+    /// Opens the part file to append at `offset`, dropping anything past it first (left by a
+    /// request that failed between writing and committing).
+    pub fn open_part(&self, id: &Id, offset: u64) -> io::Result<File> {
+        let mut file = OpenOptions::new().write(true).open(self.part_path(id))?;
+        file.set_len(offset)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(file)
+    }
+
+    /// The SHA-256 state of the first `len` bytes of the part file, for an upload first touched
+    /// since a restart.
+    pub fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256> {
+        let file = File::open(self.part_path(id))?;
+        let mut sha = Sha256::new();
+        let mut reader = file.take(len);
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+        }
+        Ok(sha)
+    }
+
+    /// Removes an upload. The info file goes first: once it is gone the upload is gone, and a
+    /// part file left by a crash in between is an orphan the sweeper removes.
+    pub fn remove(&self, id: &Id) -> io::Result<()> {
+        remove_if_present(&self.info_path(id))?;
+        self.remove_part(id)
+    }
+
+    pub fn remove_part(&self, id: &Id) -> io::Result<()> {
+        remove_if_present(&self.part_path(id))?;
+        sync_dir(&self.partial)
+    }
+
+    /// Publishes a complete part file under `name` or, when taken, the first free `stem.N.ext`
+    /// (see the clash policy in the module doc of `server`). Never overwrites: the hard link
+    /// fails atomically when the name exists. If a candidate already holds identical content,
+    /// the upload counts as delivered there. Returns the name; the part file is left for the
+    /// caller to remove once the info file records the name.
+    pub fn publish(&self, id: &Id, name: &str, len: u64, sha256: &[u8; 32]) -> io::Result<String> {
+        let part = self.part_path(id);
+        File::open(&part)?.sync_all()?;
+        for n in 0..10_000 {
+            let candidate = names::candidate(name, n);
+            let target = self.dir.join(&candidate);
+            match fs::hard_link(&part, &target) {
+                Ok(()) => {
+                    sync_dir(&self.dir)?;
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if same_content(&target, len, sha256)? {
+                        tracing::info!(%id, name = %candidate, "identical file already published");
+                        return Ok(candidate);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "10000 files named like {name:?} exist already"
+        )))
+    }
+
+    /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without
+    /// an info file and stale tmp files (a crash in between), once older than `expire_after`.
+    pub fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        let now = SystemTime::now();
+        for entry in fs::read_dir(&self.partial)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            let Some((stem, ext)) = file_name.split_once('.') else {
+                continue;
+            };
+            let Some(id) = Id::parse(stem) else {
+                continue;
+            };
+            let leftover = match ext {
+                "info" => {
+                    ids.push(id);
+                    false
+                }
+                "part" => !self.info_path(&id).exists(),
+                "info.tmp" => true,
+                _ => false,
+            };
+            // Old enough that no request can still be about to use it.
+            if leftover && entry.metadata()?.modified()? + expire_after <= now {
+                tracing::info!(file = file_name, "removing leftover file");
+                remove_if_present(&entry.path())?;
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn same_content(path: &Path, len: u64, sha256: &[u8; 32]) -> io::Result<bool> {
+    // Only a regular file can be "the same upload"; never follow a symlink someone planted.
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.is_file() || meta.len() != len {
+        return Ok(false);
+    }
+    let mut file = File::open(path)?;
+    let mut sha = Sha256::new();
+    io::copy(&mut file, &mut sha)?;
+    Ok(sha.finalize().as_slice() == sha256)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a directory's entries (a rename, a new link, a removal) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &Id) -> Info {
+        Info {
+            id: id.to_string(),
+            length: Some(10),
+            offset: 0,
+            metadata: String::new(),
+            expected_sha256: None,
+            created_ms: now_ms(),
+            last_activity_ms: now_ms(),
+            state: State::Partial,
+        }
+    }
+
+    #[test]
+    fn loading_truncates_to_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Id::random();
+        let mut info = info(&id);
+        store.create(&info, &id).unwrap();
+        let mut part = store.open_part(&id, 0).unwrap();
+        part.write_all(b"0123456789").unwrap();
+        info.offset = 4;
+        store.save_info(&info, &id).unwrap();
+        assert_eq!(store.load(&id).unwrap(), Some(info));
+        assert_eq!(fs::read(store.part_path(&id)).unwrap(), b"0123");
+        assert_eq!(store.load(&Id::random()).unwrap(), None);
+    }
+
+    #[test]
+    fn publishing_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let publish = |data: &[u8]| {
+            let id = Id::random();
+            store.create(&info(&id), &id).unwrap();
+            store.open_part(&id, 0).unwrap().write_all(data).unwrap();
+            let sha: [u8; 32] = Sha256::digest(data).into();
+            let name = store
+                .publish(&id, "x.iso", data.len() as u64, &sha)
+                .unwrap();
+            store.remove(&id).unwrap();
+            name
+        };
+        assert_eq!(publish(b"first"), "x.iso");
+        assert_eq!(publish(b"other"), "x.1.iso");
+        assert_eq!(publish(b"first"), "x.iso");
+        assert_eq!(publish(b"other"), "x.1.iso");
+        assert_eq!(publish(b"third"), "x.2.iso");
+        assert_eq!(fs::read(dir.path().join("x.iso")).unwrap(), b"first");
+        assert_eq!(fs::read(dir.path().join("x.2.iso")).unwrap(), b"third");
+        assert_eq!(
+            fs::read_dir(dir.path().join(PARTIAL_DIR)).unwrap().count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The uploads in memory: one slot per upload, holding its state behind a lock, and takeover.
+//!
+//! A request that works on an upload holds its slot's lock for the whole request, so two
+//! requests never interleave on one part file. A PATCH whose client vanished without a FIN
+//! (a silently dead uplink) would hold that lock until the idle timeout; the client meanwhile
+//! reconnects and sends HEAD. So a request that finds the lock taken does not wait or answer
+//! "locked": it bumps the slot's takeover counter, which the running PATCH selects against its
+//! body frames; that PATCH stops, commits or discards its partial body, and lets go.
+//!
+//! The state here is small (the info and a SHA-256 state, about 100 bytes) and the disk stays
+//! the truth: an upload not yet touched since start is loaded on first use.
+
+use super::error::ApiError;
+use super::names::Id;
+use super::storage::{Info, State, Store};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+
+/// How long a request waits for an in-progress request to let go of an upload after asking it
+/// to. Stopping takes one fdatasync and one info rewrite, so this is generous; past it the
+/// holder is stuck on the disk and the client is told to retry (503).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the takeover request is repeated while waiting: a request that grabbed the lock
+/// in between (and so never saw the first one) is asked too.
+const TAKEOVER_REPEAT: Duration = Duration::from_millis(200);
+
+/// One upload, loaded.
+pub(crate) struct Upload {
+    pub id: Id,
+    pub info: Info,
+    /// SHA-256 of the part file's bytes `0..info.offset`. `None` until rebuilt from disk (after
+    /// a restart) or once published.
+    pub sha: Option<Sha256>,
+}
+
+// One per upload, already behind its own Arc: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Entry {
+    Unloaded,
+    Loaded(Upload),
+    Gone,
+}
+
+struct Slot {
+    entry: Arc<AsyncMutex<Entry>>,
+    /// Bumped by every request that wants the upload while someone else holds it.
+    takeover: watch::Sender<u64>,
+}
+
+/// Exclusive use of one upload for the length of a request.
+pub(crate) struct Held {
+    guard: OwnedMutexGuard<Entry>,
+    /// Changes when another request wants this upload: stop and let go.
+    pub takeover: watch::Receiver<u64>,
+}
+
+impl Held {
+    pub fn upload(&mut self) -> &mut Upload {
+        match &mut *self.guard {
+            Entry::Loaded(upload) => upload,
+            // `Uploads::acquire` only hands out loaded entries and `remove` consumes the Held.
+            Entry::Unloaded | Entry::Gone => unreachable!("a Held entry is loaded"),
+        }
+    }
+}
+
+pub(crate) struct Uploads {
+    store: Arc<Store>,
+    slots: Mutex<HashMap<Id, Arc<Slot>>>,
+    expire_after: Duration,
+}
+
+impl Uploads {
+    pub fn new(store: Arc<Store>, expire_after: Duration) -> Uploads {
+        Uploads {
+            store,
+            slots: Mutex::new(HashMap::new()),
+            expire_after,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Arc<Slot>>> {
+        // A panic while holding this lock leaves the map itself consistent (inserts and
+        // removes are single calls), so poisoning carries no information here.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self, id: &Id) -> Arc<Slot> {
+        self.slots()
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    entry: Arc::new(AsyncMutex::new(Entry::Unloaded)),
+                    takeover: watch::Sender::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Registers a new upload and holds it, before its files exist: the sweeper, which finds
+    /// uploads by their files, then finds it in use and leaves it alone.
+    pub async fn insert(&self, upload: Upload) -> Held {
+        let slot = self.slot(&upload.id.clone());
+        let mut guard = slot.entry.clone().lock_owned().await;
+        *guard = Entry::Loaded(upload);
+        Held {
+            guard,
+            takeover: slot.takeover.subscribe(),
+        }
+    }
+
+    /// Takes an upload for a request, taking it over from a request still holding it.
+    /// Unknown, removed and expired uploads are `NotFound`.
+    pub async fn acquire(&self, id: &Id) -> Result<Held, ApiError> {
+        let slot = self.slot(id);
+        let guard = match slot.entry.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => take_over(&slot).await?,
+        };
+        match self.ready(id, &slot, guard).await? {
+            Ready::Held(held) => Ok(held),
+            Ready::Missing | Ready::Expired => Err(ApiError::NotFound),
+        }
+    }
+
+    /// Loads the entry when needed; removes it when it is gone or expired.
+    async fn ready(
+        &self,
+        id: &Id,
+        slot: &Arc<Slot>,
+        mut guard: OwnedMutexGuard<Entry>,
+    ) -> Result<Ready, ApiError> {
+        if let Entry::Unloaded = *guard {
+            let store = self.store.clone();
+            let load_id = id.clone();
+            *guard = match blocking(move || store.load(&load_id)).await? {
+                Some(info) => Entry::Loaded(Upload {
+                    id: id.clone(),
+                    info,
+                    sha: None,
+                }),
+                None => Entry::Gone,
+            };
+        }
+        let mut held = Held {
+            guard,
+            takeover: slot.takeover.subscribe(),
+        };
+        let expired = match &*held.guard {
+            Entry::Loaded(upload) => upload.info.is_expired(self.expire_after, SystemTime::now()),
+            Entry::Gone => {
+                self.forget(id, slot);
+                return Ok(Ready::Missing);
+            }
+            Entry::Unloaded => unreachable!("loaded above"),
+        };
+        if expired {
+            tracing::info!(%id, "upload expired");
+            self.remove(&mut held, id).await?;
+            return Ok(Ready::Expired);
+        }
+        Ok(Ready::Held(held))
+    }
+
+    /// Removes an upload's files and forgets it: later requests get 404.
+    pub async fn remove(&self, held: &mut Held, id: &Id) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let remove_id = id.clone();
+        blocking(move || store.remove(&remove_id)).await?;
+        *held.guard = Entry::Gone;
+        let slot = self.slots().get(id).cloned();
+        if let Some(slot) = slot {
+            self.forget(id, &slot);
+        }
+        Ok(())
+    }
+
+    /// Drops the slot from the map if it is still this one. Requests already waiting on it
+    /// find it `Gone`; new ones get a fresh slot and load from disk (and find nothing).
+    fn forget(&self, id: &Id, slot: &Arc<Slot>) {
+        let mut slots = self.slots();
+        if slots.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(id);
+        }
+    }
+
+    /// Asks every request in progress to stop (at shutdown, once the grace period is over).
+    pub fn interrupt_all(&self) {
+        for slot in self.slots().values() {
+            slot.takeover.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Removes uploads idle longer than `expire_after`, finished or not. Uploads in use are
+    /// active by definition and left alone; the others are loaded, which removes the expired
+    /// ones. What stays loaded is small, and needed soon (partial) or until it expires.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let store = self.store.clone();
+        let expire_after = self.expire_after;
+        let ids = blocking(move || store.list(expire_after)).await?;
+        let mut removed = 0;
+        for id in ids {
+            let slot = self.slot(&id);
+            let Ok(guard) = slot.entry.clone().try_lock_owned() else {
+                continue;
+            };
+            if let Ready::Expired = self.ready(&id, &slot, guard).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+enum Ready {
+    Held(Held),
+    Missing,
+    Expired,
+}
+
+async fn take_over(slot: &Arc<Slot>) -> Result<OwnedMutexGuard<Entry>, ApiError> {
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        slot.takeover.send_modify(|n| *n += 1);
+        match tokio::time::timeout(TAKEOVER_REPEAT, slot.entry.clone().lock_owned()).await {
+            Ok(guard) => return Ok(guard),
+            Err(_) if tokio::time::Instant::now() >= deadline => return Err(ApiError::Busy),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
+        .map_err(ApiError::Io)
+}
+
+impl Upload {
+    pub fn is_failed(&self) -> Option<(&str, &str)> {
+        match &self.info.state {
+            State::Failed { declared, received } => Some((declared, received)),
+            _ => None,
+        }
+    }
+}

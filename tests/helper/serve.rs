@@ -1,0 +1,64 @@
+//! A real `upload serve` process on a free loopback port, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct ServeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `cmd` (an `upload` command with `serve` arguments, `--listen` included) and waits
+    /// for its "listening on http://ADDR/files/" line.
+    pub fn start(mut cmd: Command, dir: &Path) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start upload serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("upload serve printed its address");
+        let addr = line
+            .strip_prefix("listening on http://")
+            .and_then(|r| r.strip_suffix("/files/"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .expect("a socket address");
+        ServeProcess {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/files/", self.addr)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

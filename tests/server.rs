@@ -1,0 +1,845 @@
+//! `upload serve`: the tus server booted in-process on a temp dir and spoken to in raw HTTP,
+//! one test per rule; and the real binary for start-up and signals.
+
+use crate::helper::http::{Reply, TestServer, read_head, stalled_patch};
+use crate::helper::{Env, pattern, run};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use upload::protocol::{Algorithm, Checksum, Metadata, format_repr_digest};
+use upload::server::Config;
+
+fn metadata(pairs: &[(&str, &[u8])]) -> String {
+    let mut m = Metadata::default();
+    for (k, v) in pairs {
+        m.insert(k, v.to_vec());
+    }
+    m.to_string()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Creates an upload of `len` bytes named `name` and returns its path (`/files/<id>`).
+async fn create(server: &TestServer, len: u64, meta: &[(&str, &[u8])]) -> String {
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", len)
+        .header("Upload-Metadata", metadata(meta))
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    reply.header("Location").expect("Location").to_string()
+}
+
+async fn patch(server: &TestServer, path: &str, offset: u64, data: &[u8]) -> Reply {
+    server
+        .req("PATCH", path)
+        .header("Upload-Offset", offset)
+        .chunk(data.to_vec())
+        .send()
+        .await
+}
+
+async fn head(server: &TestServer, path: &str) -> Reply {
+    server.req("HEAD", path).send().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_advertises_the_extensions_without_auth() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.max_size = Some(1 << 30);
+    config.tokens = Some(vec!["s3cret".into()]);
+    let server = TestServer::start(config).await;
+    for path in ["/files/", "/files/0123456789abcdef0123456789abcdef"] {
+        let reply = server
+            .req("OPTIONS", path)
+            .without("Tus-Resumable")
+            .send()
+            .await;
+        assert_eq!(reply.status, 204, "{path}: {reply:?}");
+        assert_eq!(reply.header("Tus-Resumable"), Some("1.0.0"));
+        assert_eq!(reply.header("Tus-Version"), Some("1.0.0"));
+        assert_eq!(
+            reply.header("Tus-Extension"),
+            Some(
+                "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration"
+            )
+        );
+        assert_eq!(reply.header("Tus-Max-Size"), Some("1073741824"));
+        assert_eq!(
+            reply.header("Tus-Checksum-Algorithm"),
+            Some(Algorithm::header_value().as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_published_whole_and_verified() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    // Over 1 MiB per chunk, so the server's write buffer fills and flushes mid-body.
+    let data = pattern(3 * 1024 * 1024 + 123, 1);
+    let digest = sha256(&data);
+    let path = create(
+        &server,
+        data.len() as u64,
+        &[
+            ("filename", b"debian.iso"),
+            ("sha256", hex::encode(digest).as_bytes()),
+        ],
+    )
+    .await;
+    assert!(path.starts_with("/files/"), "{path}");
+
+    let mut offset = 0;
+    for (i, chunk) in data.chunks(1_300_000).enumerate() {
+        let algorithm = [Algorithm::Crc32, Algorithm::Sha1, Algorithm::Sha256][i];
+        let reply = server
+            .req("PATCH", &path)
+            .header("Upload-Offset", offset)
+            .header("Upload-Checksum", Checksum::of(algorithm, chunk))
+            .chunk(chunk.to_vec())
+            .send()
+            .await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        offset += chunk.len() as u64;
+        assert_eq!(reply.offset(), offset);
+        assert!(reply.header("Upload-Expires").is_some());
+        let is_last = offset == data.len() as u64;
+        assert_eq!(reply.header("Upload-Published-As").is_some(), is_last);
+        if is_last {
+            assert_eq!(reply.header("Upload-Published-As"), Some("debian.iso"));
+            assert_eq!(
+                reply.header("Repr-Digest"),
+                Some(format_repr_digest(&digest).as_str())
+            );
+        } else {
+            let h = head(&server, &path).await;
+            assert_eq!(h.offset(), offset);
+            assert_eq!(h.header("Cache-Control"), Some("no-store"));
+        }
+    }
+    assert_eq!(std::fs::read(server.dir.join("debian.iso")).unwrap(), data);
+    assert_eq!(server.published(), ["debian.iso"]);
+    // Only the finished upload's record is left, no part file.
+    assert!(server.partial_files().iter().all(|f| f.ends_with(".info")));
+
+    let h = head(&server, &path).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.offset(), data.len() as u64);
+    assert_eq!(
+        h.header("Upload-Length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert_eq!(h.header("Upload-Published-As"), Some("debian.iso"));
+    assert_eq!(
+        h.header("Repr-Digest"),
+        Some(format_repr_digest(&digest).as_str())
+    );
+    assert!(
+        h.header("Upload-Metadata")
+            .unwrap()
+            .contains("filename ZGViaWFuLmlzbw==")
+    );
+
+    // A repeated final PATCH (its response was lost) is answered, not refused.
+    let again = patch(&server, &path, data.len() as u64, b"").await;
+    assert_eq!(again.status, 204, "{again:?}");
+    assert_eq!(again.header("Upload-Published-As"), Some("debian.iso"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_with_upload() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(10_000, 2);
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", data.len())
+        .header("Upload-Metadata", metadata(&[("filename", b"a.bin")]))
+        .chunk(data[..4000].to_vec())
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.offset(), 4000);
+    let path = reply.header("Location").unwrap().to_string();
+    let reply = patch(&server, &path, 4000, &data[4000..]).await;
+    assert_eq!(reply.header("Upload-Published-As"), Some("a.bin"));
+    assert_eq!(std::fs::read(server.dir.join("a.bin")).unwrap(), data);
+
+    // The whole file in the POST: published at creation.
+    let reply = server
+        .req("POST", "/files")
+        .header("Upload-Length", data.len())
+        .header("Upload-Metadata", metadata(&[("filename", b"b.bin")]))
+        .header("Upload-Checksum", Checksum::of(Algorithm::Sha1, &data))
+        .chunk(data.clone())
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.offset(), data.len() as u64);
+    assert_eq!(reply.header("Upload-Published-As"), Some("b.bin"));
+    assert_eq!(std::fs::read(server.dir.join("b.bin")).unwrap(), data);
+
+    // A creation body with a bad checksum: the upload exists, at offset 0.
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", data.len())
+        .header("Upload-Checksum", Checksum::of(Algorithm::Sha1, b"other"))
+        .chunk(data.clone())
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.offset(), 0);
+    let path = reply.header("Location").unwrap().to_string();
+    assert_eq!(head(&server, &path).await.offset(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_length_is_declared_once() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(5000, 3);
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Defer-Length", 1)
+        .header("Upload-Metadata", metadata(&[("filename", b"later.bin")]))
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let path = reply.header("Location").unwrap().to_string();
+    let h = head(&server, &path).await;
+    assert_eq!(h.header("Upload-Defer-Length"), Some("1"));
+    assert_eq!(h.header("Upload-Length"), None);
+
+    assert_eq!(patch(&server, &path, 0, &data[..2000]).await.status, 204);
+    let reply = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 2000)
+        .header("Upload-Length", data.len())
+        .chunk(data[2000..3000].to_vec())
+        .send()
+        .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    let h = head(&server, &path).await;
+    assert_eq!(h.header("Upload-Length"), Some("5000"));
+    assert_eq!(h.header("Upload-Defer-Length"), None);
+
+    let changed = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 3000)
+        .header("Upload-Length", 6000)
+        .chunk(Vec::new())
+        .send()
+        .await;
+    assert_eq!(changed.status, 400, "{changed:?}");
+
+    let reply = patch(&server, &path, 3000, &data[3000..]).await;
+    assert_eq!(reply.header("Upload-Published-As"), Some("later.bin"));
+    assert_eq!(std::fs::read(server.dir.join("later.bin")).unwrap(), data);
+
+    let neither = server.req("POST", "/files/").send().await;
+    assert_eq!(neither.status, 400);
+    let both = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 5)
+        .header("Upload-Defer-Length", 1)
+        .send()
+        .await;
+    assert_eq!(both.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_why_with_the_right_status() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let path = create(&server, 100, &[]).await;
+    assert_eq!(patch(&server, &path, 0, &[1; 10]).await.status, 204);
+
+    let wrong_offset = patch(&server, &path, 5, &[1; 10]).await;
+    assert_eq!(wrong_offset.status, 409, "{wrong_offset:?}");
+    assert_eq!(wrong_offset.offset(), 10);
+
+    let no_version = server
+        .req("HEAD", &path)
+        .without("Tus-Resumable")
+        .send()
+        .await;
+    assert_eq!(no_version.status, 412);
+    assert_eq!(no_version.header("Tus-Version"), Some("1.0.0"));
+    let old_version = server
+        .req("POST", "/files/")
+        .without("Tus-Resumable")
+        .header("Tus-Resumable", "0.2.2")
+        .header("Upload-Length", 1)
+        .send()
+        .await;
+    assert_eq!(old_version.status, 412);
+
+    let wrong_type = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 10)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![1; 10])
+        .send()
+        .await;
+    assert_eq!(wrong_type.status, 415);
+
+    let md5 = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 10)
+        .header("Upload-Checksum", "md5 XUFAKrxLKna5cZ2REBfFkg==")
+        .chunk(vec![1; 10])
+        .send()
+        .await;
+    assert_eq!(md5.status, 400, "{md5:?}");
+    assert!(md5.body.contains("md5"), "{}", md5.body);
+
+    let bad_metadata = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 1)
+        .header("Upload-Metadata", "filename !!!")
+        .send()
+        .await;
+    assert_eq!(bad_metadata.status, 400);
+    let huge_metadata = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 1)
+        .header(
+            "Upload-Metadata",
+            format!("filename {}", B64.encode(vec![b'a'; 5000])),
+        )
+        .send()
+        .await;
+    assert_eq!(huge_metadata.status, 431);
+
+    let past_the_end = patch(&server, &path, 10, &[1; 91]).await;
+    assert_eq!(past_the_end.status, 413);
+    assert_eq!(head(&server, &path).await.offset(), 10);
+
+    for bad in [
+        "/files/../etc/passwd",
+        "/files/ABCDEF0123456789ABCDEF0123456789",
+        "/files/0123456789abcdef",
+        "/files/0123456789abcdef0123456789abcdef/x",
+        "/other",
+    ] {
+        let reply = server.req("HEAD", bad).send().await;
+        assert_eq!(reply.status, 404, "{bad}");
+        assert_eq!(reply.header("Tus-Resumable"), Some("1.0.0"));
+    }
+    let unknown = head(&server, "/files/0123456789abcdef0123456789abcdef").await;
+    assert_eq!(unknown.status, 404);
+    let get = server.req("GET", &path).send().await;
+    assert_eq!(get.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_mismatch_keeps_the_offset() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(3000, 4);
+    let path = create(&server, 3000, &[("filename", b"c.bin")]).await;
+    for (i, algorithm) in [Algorithm::Crc32, Algorithm::Sha1, Algorithm::Sha256]
+        .into_iter()
+        .enumerate()
+    {
+        let chunk = &data[i * 1000..(i + 1) * 1000];
+        let offset = i as u64 * 1000;
+        let wrong = server
+            .req("PATCH", &path)
+            .header("Upload-Offset", offset)
+            .header(
+                "Upload-Checksum",
+                Checksum::of(algorithm, b"something else"),
+            )
+            .chunk(chunk.to_vec())
+            .send()
+            .await;
+        assert_eq!(wrong.status, 460, "{algorithm:?}: {wrong:?}");
+        assert_eq!(wrong.offset(), offset);
+        assert_eq!(head(&server, &path).await.offset(), offset);
+        let right = server
+            .req("PATCH", &path)
+            .header("Upload-Offset", offset)
+            .header("Upload-Checksum", Checksum::of(algorithm, chunk))
+            .chunk(chunk.to_vec())
+            .send()
+            .await;
+        assert_eq!(right.status, 204, "{algorithm:?}: {right:?}");
+    }
+    assert_eq!(std::fs::read(server.dir.join("c.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_size_is_enforced_before_storing() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.max_size = Some(1000);
+    let server = TestServer::start(config).await;
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 1001)
+        .send()
+        .await;
+    assert_eq!(reply.status, 413);
+    assert!(server.partial_files().is_empty());
+
+    // A deferred length cannot sneak past it either.
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Defer-Length", 1)
+        .send()
+        .await;
+    let path = reply.header("Location").unwrap().to_string();
+    assert_eq!(patch(&server, &path, 0, &[0; 1001]).await.status, 413);
+    assert_eq!(head(&server, &path).await.offset(), 0);
+    let declare = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 0)
+        .header("Upload-Length", 2000)
+        .chunk(Vec::new())
+        .send()
+        .await;
+    assert_eq!(declare.status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_override_on_post() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let path = create(&server, 10, &[("filename", b"o.bin")]).await;
+    let reply = server
+        .req("POST", &path)
+        .header("X-HTTP-Method-Override", "PATCH")
+        .header("Upload-Offset", 0)
+        .chunk(vec![7; 4])
+        .send()
+        .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(reply.offset(), 4);
+    let h = server
+        .req("POST", &path)
+        .header("X-HTTP-Method-Override", "HEAD")
+        .send()
+        .await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.offset(), 4);
+    let d = server
+        .req("POST", &path)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .await;
+    assert_eq!(d.status, 204);
+    assert_eq!(head(&server, &path).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_removes_everything() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let path = create(&server, 100, &[]).await;
+    assert_eq!(patch(&server, &path, 0, &[1; 50]).await.status, 204);
+    assert_eq!(server.req("DELETE", &path).send().await.status, 204);
+    assert_eq!(head(&server, &path).await.status, 404);
+    assert_eq!(patch(&server, &path, 50, &[1; 50]).await.status, 404);
+    assert_eq!(server.req("DELETE", &path).send().await.status, 404);
+    assert!(
+        server.partial_files().is_empty(),
+        "{:?}",
+        server.partial_files()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_file_digest_mismatch_publishes_nothing() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(2000, 5);
+    let path = create(&server, 2000, &[("filename", b"bad.iso")]).await;
+    assert_eq!(patch(&server, &path, 0, &data[..1000]).await.status, 204);
+    let wrong = sha256(b"not the data");
+    let reply = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 1000)
+        .header("Repr-Digest", format_repr_digest(&wrong))
+        .chunk(data[1000..].to_vec())
+        .send()
+        .await;
+    assert_eq!(reply.status, 422, "{reply:?}");
+    assert!(
+        reply.body.contains("whole-file SHA-256 mismatch"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains(&hex::encode(wrong)), "{}", reply.body);
+    assert!(
+        reply.body.contains(&hex::encode(sha256(&data))),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("nothing was published"),
+        "{}",
+        reply.body
+    );
+    assert!(server.published().is_empty());
+    assert!(server.partial_files().iter().all(|f| !f.ends_with(".part")));
+    assert_eq!(head(&server, &path).await.status, 410);
+
+    // The same through metadata sha256.
+    let path = create(
+        &server,
+        2000,
+        &[
+            ("filename", b"bad.iso"),
+            ("sha256", hex::encode(wrong).as_bytes()),
+        ],
+    )
+    .await;
+    assert_eq!(patch(&server, &path, 0, &data).await.status, 422);
+    assert_eq!(head(&server, &path).await.status, 410);
+    assert!(server.published().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_clashes_never_overwrite() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let a = pattern(1000, 6);
+    let b = pattern(1000, 7);
+    let mut names = Vec::new();
+    for data in [&a, &b, &a] {
+        let digest = hex::encode(sha256(data));
+        let path = create(
+            &server,
+            1000,
+            &[("filename", b"x.iso"), ("sha256", digest.as_bytes())],
+        )
+        .await;
+        let reply = patch(&server, &path, 0, data).await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        names.push(reply.header("Upload-Published-As").unwrap().to_string());
+    }
+    assert_eq!(names, ["x.iso", "x.1.iso", "x.iso"]);
+    assert_eq!(server.published(), ["x.1.iso", "x.iso"]);
+    assert_eq!(std::fs::read(server.dir.join("x.iso")).unwrap(), a);
+    assert_eq!(std::fs::read(server.dir.join("x.1.iso")).unwrap(), b);
+
+    // A hostile name stays inside DIR.
+    let path = create(&server, 3, &[("filename", b"../../etc/passwd")]).await;
+    let reply = patch(&server, &path, 0, b"abc").await;
+    assert_eq!(reply.header("Upload-Published-As"), Some("passwd"));
+    assert!(server.dir.join("passwd").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.tokens = Some(vec!["s3cret".into(), "other".into()]);
+    let server = TestServer::start(config).await;
+    let post = || server.req("POST", "/files/").header("Upload-Length", 10);
+
+    let missing = post().send().await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.header("WWW-Authenticate"), Some("Bearer"));
+    let wrong = post().header("Authorization", "Bearer s3cre").send().await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.body, missing.body, "no hint which part was wrong");
+    assert!(server.partial_files().is_empty());
+
+    let ok = post().header("Authorization", "Bearer s3cret").send().await;
+    assert_eq!(ok.status, 201);
+    let path = ok.header("Location").unwrap();
+    assert_eq!(head(&server, path).await.status, 401);
+    let h = server
+        .req("HEAD", path)
+        .header("Authorization", "Bearer other")
+        .send()
+        .await;
+    assert_eq!(h.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_committed_offset() {
+    let env = Env::new();
+    let dir = env.path("up");
+    let data = pattern(200_000, 8);
+    let server = TestServer::on(&dir).await;
+    let path = create(&server, data.len() as u64, &[("filename", b"r.bin")]).await;
+    assert_eq!(patch(&server, &path, 0, &data[..120_000]).await.status, 204);
+    server.stop().await;
+
+    // What a crash between a write and its commit leaves: bytes past the committed offset.
+    let id = path.rsplit('/').next().unwrap();
+    let part = dir.join(".partial").join(format!("{id}.part"));
+    let mut junk = std::fs::read(&part).unwrap();
+    junk.extend_from_slice(&[0xEE; 5000]);
+    std::fs::write(&part, junk).unwrap();
+
+    let server = TestServer::on(&dir).await;
+    assert_eq!(head(&server, &path).await.offset(), 120_000);
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len(),
+        120_000,
+        "uncommitted bytes dropped"
+    );
+    let reply = server
+        .req("PATCH", &path)
+        .header("Upload-Offset", 120_000)
+        .header("Repr-Digest", format_repr_digest(&sha256(&data)))
+        .chunk(data[120_000..].to_vec())
+        .send()
+        .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(
+        reply.header("Repr-Digest"),
+        Some(format_repr_digest(&sha256(&data)).as_str())
+    );
+    assert_eq!(std::fs::read(dir.join("r.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_discards_a_stalled_checksummed_body() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(5000, 9);
+    let path = create(&server, 5000, &[("filename", b"t.bin")]).await;
+    let checksum = Checksum::of(Algorithm::Crc32, &data).to_string();
+    let mut stalled = stalled_patch(
+        server.addr,
+        &path,
+        &[("Upload-Offset", "0".into()), ("Upload-Checksum", checksum)],
+        5000,
+        &data[..1000],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let h = head(&server, &path).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.offset(),
+        0,
+        "a checksummed partial body cannot be verified"
+    );
+    assert!(read_head(&mut stalled).await.starts_with("HTTP/1.1 409"));
+
+    let reply = patch(&server, &path, 0, &data).await;
+    assert_eq!(reply.header("Upload-Published-As"), Some("t.bin"));
+    assert_eq!(std::fs::read(server.dir.join("t.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_keeps_a_stalled_plain_body() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(5000, 10);
+    let path = create(&server, 5000, &[("filename", b"p.bin")]).await;
+    let _stalled = stalled_patch(
+        server.addr,
+        &path,
+        &[("Upload-Offset", "0".into())],
+        5000,
+        &data[..1000],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A PATCH takes over directly, at the offset the stalled one reached.
+    let started = Instant::now();
+    let reply = patch(&server, &path, 1000, &data[1000..]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(std::fs::read(server.dir.join("p.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_cut_off_slow_ones_are_not() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.idle_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
+    let data = pattern(4000, 11);
+
+    let idle = create(&server, 4000, &[]).await;
+    let mut stalled = stalled_patch(
+        server.addr,
+        &idle,
+        &[("Upload-Offset", "0".into())],
+        4000,
+        &data[..700],
+    )
+    .await;
+    assert!(read_head(&mut stalled).await.starts_with("HTTP/1.1 408"));
+    assert_eq!(head(&server, &idle).await.offset(), 700);
+
+    // 100 bytes every 200 ms for 2 s: slower than any real link, but never idle for 500 ms.
+    let slow = create(&server, 1000, &[]).await;
+    let mut stream = stalled_patch(
+        server.addr,
+        &slow,
+        &[("Upload-Offset", "0".into())],
+        1000,
+        &data[..100],
+    )
+    .await;
+    for piece in data[100..1000].chunks(100) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, piece)
+            .await
+            .unwrap();
+    }
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert_eq!(head(&server, &slow).await.offset(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_partial_uploads_expire() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.expire_after = Duration::from_millis(600);
+    config.sweep_interval = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 10)
+        .send()
+        .await;
+    let expires = httpdate::parse_http_date(reply.header("Upload-Expires").unwrap()).unwrap();
+    assert!(expires > std::time::SystemTime::now() - Duration::from_secs(2));
+    let path = reply.header("Location").unwrap().to_string();
+    assert_eq!(server.partial_files().len(), 2);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.partial_files().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not swept: {:?}",
+            server.partial_files()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(head(&server, &path).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_upload_publishes_an_empty_file() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Length", 0)
+        .header("Upload-Metadata", metadata(&[("filename", b"empty.txt")]))
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("Upload-Published-As"), Some("empty.txt"));
+    assert_eq!(std::fs::read(server.dir.join("empty.txt")).unwrap(), b"");
+}
+
+#[test]
+fn serve_prints_its_address_and_stops_on_sigterm() {
+    let env = Env::new();
+    let mut child = env
+        .upload()
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--dir"])
+        .arg(env.path("up"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start upload serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect(&line);
+    let addr = url.strip_suffix("/files/").expect(url);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::options("/files/")
+            .header("Host", addr)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await.unwrap().status()
+    });
+    assert_eq!(status, 204);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(env.path("up").join(".partial").is_dir());
+}
+
+#[test]
+fn serve_refuses_an_open_server_on_a_reachable_address() {
+    let env = Env::new();
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-auth", "--dir"])
+        .arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("--no-auth"),
+        "{stderr}"
+    );
+
+    let (out, _, stderr) = run(env.upload().args(["serve", "--dir"]).arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("--no-auth"),
+        "{stderr}"
+    );
+
+    std::fs::write(env.path("tokens"), "# none yet\n").unwrap();
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["serve", "--token-file"])
+        .arg(env.path("tokens"))
+        .arg("--dir")
+        .arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no token"), "{stderr}");
+}
