@@ -4,9 +4,12 @@
 //! -> transport (`client`, `server`, `protocol`). Only `store` speaks SQL; only `cli` prints.
 
 pub mod cli;
+pub mod client;
 pub mod estimate;
 pub mod protocol;
 pub mod schedule;
+pub mod send;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod units;

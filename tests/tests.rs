@@ -3,4 +3,5 @@
 mod helper;
 
 mod estimate;
+mod send;
 mod server;

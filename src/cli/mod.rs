@@ -5,6 +5,7 @@
 //! [`exit`].
 
 mod estimate;
+mod send;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -101,6 +102,10 @@ pub enum Command {
     #[command(after_help = estimate::AFTER_HELP)]
     Estimate(estimate::Args),
 
+    /// Upload a file to a tus server: chunked, checksummed, resumable; rerun to resume.
+    #[command(after_help = send::AFTER_HELP)]
+    Send(send::Args),
+
     /// Receive uploads: a tus 1.0 server that publishes only complete, verified files.
     #[command(after_help = serve::AFTER_HELP)]
     Serve(serve::Args),
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let global = Global { db: cli.db };
     match cli.command {
         Command::Estimate(args) => estimate::run(&global, args),
+        Command::Send(args) => send::run(&global, args),
         Command::Serve(args) => serve::run(&global, args),
     }
 }

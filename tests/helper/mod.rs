@@ -74,6 +74,7 @@ pub fn sha256_file(path: &Path) -> String {
 }
 pub mod http;
 
+pub mod proxy;
 pub mod serve;
 
 impl Env {

@@ -1,0 +1,342 @@
+//! `upload send FILE URL`: runs the send engine and shows its events as a progress bar, as
+//! plain lines (when stderr is not a terminal), or as JSON lines (`--json`).
+
+use super::{Failure, Global, exit};
+use crate::client::ClientError;
+use crate::send::{self, Event, SendError, SendOptions};
+use crate::store::Store;
+use crate::throttle::Throttle;
+use crate::units::{self, Rate, Size, format_byte_rate, format_duration, format_size};
+use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const AFTER_HELP: &str = concat!(
+    "\
+Examples:
+  upload send debian.iso http://server:8080/files/
+  upload send debian.iso http://server:8080/files/ --limit 100kbit --token-file ~/.upload-token
+  upload send debian.iso http://server:8080/files/ --json
+
+Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
+server holds; progress is saved after every acknowledged chunk.
+
+",
+    "Exit status:
+  0   done: the file is on the server, verified
+  1   other failure (e.g. the state database cannot be opened)
+  2   bad arguments (size, rate, time, URL)
+  3   the source file is missing or unreadable
+  4   the source is not a regular file
+  5   the source changed since its upload began (--restart starts over)
+  6   the server could not be reached or kept failing (see --max-retries)
+  7   the server refused the credentials (401/403)
+  8   the server refused the size (413)
+  9   the server's SHA-256 of the whole file did not match: nothing was published
+  10  another upload process is sending this transfer
+  11  the server broke the tus protocol, or the upload vanished from it
+  130 interrupted: progress is saved, rerun the same command to continue"
+);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The file to upload.
+    pub file: PathBuf,
+
+    /// The server's tus creation URL, e.g. http://server:8080/files/
+    pub url: String,
+
+    /// Bytes per request [default: about 20 s at --limit; 64 MiB unlimited], e.g. 1MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub chunk: Option<Size>,
+
+    /// Throttle to this rate, e.g. 100kbit or 12KiB/s [default: unlimited].
+    #[arg(long, value_name = "RATE")]
+    pub limit: Option<Rate>,
+
+    /// The name to publish under on the server [default: the file's name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Read the bearer token from this file (its first line). Or set UPLOAD_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Give up after this many failed attempts in a row [default: retry forever].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+
+    /// Forget an unfinished upload of this file to this URL and start from the beginning.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// A connection that moves no data for this long is dropped and reopened.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
+    pub stall_timeout: Duration,
+
+    /// Print newline-delimited JSON events on stdout instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The token from `--token-file` or `UPLOAD_TOKEN`.
+fn token(file: Option<&Path>) -> Result<Option<String>, Failure> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the token file \"{}\"", f.display()))
+            .map_err(Failure::usage)?;
+        let token = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| {
+                Failure::usage(anyhow!(
+                    "the token file \"{}\" holds no token: expected one line, e.g. 3f9c2a…",
+                    f.display()
+                ))
+            })?;
+        return Ok(Some(token.to_string()));
+    }
+    Ok(std::env::var("UPLOAD_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty()))
+}
+
+/// The exit status a failure maps to.
+fn exit_code(e: &SendError) -> u8 {
+    match e {
+        SendError::Url(_) => exit::USAGE,
+        SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
+        SendError::NotAFile { .. } => exit::NOT_A_FILE,
+        SendError::SourceChanged { .. } => exit::CHANGED,
+        SendError::GaveUp { .. } => exit::NETWORK,
+        SendError::Busy { .. } => exit::BUSY,
+        SendError::Interrupted => exit::INTERRUPTED,
+        SendError::Store(_) => exit::FAILURE,
+        SendError::Server(c) => match c {
+            ClientError::Auth { .. } => exit::AUTH,
+            ClientError::TooLarge(_) => exit::TOO_LARGE,
+            ClientError::Verification(_) => exit::VERIFY,
+            ClientError::BadUrl { .. } => exit::USAGE,
+            _ => exit::PROTOCOL,
+        },
+    }
+}
+
+/// Renders events for people: a bar on a terminal, a line every few seconds otherwise.
+struct Display {
+    bar: Option<ProgressBar>,
+    last_line: Mutex<Option<Instant>>,
+}
+
+impl Display {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{wide_bar:.cyan/blue} {bytes}/{total_bytes} confirmed  {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Display {
+            bar,
+            last_line: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn event(&self, e: &Event) {
+        match e {
+            Event::Started {
+                size,
+                offset,
+                upload_url,
+                resumed,
+            } => {
+                if *resumed {
+                    self.line(&format!(
+                        "resuming {upload_url} at {} of {}",
+                        format_size(*offset),
+                        format_size(*size)
+                    ));
+                } else {
+                    self.line(&format!("uploading {} to {upload_url}", format_size(*size)));
+                }
+                if let Some(bar) = &self.bar {
+                    bar.set_length(*size);
+                    bar.set_position(*offset);
+                }
+            }
+            Event::Notice(text) => self.line(&format!("note: {text}")),
+            Event::Retry {
+                attempt,
+                delay,
+                error,
+            } => self.line(&format!(
+                "retry {attempt} in {}: {error}",
+                format_duration(*delay)
+            )),
+            Event::Progress {
+                offset,
+                size,
+                rate_bps,
+                eta_seconds,
+            } => {
+                let msg = format!(
+                    "{}  ETA {}",
+                    format_byte_rate(rate_bps / 8.0),
+                    eta_seconds.map_or("?".into(), |s| format_duration(Duration::from_secs_f64(s)))
+                );
+                match &self.bar {
+                    Some(bar) => {
+                        bar.set_position(*offset);
+                        bar.set_message(msg);
+                    }
+                    None => {
+                        let mut last = self.last_line.lock().expect("display lock");
+                        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                        if due || offset == size {
+                            *last = Some(Instant::now());
+                            eprintln!(
+                                "{} of {} confirmed  {msg}",
+                                format_size(*offset),
+                                format_size(*size)
+                            );
+                        }
+                    }
+                }
+            }
+            Event::Done(s) => {
+                if let Some(bar) = &self.bar {
+                    bar.finish_and_clear();
+                }
+                let name = s
+                    .published_as
+                    .as_deref()
+                    .map(|n| format!(" as {n}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "done: {} published{name}, sha256 {} ({} sent in {}, {} re-sent)",
+                    format_size(s.size),
+                    s.sha256,
+                    format_size(s.bytes_sent),
+                    format_duration(Duration::from_secs_f64(s.seconds)),
+                    format_size(s.resent_bytes)
+                );
+            }
+        }
+    }
+}
+
+/// The event as one JSON line.
+fn json_event(e: &Event) -> serde_json::Value {
+    match e {
+        Event::Started {
+            size,
+            offset,
+            upload_url,
+            resumed,
+        } => {
+            json!({"event": "started", "size": size, "offset": offset, "upload_url": upload_url, "resumed": resumed})
+        }
+        Event::Notice(text) => json!({"event": "notice", "message": text}),
+        Event::Retry {
+            attempt,
+            delay,
+            error,
+        } => {
+            json!({"event": "retry", "attempt": attempt, "delay_seconds": delay.as_secs_f64(), "error": error})
+        }
+        Event::Progress {
+            offset,
+            size,
+            rate_bps,
+            eta_seconds,
+        } => {
+            json!({"event": "progress", "offset": offset, "size": size, "rate_bps": rate_bps, "eta_seconds": eta_seconds})
+        }
+        Event::Done(s) => json!({
+            "event": "done",
+            "sha256": s.sha256,
+            "size": s.size,
+            "bytes_sent": s.bytes_sent,
+            "resent_bytes": s.resent_bytes,
+            "published_as": s.published_as,
+            "upload_url": s.upload_url,
+            "seconds": s.seconds,
+        }),
+    }
+}
+
+pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    let token = token(args.token_file.as_deref())?;
+    let db = global.db_path()?;
+    let store = Store::open(&db).context("opening the state database")?;
+    let opts = SendOptions {
+        file: args.file,
+        url: args.url,
+        name: args.name,
+        chunk: args.chunk.map(Size::bytes),
+        limit: args.limit,
+        token,
+        max_retries: args.max_retries,
+        restart: args.restart,
+        stall_timeout: args.stall_timeout,
+    };
+    let json = args.json;
+    let display = Display::new();
+    let events = move |e: Event| {
+        if json {
+            println!("{}", json_event(&e));
+        } else {
+            display.event(&e);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let throttle = Throttle::new(opts.limit);
+        tokio::select! {
+            r = send::send(store, opts, throttle, &events) => r,
+            () = shutdown_signal() => Err(SendError::Interrupted),
+        }
+    });
+    // Do not wait for blocked reads or lingering connections on the way out.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let code = exit_code(&e);
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "error", "message": e.to_string(), "exit_code": code})
+                );
+            }
+            Err(Failure::new(code, e))
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,134 @@
+//! A TCP proxy between client and server that understands just enough HTTP/1.1 (requests with
+//! Content-Length bodies, as our client sends) to count PATCH body bytes and to damage one.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+
+#[derive(Default)]
+pub struct Counters {
+    /// Body bytes of PATCH requests that passed towards the server.
+    pub patch_body_bytes: AtomicU64,
+    pub patches: AtomicU64,
+    /// Flip one byte of the PATCH with this (1-based) index, at this body position.
+    pub corrupt_patch: AtomicU64,
+    pub corrupt_at: AtomicU64,
+    pub corrupted: AtomicBool,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let c = c.clone();
+                let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || upstream(client, server, &c));
+                thread::spawn(move || copy_plain(server2, client2));
+            }
+        });
+        Proxy { addr, counters }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/files/", self.addr)
+    }
+
+    pub fn patch_body_bytes(&self) -> u64 {
+        self.counters.patch_body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Damage one byte of the `index`-th PATCH (1-based) at body position `at`.
+    pub fn corrupt(&self, index: u64, at: u64) {
+        self.counters.corrupt_at.store(at, Ordering::SeqCst);
+        self.counters.corrupt_patch.store(index, Ordering::SeqCst);
+    }
+}
+
+fn copy_plain(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Client to server: parse request heads, count and maybe damage PATCH bodies.
+fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters) {
+    let mut head: Vec<u8> = Vec::new();
+    let mut body_left: u64 = 0;
+    let mut body_pos: u64 = 0;
+    let mut in_patch = false;
+    let mut patch_index = 0u64;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut data = buf[..n].to_vec();
+        let mut i = 0;
+        while i < data.len() {
+            if body_left > 0 {
+                let take = (body_left as usize).min(data.len() - i);
+                if in_patch {
+                    c.patch_body_bytes.fetch_add(take as u64, Ordering::SeqCst);
+                    let at = c.corrupt_at.load(Ordering::SeqCst);
+                    if c.corrupt_patch.load(Ordering::SeqCst) == patch_index
+                        && !c.corrupted.load(Ordering::SeqCst)
+                        && at >= body_pos
+                        && at < body_pos + take as u64
+                    {
+                        data[i + (at - body_pos) as usize] ^= 0x01;
+                        c.corrupted.store(true, Ordering::SeqCst);
+                    }
+                }
+                body_pos += take as u64;
+                body_left -= take as u64;
+                i += take;
+                continue;
+            }
+            head.push(data[i]);
+            i += 1;
+            if head.ends_with(b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                in_patch = text.starts_with("patch ");
+                if in_patch {
+                    patch_index = c.patches.fetch_add(1, Ordering::SeqCst) + 1;
+                }
+                body_left = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                body_pos = 0;
+                head.clear();
+            }
+        }
+        if to.write_all(&data).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}

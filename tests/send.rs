@@ -1,0 +1,407 @@
+//! `upload send` against a real `upload serve`, both the real binary: full uploads, resumes
+//! after kills and restarts, damaged chunks, changed sources, auth, and the error statuses.
+
+use crate::helper::proxy::Proxy;
+use crate::helper::{Env, pattern, run, sha256_file};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The JSON events a finished `send --json` printed.
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn event<'a>(all: &'a [Value], name: &str) -> Option<&'a Value> {
+    all.iter().find(|e| e["event"] == name)
+}
+
+fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+    let (out, stdout, stderr) = run(env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra));
+    (out.status.code(), events(&stdout), stderr)
+}
+
+/// Starts `send --json` and returns once it reported confirmed progress beyond `min_offset`.
+fn send_until_progress(
+    env: &Env,
+    file: &Path,
+    url: &str,
+    extra: &[&str],
+    min_offset: u64,
+) -> Child {
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset {
+            // Keep the pipe drained in the background so the client never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return child;
+        }
+    }
+    kill9(&mut child);
+    panic!("no progress beyond {min_offset} within 30 s");
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_full_upload_arrives_identical_and_teaches_estimate() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("image.iso", 3 * 1024 * 1024 + 17);
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &["--chunk", "1MiB"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let done = event(&ev, "done").expect("done event");
+    assert_eq!(done["sha256"], sha256_file(&file));
+    assert_eq!(done["bytes_sent"], 3 * 1024 * 1024 + 17);
+    assert_eq!(done["resent_bytes"], 0);
+    assert_eq!(done["published_as"], "image.iso");
+    let published = server.dir.join("image.iso");
+    assert_eq!(sha256_file(&published), sha256_file(&file));
+    // Progress counts what the server confirmed: one event per chunk, ending at the size.
+    let offsets: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1 << 20, 2 << 20, 3 << 20, (3 << 20) + 17]);
+    // The completed transfer is a link sample: estimate now uses history for this host.
+    let (out, stdout, _) =
+        run(env
+            .upload()
+            .args(["estimate", "1GiB", "--to", "127.0.0.1", "--json"]));
+    assert!(out.status.success());
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["rate_source"], "history");
+    // Sending the same, finished file again is a new transfer; the server keeps one copy.
+    let (code, ev, _) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(event(&ev, "done").unwrap()["published_as"], "image.iso");
+}
+
+#[test]
+fn empty_and_one_byte_files() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    for (name, len) in [("empty.bin", 0usize), ("one.bin", 1)] {
+        let file = env.file(name, len);
+        let (code, ev, stderr) = send(&env, &file, &server.url(), &[]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(event(&ev, "done").unwrap()["sha256"], sha256_file(&file));
+        assert_eq!(
+            std::fs::read(server.dir.join(name)).unwrap(),
+            pattern(len, 7)
+        );
+    }
+}
+
+#[test]
+fn resumes_after_the_client_is_killed() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("big.iso", 2 * 1024 * 1024);
+    let args = ["--limit", "4Mbit", "--chunk", "128KiB"];
+    let mut child = send_until_progress(&env, &file, &server.url(), &args, 256 * 1024);
+    kill9(&mut child);
+    assert!(
+        !server.dir.join("big.iso").exists(),
+        "nothing incomplete is published"
+    );
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    let started = event(&ev, "started").unwrap();
+    assert_eq!(started["resumed"], true);
+    assert!(
+        started["offset"].as_u64().unwrap() >= 256 * 1024,
+        "{started}"
+    );
+    assert_eq!(sha256_file(&server.dir.join("big.iso")), sha256_file(&file));
+}
+
+#[test]
+fn resumes_after_the_server_restarts() {
+    let env = Env::new();
+    let mut server = env.serve(&[]);
+    let addr = server.addr.to_string();
+    let file = env.file("img.iso", 2 * 1024 * 1024);
+    let args = ["--limit", "4Mbit", "--chunk", "128KiB"];
+    let child = send_until_progress(&env, &file, &server.url(), &args, 256 * 1024);
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let server = env.serve_on(&addr, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "client failed after the server came back"
+    );
+    assert_eq!(sha256_file(&server.dir.join("img.iso")), sha256_file(&file));
+}
+
+#[test]
+fn a_damaged_chunk_is_refused_and_resent() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    proxy.corrupt(2, 1000);
+    let file = env.file("c.iso", 512 * 1024);
+    let (code, ev, stderr) = send(&env, &file, &proxy.url(), &["--chunk", "128KiB"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        proxy
+            .counters
+            .corrupted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "retry" && e["error"].as_str().unwrap().contains("460")),
+        "{ev:?}"
+    );
+    let done = event(&ev, "done").unwrap();
+    assert_eq!(done["resent_bytes"], 128 * 1024);
+    assert_eq!(proxy.patch_body_bytes(), 512 * 1024 + 128 * 1024);
+    assert_eq!(sha256_file(&server.dir.join("c.iso")), sha256_file(&file));
+}
+
+/// Kills the client, then edits the source before the rerun.
+fn interrupted_upload(env: &Env, url: &str) -> std::path::PathBuf {
+    let file = env.file("s.iso", 1024 * 1024);
+    let mut child = send_until_progress(
+        env,
+        &file,
+        url,
+        &["--limit", "2Mbit", "--chunk", "64KiB"],
+        128 * 1024,
+    );
+    kill9(&mut child);
+    file
+}
+
+#[test]
+fn an_edit_that_restores_the_mtime_is_caught() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = interrupted_upload(&env, &server.url());
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let mut data = std::fs::read(&file).unwrap();
+    data[10] ^= 0xff; // inside the part already uploaded
+    std::fs::write(&file, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &["--chunk", "64KiB"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("content") && stderr.contains("--restart"),
+        "{stderr}"
+    );
+    assert_eq!(event(&ev, "error").unwrap()["exit_code"], 5);
+    assert!(!server.dir.join("s.iso").exists());
+    // --restart uploads the new version from the beginning.
+    let (code, _, stderr) = send(&env, &file, &server.url(), &["--restart"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sha256_file(&server.dir.join("s.iso")), sha256_file(&file));
+}
+
+#[test]
+fn a_changed_size_is_caught() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = interrupted_upload(&env, &server.url());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at_end(b"more");
+    let (code, _, stderr) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("size changed"), "{stderr}");
+}
+
+trait AppendExt {
+    fn write_all_at_end(self, data: &[u8]);
+}
+
+impl AppendExt for std::fs::File {
+    fn write_all_at_end(mut self, data: &[u8]) {
+        use std::io::Write;
+        self.write_all(data).unwrap();
+    }
+}
+
+#[test]
+fn auth_is_required_and_checked() {
+    let env = Env::new();
+    let tokens = env.path("tokens");
+    std::fs::write(&tokens, "# team tokens\ns3cret-token\n").unwrap();
+    let server = env.serve(&["--token-file", tokens.to_str().unwrap()]);
+    let file = env.file("a.iso", 1000);
+    let (code, _, stderr) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
+    let wrong = env.path("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let (code, _, _) = send(
+        &env,
+        &file,
+        &server.url(),
+        &["--token-file", wrong.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(7));
+    let (code, _, stderr) = send(
+        &env,
+        &file,
+        &server.url(),
+        &["--token-file", tokens.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // The token may come from the environment too.
+    let file2 = env.file("b.iso", 10);
+    let (out, _, stderr) = run(env
+        .upload()
+        .env("UPLOAD_TOKEN", "s3cret-token")
+        .arg("send")
+        .arg(&file2)
+        .arg(server.url()));
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn each_failure_has_its_exit_status() {
+    let env = Env::new();
+    let server = env.serve(&["--max-size", "1KiB"]);
+    let file = env.file("f.iso", 100);
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec![env.path("missing.iso").display().to_string(), server.url()],
+            3,
+            "does not exist",
+        ),
+        (
+            vec![env.dir.path().display().to_string(), server.url()],
+            4,
+            "not a regular file",
+        ),
+        (
+            vec![file.display().to_string(), "ftp://x/files/".into()],
+            2,
+            "ftp://x/files/",
+        ),
+        (
+            vec![file.display().to_string(), "not a url".into()],
+            2,
+            "not a url",
+        ),
+        // A closed port: retried, then given up with --max-retries.
+        (
+            vec![
+                file.display().to_string(),
+                "http://127.0.0.1:9/files/".into(),
+                "--max-retries".into(),
+                "1".into(),
+            ],
+            6,
+            "gave up",
+        ),
+        (
+            vec![
+                env.file("big.iso", 4096).display().to_string(),
+                server.url(),
+            ],
+            8,
+            "4096",
+        ),
+    ];
+    for (args, want, needle) in cases {
+        let (out, _, stderr) = run(env.upload().arg("send").args(&args));
+        assert_eq!(out.status.code(), Some(want), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn a_second_sender_of_the_same_transfer_is_told_it_is_busy() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("busy.iso", 1024 * 1024);
+    let args = ["--limit", "1Mbit", "--chunk", "64KiB"];
+    let mut first = send_until_progress(&env, &file, &server.url(), &args, 0);
+    let (code, _, stderr) = send(&env, &file, &server.url(), &args);
+    assert_eq!(code, Some(10), "{stderr}");
+    assert!(stderr.contains("another upload process"), "{stderr}");
+    kill9(&mut first);
+    // Once the first is dead, its lock does not block a rerun.
+    let (code, _, stderr) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// The promise: ten kill -9 at random moments, and the bytes sent twice stay within
+/// one chunk per kill, counted on the wire by a proxy.
+#[test]
+fn ten_random_kills_resend_at_most_a_chunk_each() {
+    use rand::{Rng, SeedableRng};
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let size = 3 * 1024 * 1024;
+    let chunk = 64 * 1024;
+    let file = env.file("k.iso", size);
+    let args = ["--limit", "2Mbit", "--chunk", "64KiB", "--json"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261125);
+    for _ in 0..10 {
+        let mut child = env
+            .upload()
+            .arg("send")
+            .arg(&file)
+            .arg(proxy.url())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..900)));
+        kill9(&mut child);
+    }
+    let (code, ev, stderr) = send(&env, &file, &proxy.url(), &["--chunk", "64KiB"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(event(&ev, "done").is_some());
+    assert_eq!(sha256_file(&server.dir.join("k.iso")), sha256_file(&file));
+    let on_wire = proxy.patch_body_bytes();
+    let resent = on_wire - size as u64;
+    eprintln!("10 kills: {on_wire} PATCH body bytes on the wire for {size}, {resent} re-sent");
+    assert!(
+        resent <= 10 * chunk,
+        "re-sent {resent} bytes over 10 kills, chunk {chunk}"
+    );
+}
