@@ -3,5 +3,6 @@
 mod helper;
 
 mod estimate;
+mod interop;
 mod send;
 mod server;

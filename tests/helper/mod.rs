@@ -97,3 +97,4 @@ impl Env {
         serve::ServeProcess::start(cmd, &dir)
     }
 }
+pub mod node;
