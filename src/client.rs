@@ -47,6 +47,8 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("no response from the server for {0:?}")]
     Timeout(Duration),
+    #[error("the connection moved no data for {0:?}: the link looks dead")]
+    Stalled(Duration),
     #[error("the server refused the credentials ({status}){hint}")]
     Auth { status: StatusCode, hint: String },
     #[error("the server refused the size: {0}")]
@@ -81,6 +83,7 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::Http(_)
             | ClientError::Timeout(_)
+            | ClientError::Stalled(_)
             | ClientError::Server { .. }
             | ClientError::OffsetMismatch { .. }
             | ClientError::ChecksumMismatch
@@ -180,12 +183,48 @@ impl Body for ChannelBody {
 
 type ReqBody = BoxBody<Bytes, std::io::Error>;
 
-/// Socket send queue kept short so that progress is measured near the wire, not in the kernel
-/// (measured: without it a connection held 55 to 121 KiB unsent, 3.5 to 7.7 s at 128 kbit/s).
-const NOTSENT_LOWAT: u32 = 16 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The unsent part of the socket's send queue when nothing limits the rate. Limited transfers
+/// use [`notsent_lowat_for`]: without a bound a connection held 55 to 121 KiB unsent here,
+/// 3.5 to 7.7 s at 128 kbit/s, bytes that look sent but are lost on a kill.
+pub const NOTSENT_LOWAT_UNLIMITED: u32 = 256 * 1024;
+/// Short, because a connection attempt on a dead link is how we notice it is back: a new SYN
+/// goes out within a couple of seconds instead of waiting out TCP's SYN backoff.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a small request (OPTIONS, POST, HEAD, DELETE) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The unsent-queue bound for a rate in bytes per second: about a quarter second of data,
+/// between 4 KiB and 256 KiB.
+pub fn notsent_lowat_for(bytes_per_second: Option<f64>) -> u32 {
+    match bytes_per_second {
+        None => NOTSENT_LOWAT_UNLIMITED,
+        Some(r) => ((r * 0.25) as u32).clamp(4 * 1024, NOTSENT_LOWAT_UNLIMITED),
+    }
+}
+
+/// A second handle on the live connection's socket, to read how far TCP got (bytes the server
+/// acknowledged or sent back) while hyper owns the stream.
+#[derive(Clone, Default)]
+pub struct LinkProbe(std::sync::Arc<std::sync::Mutex<Option<socket2::Socket>>>);
+
+impl LinkProbe {
+    /// Bytes acknowledged by the peer plus bytes received from it on the current connection,
+    /// or `None` where TCP_INFO is not available. Any increase means the link is alive.
+    pub fn progress(&self) -> Option<u64> {
+        let guard = self.0.lock().expect("probe lock");
+        tcp_progress(guard.as_ref()?)
+    }
+
+    fn set(&self, sock: Option<socket2::Socket>) {
+        *self.0.lock().expect("probe lock") = sock;
+    }
+
+    fn set_notsent_lowat(&self, bytes: u32) {
+        if let Some(s) = self.0.lock().expect("probe lock").as_ref() {
+            set_notsent_lowat(s, bytes);
+        }
+    }
+}
 
 /// A tus client for one server: the base (creation) URL, the token, and one live connection.
 pub struct TusClient {
@@ -193,6 +232,8 @@ pub struct TusClient {
     token: Option<String>,
     conn: Option<SendRequest<ReqBody>>,
     conn_task: Option<tokio::task::JoinHandle<()>>,
+    probe: LinkProbe,
+    notsent_lowat: u32,
 }
 
 impl Drop for TusClient {
@@ -247,6 +288,8 @@ impl TusClient {
             token,
             conn: None,
             conn_task: None,
+            probe: LinkProbe::default(),
+            notsent_lowat: NOTSENT_LOWAT_UNLIMITED,
         }
     }
 
@@ -254,9 +297,28 @@ impl TusClient {
         &self.endpoint
     }
 
+    /// Watches the connection's TCP progress (see [`LinkProbe`]).
+    pub fn probe(&self) -> LinkProbe {
+        self.probe.clone()
+    }
+
+    /// Bounds the unsent bytes in the socket (now and for later connections).
+    pub fn set_notsent_lowat(&mut self, bytes: u32) {
+        if bytes != self.notsent_lowat {
+            self.notsent_lowat = bytes;
+            self.probe.set_notsent_lowat(bytes);
+        }
+    }
+
+    /// Opens the connection now if there is none (so a probe watches the right socket).
+    pub async fn connect(&mut self) -> Result<(), ClientError> {
+        self.connection().await.map(|_| ())
+    }
+
     /// Drops the connection; the next request opens a new one.
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.probe.set(None);
         if let Some(task) = self.conn_task.take() {
             task.abort();
         }
@@ -279,7 +341,9 @@ impl TusClient {
                     addr: addr.clone(),
                     source,
                 })?;
-            tune_socket(&stream);
+            tune_socket(&stream, self.notsent_lowat);
+            self.probe
+                .set(socket2::SockRef::from(&stream).try_clone().ok());
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             self.conn_task = Some(tokio::spawn(async move {
@@ -554,7 +618,7 @@ fn host_header(url: &Url) -> HeaderValue {
 
 /// Socket options: no Nagle delay for request headers, a short unsent queue, keepalive probes
 /// so an idle dead connection is noticed.
-fn tune_socket(stream: &TcpStream) {
+fn tune_socket(stream: &TcpStream, notsent_lowat: u32) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
     let _ = sock.set_tcp_keepalive(
@@ -562,20 +626,18 @@ fn tune_socket(stream: &TcpStream) {
             .with_time(Duration::from_secs(30))
             .with_interval(Duration::from_secs(10)),
     );
-    #[cfg(target_os = "linux")]
-    set_notsent_lowat(stream, NOTSENT_LOWAT);
+    set_notsent_lowat(stream, notsent_lowat);
 }
 
 #[cfg(target_os = "linux")]
-fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
-    use std::os::fd::AsRawFd;
+fn set_notsent_lowat(sock: &impl std::os::fd::AsRawFd, bytes: u32) {
     // TCP_NOTSENT_LOWAT is 25 on Linux; socket2 has no wrapper for it.
     const TCP_NOTSENT_LOWAT: libc::c_int = 25;
     let value = bytes as libc::c_int;
     // SAFETY: a valid socket fd, a pointer to a c_int and its size, as setsockopt expects.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            sock.as_raw_fd(),
             libc::IPPROTO_TCP,
             TCP_NOTSENT_LOWAT,
             (&value as *const libc::c_int).cast(),
@@ -588,6 +650,32 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
             std::io::Error::last_os_error()
         );
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_notsent_lowat(_sock: &impl std::os::fd::AsRawFd, _bytes: u32) {}
+
+#[cfg(target_os = "linux")]
+fn tcp_progress(sock: &socket2::Socket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain old data; getsockopt fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| info.tcpi_bytes_acked + info.tcpi_bytes_received)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_progress(_sock: &socket2::Socket) -> Option<u64> {
+    None
 }
 
 #[cfg(test)]

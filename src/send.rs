@@ -17,9 +17,9 @@
 //! Reading streams through a bounded channel in pieces sized by the [`Throttle`], so memory is
 //! a few pieces whatever the file size, and a throttled transfer sleeps between pieces.
 
-use crate::client::{ChannelBody, ClientError, Retry, TusClient, parse_endpoint};
+use crate::client::{ChannelBody, ClientError, LinkProbe, Retry, TusClient, parse_endpoint};
 use crate::estimate::chunk_size_for;
-use crate::protocol::{Algorithm, ChecksumHasher, Metadata, ext, meta};
+use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, ext, meta};
 use crate::store::{LinkSample, NewTransfer, Store, StoreError, Transfer, TransferState};
 use crate::throttle::Throttle;
 use crate::units::Rate;
@@ -64,7 +64,7 @@ impl SendOptions {
             token: None,
             max_retries: None,
             restart: false,
-            stall_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -279,6 +279,31 @@ fn backoff(failures: u32, retry: Retry) -> Duration {
     Duration::from_secs_f64((base * jitter).min(cap))
 }
 
+/// How long to wait before the next attempt after `e`, the `failures`-th in a row, with the
+/// server unreachable or failing for `down_for`.
+fn retry_delay(e: &ClientError, failures: u32, down_for: Duration) -> Duration {
+    /// While a link is down, a connection attempt is the probe that notices it is back; one
+    /// every second or so costs a SYN and gets data flowing within seconds of the return
+    /// (TCP's own backoff would leave a dead connection idle for up to a minute).
+    const PROBE_EVERY: f64 = 0.5;
+    const PROBE_FOR: Duration = Duration::from_secs(600);
+    let jitter = || rand::random::<f64>() * 0.5 + 0.75;
+    match e {
+        // A damaged chunk or a moved offset is not the link being down: retry now.
+        ClientError::ChecksumMismatch | ClientError::OffsetMismatch { .. } if failures <= 3 => {
+            Duration::ZERO
+        }
+        // The connection died silently: reconnect at once, the attempt probes the link.
+        ClientError::Stalled(_) | ClientError::Http(_) if failures == 1 => Duration::ZERO,
+        ClientError::Connect { .. } | ClientError::Stalled(_) | ClientError::Http(_)
+            if down_for < PROBE_FOR =>
+        {
+            Duration::from_secs_f64(PROBE_EVERY * jitter())
+        }
+        _ => backoff(failures, e.retry()),
+    }
+}
+
 /// Confirmed-progress rate over the last minute of acknowledgements.
 struct RateMeter {
     acks: VecDeque<(Instant, u64)>,
@@ -331,6 +356,8 @@ struct Transfer_ {
     /// From the last HEAD of a finished upload.
     server_sha256: Option<[u8; 32]>,
     published_as: Option<String>,
+    /// Pass one of the next chunk, running while the current one is sent.
+    prefetch: Option<Prefetch>,
     /// The database's byte counters when this process began.
     base_sent: u64,
     base_resent: u64,
@@ -389,6 +416,7 @@ pub async fn send(
         pos: None,
         server_sha256: None,
         published_as: None,
+        prefetch: None,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
         row,
@@ -533,6 +561,7 @@ impl Transfer_ {
         let mut synced = false;
         let mut caps_known = false;
         let mut failures = 0u32;
+        let mut failing_since: Option<Instant> = None;
         let mut announced = false;
         let mut meter = RateMeter::new(Instant::now(), 0);
         let mut final_digest: Option<(String, Option<String>)> = None;
@@ -579,7 +608,10 @@ impl Transfer_ {
             .await;
             match step {
                 Ok(true) => break,
-                Ok(false) => failures = 0,
+                Ok(false) => {
+                    failures = 0;
+                    failing_since = None;
+                }
                 Err(StepError::Stop(e)) => return Err(e),
                 Err(StepError::Net(e)) => {
                     let retry = e.retry();
@@ -594,14 +626,8 @@ impl Transfer_ {
                         });
                     }
                     // A damaged chunk or a moved offset is not the link being down: retry now.
-                    let delay = match e {
-                        ClientError::ChecksumMismatch | ClientError::OffsetMismatch { .. }
-                            if failures <= 3 =>
-                        {
-                            Duration::ZERO
-                        }
-                        _ => backoff(failures, retry),
-                    };
+                    let down_for = failing_since.get_or_insert_with(Instant::now).elapsed();
+                    let delay = retry_delay(&e, failures, down_for);
                     tracing::warn!(attempt = failures, ?delay, "{e}");
                     events(Event::Retry {
                         attempt: failures,
@@ -894,36 +920,54 @@ impl Transfer_ {
         let len = self.row.chunk_size.min(size - offset);
         let is_final = offset + len == size;
 
-        // Pass one: the chunk's checksum and the hash state after it.
-        let (path, alg, hasher) = (self.path.clone(), self.checksum, pos.hasher.clone());
-        let (checksum, hasher_after) = blocking(move || {
-            let mut sum: Option<ChecksumHasher> = alg.map(Algorithm::hasher);
-            let mut h = hasher;
-            read_range(&path, offset, len, |b| {
-                h.update(b);
-                if let Some(s) = sum.as_mut() {
-                    s.update(b);
-                }
-            })
-            .map(|()| (sum.map(ChecksumHasher::finish), h))
-        })
-        .await
+        // Pass one: the chunk's checksum and the hash state after it, usually read ahead
+        // while the previous chunk was on the wire.
+        let prepared = match self.prefetch.take() {
+            Some(p) if p.offset == offset && p.len == len => {
+                p.task.await.expect("read-ahead task panicked")
+            }
+            _ => {
+                prepare(
+                    self.path.clone(),
+                    self.checksum,
+                    offset,
+                    len,
+                    pos.hasher.clone(),
+                )
+                .await
+            }
+        }
         .map_err(|e| SendError::SourceUnreadable {
             path: self.path.clone(),
             source: e,
         })?;
+        let (checksum, hasher_after) = (prepared.checksum, prepared.hasher_after);
         let digest: Option<[u8; 32]> = is_final.then(|| hasher_after.clone().finalize().into());
         if is_final {
             // Everything before this chunk was read at other times: one last proof that the
             // file did not change under us before its digest is declared.
             self.check_identity().await?;
+        } else {
+            // Hash the next chunk while this one is on the wire: unthrottled, hashing would
+            // otherwise halve the speed.
+            let next = offset + len;
+            let next_len = self.row.chunk_size.min(size - next);
+            let (path, alg, h) = (self.path.clone(), self.checksum, hasher_after.clone());
+            self.prefetch = Some(Prefetch {
+                offset: next,
+                len: next_len,
+                task: tokio::spawn(prepare(path, alg, next, next_len, h)),
+            });
         }
 
-        // Pass two: stream the chunk, paced by the throttle.
+        // Pass two: stream the chunk, paced by the throttle, watched for progress.
         let url = self.upload_url()?;
+        let lowat =
+            crate::client::notsent_lowat_for(self.throttle.rate().map(Rate::bytes_per_second));
+        self.client.set_notsent_lowat(lowat);
+        self.client.connect().await?;
+        let probe = self.client.probe();
         let (tx, body) = ChannelBody::new(len, 4);
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let producer = tokio::spawn(produce(
             self.path.clone(),
             offset,
@@ -931,9 +975,6 @@ impl Transfer_ {
             tx,
             self.throttle.clone(),
             self.wire.clone(),
-            self.stall,
-            stalled.clone(),
-            done_tx,
         ));
         let began = Instant::now();
         let stall = self.stall;
@@ -942,20 +983,11 @@ impl Transfer_ {
             .patch(&url, offset, len, body, checksum.as_ref(), digest.as_ref());
         let result = tokio::select! {
             r = patch => r,
-            () = async {
-                // The response must come soon after the last byte left.
-                if done_rx.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                tokio::time::sleep(stall).await;
-            } => Err(ClientError::Timeout(stall)),
+            () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),
         };
         producer.abort();
         let outcome = match result {
             Ok(o) => o,
-            Err(_) if stalled.load(Ordering::Relaxed) => {
-                return Err(StepError::Net(ClientError::Timeout(stall)));
-            }
             Err(ClientError::ChecksumMismatch) => {
                 // Damaged on the wire, or the file changed between the two reads.
                 self.check_identity().await?;
@@ -998,10 +1030,8 @@ impl Transfer_ {
     }
 }
 
-/// Reads `[offset, offset+len)` in throttle-sized pieces into the PATCH body. A piece that
-/// cannot be handed over for `stall` means the connection is not moving: stop, and the
-/// request fails (the engine then re-syncs by HEAD on a new connection).
-#[allow(clippy::too_many_arguments)]
+/// Reads `[offset, offset+len)` in throttle-sized pieces into the PATCH body; the bounded
+/// channel stops it when the connection does not take more.
 async fn produce(
     path: PathBuf,
     offset: u64,
@@ -1009,9 +1039,6 @@ async fn produce(
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     throttle: Throttle,
     wire: Arc<WireCount>,
-    stall: Duration,
-    stalled: Arc<std::sync::atomic::AtomicBool>,
-    done: tokio::sync::oneshot::Sender<()>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = match tokio::fs::File::open(&path).await {
@@ -1035,18 +1062,72 @@ async fn produce(
             return;
         }
         throttle.acquire(piece).await;
-        match tokio::time::timeout(stall, tx.send(Ok(buf.freeze()))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                stalled.store(true, Ordering::Relaxed);
-                return;
-            }
+        if tx.send(Ok(buf.freeze())).await.is_err() {
+            return;
         }
         wire.record(at, piece as u64);
         at += piece as u64;
     }
-    let _ = done.send(());
+}
+
+/// Resolves when the connection made no progress (nothing acknowledged by the server, nothing
+/// received from it) for `stall`: the link died silently, whatever TCP's own backoff thinks.
+/// Where TCP_INFO is unavailable it never resolves and the OS timeouts apply.
+async fn watchdog(probe: LinkProbe, stall: Duration) {
+    let tick = (stall / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut last = probe.progress();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = probe.progress();
+        if now.is_none() {
+            std::future::pending::<()>().await;
+        }
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= stall {
+            return;
+        }
+    }
+}
+
+/// A chunk's checksum and the whole-file hash state after it (pass one).
+struct Prepared {
+    checksum: Option<Checksum>,
+    hasher_after: Sha256,
+}
+
+/// Pass one, read ahead for the chunk at `offset`.
+struct Prefetch {
+    offset: u64,
+    len: u64,
+    task: tokio::task::JoinHandle<std::io::Result<Prepared>>,
+}
+
+/// Reads a chunk once to compute its checksum and advance the whole-file hash.
+async fn prepare(
+    path: PathBuf,
+    alg: Option<Algorithm>,
+    offset: u64,
+    len: u64,
+    hasher: Sha256,
+) -> std::io::Result<Prepared> {
+    blocking(move || {
+        let mut sum: Option<ChecksumHasher> = alg.map(Algorithm::hasher);
+        let mut h = hasher;
+        read_range(&path, offset, len, |b| {
+            h.update(b);
+            if let Some(s) = sum.as_mut() {
+                s.update(b);
+            }
+        })?;
+        Ok(Prepared {
+            checksum: sum.map(ChecksumHasher::finish),
+            hasher_after: h,
+        })
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -1062,6 +1143,25 @@ mod tests {
         w.record(150, 100); // 150..200 again, 200..250 new
         assert_eq!(w.sent.load(Ordering::Relaxed), 400);
         assert_eq!(w.resent.load(Ordering::Relaxed), 150);
+    }
+
+    #[test]
+    fn a_dead_link_is_probed_often_then_less() {
+        let refused = ClientError::Connect {
+            addr: "x:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let early = retry_delay(&refused, 20, Duration::from_secs(30));
+        assert!(early <= Duration::from_secs(1), "{early:?}");
+        let late = retry_delay(&refused, 20, Duration::from_secs(3600));
+        assert!(late >= Duration::from_secs(30), "{late:?}");
+        let stalled = ClientError::Stalled(Duration::from_secs(10));
+        assert_eq!(retry_delay(&stalled, 1, Duration::ZERO), Duration::ZERO);
+        let server = ClientError::Server {
+            status: http::StatusCode::BAD_GATEWAY,
+            body: String::new(),
+        };
+        assert!(retry_delay(&server, 4, Duration::from_secs(10)) >= Duration::from_secs(6));
     }
 
     #[test]

@@ -67,6 +67,21 @@ fn send_until_progress(
     panic!("no progress beyond {min_offset} within 30 s");
 }
 
+/// Waits for the child, killing it (and failing) if it runs past `limit`.
+fn wait_at_most(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            kill9(&mut child);
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -403,5 +418,96 @@ fn ten_random_kills_resend_at_most_a_chunk_each() {
     assert!(
         resent <= 10 * chunk,
         "re-sent {resent} bytes over 10 kills, chunk {chunk}"
+    );
+}
+
+/// A connection that dies silently (no FIN, no RST: the proxy just stops moving bytes) is
+/// noticed by the absence of TCP progress, not TCP's minutes of backoff; the new connection
+/// takes the upload over from the server's stuck request.
+#[test]
+fn a_silently_dead_connection_is_replaced_within_the_stall_timeout() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let file = env.file("dead.iso", 2 * 1024 * 1024);
+    let args = [
+        "--limit",
+        "8Mbit",
+        "--chunk",
+        "256KiB",
+        "--stall-timeout",
+        "2s",
+    ];
+    let child = send_until_progress(&env, &file, &proxy.url(), &args, 0);
+    let frozen_at = Instant::now();
+    proxy.freeze_open_connections();
+    let status = wait_at_most(child, Duration::from_secs(30));
+    let took = frozen_at.elapsed();
+    assert!(status.success());
+    assert_eq!(
+        sha256_file(&server.dir.join("dead.iso")),
+        sha256_file(&file)
+    );
+    // 2 MiB at 8 Mbit/s is about 2 s of sending; the stall costs 2 s more, plus a reconnect.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        proxy
+            .counters
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
+}
+
+/// The limiter as the wire sees it: an even rate from the first second, no initial burst.
+#[test]
+fn a_throttled_send_is_smooth_on_the_wire() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let file = env.file("smooth.iso", 4 * 1024 * 1024);
+    let rate = 64.0 * 1024.0;
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(proxy.url())
+        .args(["--limit", "64KiB/s", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Sample the proxy's count every 50 ms for 4 s, from the first byte on.
+    let start = Instant::now();
+    while proxy.patch_body_bytes() == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let mut samples = vec![(0.0f64, proxy.patch_body_bytes())];
+    while t0.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(50));
+        samples.push((t0.elapsed().as_secs_f64(), proxy.patch_body_bytes()));
+    }
+    kill9(&mut child);
+    let (t_end, b_end) = *samples.last().unwrap();
+    let mean = (b_end - samples[0].1) as f64 / t_end;
+    let mut worst = 0.0f64;
+    for (i, &(ta, ba)) in samples.iter().enumerate() {
+        if let Some(&(tb, bb)) = samples[i..].iter().find(|(t, _)| *t >= ta + 1.0) {
+            worst = worst.max((bb - ba) as f64 / (tb - ta));
+        }
+    }
+    eprintln!(
+        "mean {:.3} x, worst 1-s window {:.3} x",
+        mean / rate,
+        worst / rate
+    );
+    assert!(
+        (mean / rate - 1.0).abs() < 0.03,
+        "mean {mean} B/s for {rate}"
+    );
+    assert!(
+        worst / rate < 1.15,
+        "a 1-s window carried {worst} B/s for {rate}"
     );
 }

@@ -75,7 +75,7 @@ pub struct Args {
     pub restart: bool,
 
     /// A connection that moves no data for this long is dropped and reopened.
-    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "10s")]
     pub stall_timeout: Duration,
 
     /// Print newline-delimited JSON events on stdout instead of a progress bar.

@@ -16,6 +16,9 @@ pub struct Counters {
     pub corrupt_patch: AtomicU64,
     pub corrupt_at: AtomicU64,
     pub corrupted: AtomicBool,
+    /// Connections opened before this generation stop moving data (a silently dead link).
+    pub frozen_before: AtomicU64,
+    pub connections: AtomicU64,
 }
 
 pub struct Proxy {
@@ -32,12 +35,16 @@ impl Proxy {
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                // A small receive buffer, so a frozen connection stops acknowledging soon,
+                // as a dead link would, instead of swallowing megabytes into the kernel.
+                let _ = socket2::SockRef::from(&client).set_recv_buffer_size(32 * 1024);
+                let generation = c.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
                 let c = c.clone();
                 let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                thread::spawn(move || upstream(client, server, &c));
+                thread::spawn(move || upstream(client, server, &c, generation));
                 thread::spawn(move || copy_plain(server2, client2));
             }
         });
@@ -50,6 +57,12 @@ impl Proxy {
 
     pub fn patch_body_bytes(&self) -> u64 {
         self.counters.patch_body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Every connection open now stops moving data, silently (no FIN, no RST); new ones work.
+    pub fn freeze_open_connections(&self) {
+        let next = self.counters.connections.load(Ordering::SeqCst) + 1;
+        self.counters.frozen_before.store(next, Ordering::SeqCst);
     }
 
     /// Damage one byte of the `index`-th PATCH (1-based) at body position `at`.
@@ -75,7 +88,7 @@ fn copy_plain(mut from: TcpStream, mut to: TcpStream) {
 }
 
 /// Client to server: parse request heads, count and maybe damage PATCH bodies.
-fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters) {
+fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters, generation: u64) {
     let mut head: Vec<u8> = Vec::new();
     let mut body_left: u64 = 0;
     let mut body_pos: u64 = 0;
@@ -83,6 +96,10 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters) {
     let mut patch_index = 0u64;
     let mut buf = [0u8; 64 * 1024];
     loop {
+        while generation < c.frozen_before.load(Ordering::SeqCst) {
+            // Frozen: hold the connection open and read nothing, forever.
+            thread::sleep(std::time::Duration::from_millis(100));
+        }
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,

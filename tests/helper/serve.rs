@@ -10,15 +10,23 @@ pub struct ServeProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The server's log (its stderr), shown when a test fails.
+    pub log: PathBuf,
 }
 
 impl ServeProcess {
     /// Starts `cmd` (an `upload` command with `serve` arguments, `--listen` included) and waits
     /// for its "listening on http://ADDR/files/" line.
     pub fn start(mut cmd: Command, dir: &Path) -> Self {
+        let log = dir.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("server log file");
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .expect("start upload serve");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -44,6 +52,7 @@ impl ServeProcess {
             child,
             addr,
             dir: dir.to_path_buf(),
+            log,
         }
     }
 
@@ -60,5 +69,9 @@ impl ServeProcess {
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- upload serve log ({}) ---\n{log}", self.log.display());
+        }
     }
 }
