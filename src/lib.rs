@@ -5,8 +5,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod estimate;
 pub mod protocol;
+pub mod queue;
 pub mod schedule;
 pub mod send;
 pub mod server;

@@ -21,7 +21,7 @@ use crate::client::{ChannelBody, ClientError, LinkProbe, Retry, TusClient, parse
 use crate::estimate::chunk_size_for;
 use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, ext, meta};
 use crate::store::{LinkSample, NewTransfer, Store, StoreError, Transfer, TransferState};
-use crate::throttle::Throttle;
+use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -51,6 +51,12 @@ pub struct SendOptions {
     pub restart: bool,
     /// With no confirmed progress for this long, the connection is considered dead.
     pub stall_timeout: Duration,
+    /// Give up when failing continuously for this long; `None` never gives up this way.
+    pub give_up_after: Option<Duration>,
+    /// Send this queued transfer (by id) instead of finding one by file and URL.
+    pub transfer_id: Option<i64>,
+    /// The scheduler's pause slots; always open for a lone `upload send`.
+    pub gate: Gate,
 }
 
 impl SendOptions {
@@ -65,6 +71,9 @@ impl SendOptions {
             max_retries: None,
             restart: false,
             stall_timeout: Duration::from_secs(10),
+            give_up_after: None,
+            transfer_id: None,
+            gate: Gate::always_open(),
         }
     }
 }
@@ -244,6 +253,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task panicked")
 }
 
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `pid@host` of this process, the owner name of transfer locks.
 pub fn lock_owner() -> String {
     format!("{}@{}", std::process::id(), hostname())
@@ -256,7 +274,7 @@ fn hostname() -> String {
 }
 
 /// A lock whose owner is a process on this host that no longer runs (killed, crashed).
-fn owner_is_dead(owner: &str) -> bool {
+pub fn owner_is_dead(owner: &str) -> bool {
     let Some((pid, host)) = owner.split_once('@') else {
         return false;
     };
@@ -358,6 +376,10 @@ struct Transfer_ {
     published_as: Option<String>,
     /// Pass one of the next chunk, running while the current one is sent.
     prefetch: Option<Prefetch>,
+    meter: RateMeter,
+    gate: Gate,
+    /// The confirmed rate after the last acknowledged chunk, bits per second.
+    rate_bps: f64,
     /// The database's byte counters when this process began.
     base_sent: u64,
     base_resent: u64,
@@ -387,11 +409,12 @@ pub async fn send(
     let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
     let owner = lock_owner();
     acquire_lock(&store, row.id, &owner).await?;
+    // Aborted on every way out, including this future being dropped (a scheduler stopping it).
     let heartbeat = {
         let store = store.clone();
         let owner = owner.clone();
         let id = row.id;
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let (s, o) = (store.clone(), owner.clone());
@@ -399,7 +422,7 @@ pub async fn send(
                     tracing::warn!("lock heartbeat: {e}");
                 }
             }
-        })
+        }))
     };
 
     let mut t = Transfer_ {
@@ -417,12 +440,15 @@ pub async fn send(
         server_sha256: None,
         published_as: None,
         prefetch: None,
+        meter: RateMeter::new(Instant::now(), 0),
+        gate: opts.gate.clone(),
+        rate_bps: 0.0,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
         row,
     };
     let result = t.run(&opts, &name, events, started).await;
-    heartbeat.abort();
+    drop(heartbeat);
     let (s, id, o) = (store.clone(), t.row.id, owner);
     let _ = blocking(move || s.unlock(id, &o)).await;
     match &result {
@@ -470,7 +496,28 @@ async fn find_or_create_row(
     chunk: u64,
 ) -> Result<Transfer, SendError> {
     let (s, p, u) = (store.clone(), path.to_path_buf(), opts.url.clone());
-    let existing = blocking(move || s.find_unfinished(&p, &u)).await?;
+    let existing = match opts.transfer_id {
+        Some(id) => {
+            let row = blocking(move || s.transfer(id)).await?;
+            if row.upload_url.is_none()
+                && (row.size != identity.size || row.mtime_ns != identity.mtime_ns)
+            {
+                // Queued, nothing sent yet: the file may change until its turn comes.
+                let s = store.clone();
+                let (size, mtime) = (identity.size, identity.mtime_ns);
+                Some(
+                    blocking(move || {
+                        s.reset_transfer(id, size, mtime)?;
+                        s.transfer(id)
+                    })
+                    .await?,
+                )
+            } else {
+                Some(row)
+            }
+        }
+        None => blocking(move || s.find_unfinished(&p, &u)).await?,
+    };
     if let Some(row) = existing {
         if !opts.restart && row.size != identity.size {
             return Err(SendError::SourceChanged {
@@ -563,7 +610,6 @@ impl Transfer_ {
         let mut failures = 0u32;
         let mut failing_since: Option<Instant> = None;
         let mut announced = false;
-        let mut meter = RateMeter::new(Instant::now(), 0);
         let mut final_digest: Option<(String, Option<String>)> = None;
         loop {
             let step: Result<bool, StepError> = async {
@@ -583,7 +629,7 @@ impl Transfer_ {
                         });
                         announced = true;
                     }
-                    meter.restart(Instant::now(), offset);
+                    self.meter.restart(Instant::now(), offset);
                 }
                 if self.offset() == size {
                     final_digest = Some(self.verify_complete()?);
@@ -591,7 +637,7 @@ impl Transfer_ {
                 }
                 let outcome = self.send_chunk().await?;
                 let offset = self.offset();
-                let rate = meter.ack(Instant::now(), offset);
+                let rate = self.rate_bps;
                 let eta = (rate > 0.0).then(|| (size - offset) as f64 * 8.0 / rate);
                 events(Event::Progress {
                     offset,
@@ -619,14 +665,16 @@ impl Transfer_ {
                         return Err(SendError::Server(e));
                     }
                     failures += 1;
-                    if opts.max_retries.is_some_and(|max| failures > max) {
+                    let down_for = failing_since.get_or_insert_with(Instant::now).elapsed();
+                    if opts.max_retries.is_some_and(|max| failures > max)
+                        || opts.give_up_after.is_some_and(|limit| down_for > limit)
+                    {
                         return Err(SendError::GaveUp {
                             attempts: failures,
                             error: e,
                         });
                     }
                     // A damaged chunk or a moved offset is not the link being down: retry now.
-                    let down_for = failing_since.get_or_insert_with(Instant::now).elapsed();
                     let delay = retry_delay(&e, failures, down_for);
                     tracing::warn!(attempt = failures, ?delay, "{e}");
                     events(Event::Retry {
@@ -913,11 +961,22 @@ impl Transfer_ {
 
     /// Sends the next chunk. Returns the digest and published name when it was the last.
     async fn send_chunk(&mut self) -> Result<Option<(String, Option<String>)>, StepError> {
+        // A scheduler's pause slot holds us here, between chunks, and sizes the last chunk
+        // before it so that nothing sent is thrown away.
+        let speed = match self.throttle.rate() {
+            Some(r) => Some(r.bytes_per_second()),
+            None => (self.rate_bps > 0.0).then_some(self.rate_bps / 8.0),
+        };
+        let fits = self.gate.admit(speed).await;
         self.check_identity().await?;
         let size = self.identity.size;
         let pos = self.pos.as_ref().expect("synced");
         let offset = pos.offset;
-        let len = self.row.chunk_size.min(size - offset);
+        let len = self
+            .row
+            .chunk_size
+            .min(size - offset)
+            .min(fits.unwrap_or(u64::MAX));
         let is_final = offset + len == size;
 
         // Pass one: the chunk's checksum and the hash state after it, usually read ahead
@@ -1007,12 +1066,14 @@ impl Transfer_ {
         pos.offset += len;
         pos.hasher = hasher_after;
         let prefix = hex::encode(pos.hasher.clone().finalize());
+        self.rate_bps = self.meter.ack(Instant::now(), pos.offset);
+        let rate = (self.rate_bps > 0.0).then_some(self.rate_bps);
         self.row.offset = pos.offset;
         self.row.prefix_sha256 = Some(prefix.clone());
         let (s, id, off) = (self.store.clone(), self.row.id, pos.offset);
         let sent = self.base_sent + self.wire.sent.load(Ordering::Relaxed);
         let resent = self.base_resent + self.wire.resent.load(Ordering::Relaxed);
-        blocking(move || s.record_progress(id, off, &prefix, sent, resent)).await?;
+        blocking(move || s.record_progress(id, off, &prefix, sent, resent, rate)).await?;
 
         if let Some(ours) = digest {
             if let Some(theirs) = outcome.sha256

@@ -92,6 +92,10 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 1 -> 2: the confirmed rate of a running transfer, for `upload status`.
+    r#"
+    ALTER TABLE transfers ADD COLUMN rate_bps REAL;  -- bits per second the server confirmed lately
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -244,6 +248,8 @@ pub struct Transfer {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Bits per second the server confirmed over the last minute, while running.
+    pub rate_bps: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -275,7 +281,8 @@ impl std::fmt::Debug for Store {
 
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
-     bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at";
+     bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
+     rate_bps";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -452,18 +459,20 @@ impl Store {
         prefix_sha256: &str,
         bytes_sent: u64,
         resent_bytes: u64,
+        rate_bps: Option<f64>,
     ) -> Result<(), StoreError> {
         self.update(
             id,
             "UPDATE transfers SET offset = ?2, prefix_sha256 = ?3, bytes_sent = ?4, \
-             resent_bytes = ?5, updated_at = ?6 WHERE id = ?1",
+             resent_bytes = ?5, updated_at = ?6, rate_bps = ?7 WHERE id = ?1",
             params![
                 id,
                 offset,
                 prefix_sha256,
                 bytes_sent,
                 resent_bytes,
-                Utc::now().timestamp()
+                Utc::now().timestamp(),
+                rate_bps
             ],
         )
     }
@@ -616,6 +625,12 @@ impl Store {
             .optional()?)
     }
 
+    pub fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM settings WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
     pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO settings (key, value) VALUES (?1, ?2) \
@@ -766,6 +781,7 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
         created_at: time_from_row(r, 20)?,
         updated_at: time_from_row(r, 21)?,
         finished_at: opt_time_from_row(r, 22)?,
+        rate_bps: r.get(23)?,
     })
 }
 
@@ -808,8 +824,8 @@ mod tests {
     #[test]
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(SCHEMA_VERSION, 2);
         assert!(s.path().is_none());
     }
 
@@ -822,10 +838,30 @@ mod tests {
         let id = s.insert_transfer(&new_transfer("x")).unwrap().id;
         drop(s);
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.transfer(id).unwrap().name, "x");
         let s2 = Store::open(&path).unwrap();
         assert_eq!(s2.list_transfers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_forward_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
+                 state, created_at, updated_at) VALUES ('old.iso', '/old.iso', 10, 1, \
+                 'http://h/files/', 5, 'queued', 0, 0); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let t = &s.list_transfers().unwrap()[0];
+        assert_eq!((t.name.as_str(), t.size, t.rate_bps), ("old.iso", 10, None));
     }
 
     #[test]
@@ -848,7 +884,7 @@ mod tests {
                 supported,
                 path: p,
             } => {
-                assert_eq!((*found, *supported), (99, 1));
+                assert_eq!((*found, *supported), (99, SCHEMA_VERSION));
                 assert_eq!(p, &path);
             }
             other => panic!("expected TooNew, got {other:?}"),
@@ -959,7 +995,7 @@ mod tests {
         s.set_upload_url(t.id, Some("https://files.example/uploads/abc"))
             .unwrap();
         s.set_state(t.id, TransferState::Running, None).unwrap();
-        s.record_progress(t.id, 8 << 20, "ab12", 9 << 20, 1 << 20)
+        s.record_progress(t.id, 8 << 20, "ab12", 9 << 20, 1 << 20, Some(128_000.0))
             .unwrap();
         let t1 = s.transfer(t.id).unwrap();
         assert_eq!(t1.state, TransferState::Running);
@@ -968,7 +1004,7 @@ mod tests {
         assert_eq!(t1.prefix_sha256.as_deref(), Some("ab12"));
         assert_eq!((t1.bytes_sent, t1.resent_bytes), (9 << 20, 1 << 20));
         assert!(matches!(
-            s.record_progress(999, 1, "x", 1, 0),
+            s.record_progress(999, 1, "x", 1, 0, None),
             Err(StoreError::NotFound(999))
         ));
 
@@ -1178,7 +1214,7 @@ mod tests {
                     let s = Store::open(&path).unwrap();
                     for i in 0..200u64 {
                         if i % 2 == 0 {
-                            s.record_progress(base, i, "00", i, t).unwrap();
+                            s.record_progress(base, i, "00", i, t, None).unwrap();
                         } else {
                             s.insert_transfer(&new_transfer(&format!("t{t}-{i}")))
                                 .unwrap();

@@ -145,6 +145,100 @@ impl Throttle {
     }
 }
 
+/// Whether sending may start a chunk now, and when it must have stopped: how the scheduler's
+/// `pause` slots reach a running transfer without dropping its connection. The throttle sets
+/// how fast; the gate sets whether and until when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateState {
+    pub open: bool,
+    /// When an open gate will close (the next `pause` slot), so the last chunk can be sized to
+    /// end before it and no partial chunk is thrown away.
+    pub closes_at: Option<tokio::time::Instant>,
+}
+
+/// The receiving side of a gate; [`Gate::always_open`] for a transfer nobody schedules.
+#[derive(Debug, Clone)]
+pub struct Gate(Option<watch::Receiver<GateState>>);
+
+/// The scheduler's side of a gate.
+#[derive(Debug)]
+pub struct GateControl(watch::Sender<GateState>);
+
+/// Below this, a chunk before a pause is not worth its request: wait for the pause instead.
+const GATE_MIN_CHUNK: u64 = 16 * 1024;
+
+impl Gate {
+    pub fn always_open() -> Gate {
+        Gate(None)
+    }
+
+    /// A gate, open, and its control.
+    pub fn new() -> (GateControl, Gate) {
+        let (tx, rx) = watch::channel(GateState {
+            open: true,
+            closes_at: None,
+        });
+        (GateControl(tx), Gate(Some(rx)))
+    }
+
+    fn state(&self) -> GateState {
+        self.0.as_ref().map_or(
+            GateState {
+                open: true,
+                closes_at: None,
+            },
+            |rx| *rx.borrow(),
+        )
+    }
+
+    /// Waits until a chunk of useful size may start, and returns the most bytes it may carry
+    /// at `bytes_per_second` (`None`: no bound) so that it ends before the gate closes.
+    pub async fn admit(&mut self, bytes_per_second: Option<f64>) -> Option<u64> {
+        loop {
+            let st = self.state();
+            if st.open {
+                // No pause ahead: any chunk fits.
+                let closes = st.closes_at?;
+                let left = closes.saturating_duration_since(tokio::time::Instant::now());
+                let Some(rate) = bytes_per_second else {
+                    // Unknown speed: cannot size the chunk; send it, the pause waits for it.
+                    return None;
+                };
+                // 90 %: the rate is a ceiling, the response takes a moment too.
+                let fits = (rate * left.as_secs_f64() * 0.9) as u64;
+                if fits >= GATE_MIN_CHUNK {
+                    return Some(fits);
+                }
+                // Too close to the pause: wait for it (or for the plan to change).
+                if let Some(rx) = self.0.as_mut() {
+                    let _ =
+                        tokio::time::timeout(left + Duration::from_millis(50), rx.changed()).await;
+                }
+                continue;
+            }
+            match self.0.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        // The scheduler is gone: nothing will open the gate again.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => return None,
+            }
+        }
+    }
+}
+
+impl GateControl {
+    pub fn set(&self, state: GateState) {
+        self.0.send_if_modified(|cur| {
+            let changed = *cur != state;
+            *cur = state;
+            changed
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +297,32 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_gate_sizes_the_last_chunk_and_holds_while_closed() {
+        let (control, mut gate) = Gate::new();
+        assert_eq!(gate.admit(Some(1000.0)).await, None);
+        let now = tokio::time::Instant::now();
+        control.set(GateState {
+            open: true,
+            closes_at: Some(now + Duration::from_secs(100)),
+        });
+        let fits = gate.admit(Some(1000.0)).await.unwrap();
+        assert!((89_000..=90_000).contains(&fits), "{fits}");
+        control.set(GateState {
+            open: false,
+            closes_at: None,
+        });
+        let mut waiting = gate.clone();
+        let task = tokio::spawn(async move { waiting.admit(Some(1000.0)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "a closed gate admits nothing");
+        control.set(GateState {
+            open: true,
+            closes_at: None,
+        });
+        assert_eq!(task.await.unwrap(), None);
     }
 
     #[test]

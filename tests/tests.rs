@@ -4,5 +4,6 @@ mod helper;
 
 mod estimate;
 mod interop;
+mod queue;
 mod send;
 mod server;

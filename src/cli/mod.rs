@@ -4,7 +4,10 @@
 //! Exit statuses are part of the interface (scripts and the scheduler read them); see
 //! [`exit`].
 
+mod config;
 mod estimate;
+mod queue;
+mod run;
 mod send;
 mod serve;
 
@@ -68,31 +71,49 @@ pub struct Cli {
     #[arg(long, global = true, env = "UPLOAD_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
 
+    /// The configuration file. [default: $XDG_CONFIG_HOME/upload/config.toml]
+    #[arg(long, global = true, env = "UPLOAD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log lines for people, or one JSON object per line (for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Logs go to stderr. The server logs what it receives by default; a client shows its
-/// progress display instead and logs only errors unless asked.
-fn init_logging(verbose: u8, command: &Command) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Logs go to stderr. The server and the scheduler log what they do by default; a client
+/// shows its progress display instead and logs only errors unless asked.
+fn init_logging(verbose: u8, format: LogFormat, command: &Command) {
     let default = match (verbose, command) {
-        (0, Command::Serve(_)) => "upload=info",
+        (0, Command::Serve(_) | Command::Run(_)) => "upload=info",
         (0, _) => "upload=error",
         (1, _) => "upload=info",
         _ => "upload=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +130,24 @@ pub enum Command {
     /// Receive uploads: a tus 1.0 server that publishes only complete, verified files.
     #[command(after_help = serve::AFTER_HELP)]
     Serve(serve::Args),
+
+    /// The persistent queue of transfers for `upload run`.
+    #[command(after_help = queue::AFTER_HELP)]
+    Queue(queue::Args),
+
+    /// Send the queue: priorities, deadlines, one shared budget, a bandwidth timetable.
+    #[command(after_help = run::AFTER_HELP)]
+    Run(run::Args),
+
+    /// Each transfer's state, offset, rate, finish time within the timetable, last error.
+    Status(queue::StatusArgs),
+
+    /// Change the budget of a running `upload run` (rate, off, pause), or --clear it.
+    Limit(queue::LimitArgs),
+
+    /// Show the configuration in force: the file read, each setting and where it comes from.
+    #[command(after_help = config::AFTER_HELP)]
+    Config(config::Args),
 }
 
 /// An error on its way out, with the exit status it maps to.
@@ -150,27 +189,95 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    init_logging(cli.verbose, &cli.command);
-    let global = Global { db: cli.db };
+    init_logging(cli.verbose, cli.log_format, &cli.command);
+    let global = Global {
+        db: cli.db,
+        config: cli.config,
+        loaded: std::cell::OnceCell::new(),
+    };
     match cli.command {
         Command::Estimate(args) => estimate::run(&global, args),
         Command::Send(args) => send::run(&global, args),
         Command::Serve(args) => serve::run(&global, args),
+        Command::Queue(args) => queue::run(&global, args),
+        Command::Run(args) => run::run(&global, args),
+        Command::Status(args) => queue::status(&global, args),
+        Command::Limit(args) => queue::limit(&global, args),
+        Command::Config(args) => config::run(&global, args),
     }
 }
 
-/// Options every command may use.
+/// Options every command may use, and the configuration file behind them.
 pub struct Global {
+    /// `--db` or `UPLOAD_DB`.
     pub db: Option<PathBuf>,
+    /// `--config` or `UPLOAD_CONFIG`.
+    pub config: Option<PathBuf>,
+    loaded: std::cell::OnceCell<crate::config::Config>,
 }
 
 impl Global {
-    /// The state database path: `--db`, `UPLOAD_DB`, else the XDG default.
-    pub fn db_path(&self) -> Result<PathBuf, Failure> {
-        match &self.db {
-            Some(p) => Ok(p.clone()),
-            None => crate::store::default_db_path().map_err(Failure::usage),
+    pub fn config_path(&self) -> Result<crate::config::ConfigPath, Failure> {
+        crate::config::ConfigPath::resolve(self.config.as_deref()).map_err(Failure::usage)
+    }
+
+    /// The configuration file's settings (all defaults without a file), read once.
+    pub fn config(&self) -> Result<&crate::config::Config, Failure> {
+        if let Some(c) = self.loaded.get() {
+            return Ok(c);
         }
+        let config = match crate::config::ConfigPath::resolve(self.config.as_deref()) {
+            Ok(path) => path.load().map_err(Failure::usage)?,
+            // No HOME and no XDG_CONFIG_HOME: nothing to read, and nothing was asked for.
+            Err(_) if self.config.is_none() => crate::config::Config::default(),
+            Err(e) => return Err(Failure::usage(e)),
+        };
+        Ok(self.loaded.get_or_init(|| config))
+    }
+
+    /// The state database path: `--db`/`UPLOAD_DB`, else the config file's, else the XDG
+    /// default.
+    pub fn db_path(&self) -> Result<PathBuf, Failure> {
+        if let Some(p) = &self.db {
+            return Ok(p.clone());
+        }
+        if let Some(p) = &self.config()?.db {
+            return Ok(p.clone());
+        }
+        crate::store::default_db_path().map_err(Failure::usage)
+    }
+
+    pub fn timetable(&self) -> Result<Option<String>, Failure> {
+        Ok(self.config()?.timetable.clone())
+    }
+
+    pub fn jobs(&self) -> Result<Option<u32>, Failure> {
+        Ok(self.config()?.jobs)
+    }
+
+    pub fn limit(&self) -> Result<Option<crate::units::Rate>, Failure> {
+        Ok(self.config()?.limit)
+    }
+
+    pub fn give_up_after(&self) -> Result<Option<std::time::Duration>, Failure> {
+        Ok(self.config()?.give_up_after)
+    }
+
+    /// The configured token of `host`, if any.
+    pub fn token_for(&self, host: &str) -> Result<Option<String>, Failure> {
+        self.config()?.token_for(host).map_err(Failure::usage)
+    }
+
+    /// Every configured host's token.
+    pub fn host_tokens(&self) -> Result<std::collections::HashMap<String, String>, Failure> {
+        let config = self.config()?;
+        let mut out = std::collections::HashMap::new();
+        for host in config.hosts.keys() {
+            if let Some(t) = config.token_for(host).map_err(Failure::usage)? {
+                out.insert(host.clone(), t);
+            }
+        }
+        Ok(out)
     }
 }
 

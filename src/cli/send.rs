@@ -5,7 +5,7 @@ use super::{Failure, Global, exit};
 use crate::client::ClientError;
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::Store;
-use crate::throttle::Throttle;
+use crate::throttle::{Gate, Throttle};
 use crate::units::{self, Rate, Size, format_byte_rate, format_duration, format_size};
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
 
+    /// Give up when the server has been unreachable or failing for this long, e.g. 12h
+    /// [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    pub give_up_after: Option<Duration>,
+
     /// Forget an unfinished upload of this file to this URL and start from the beginning.
     #[arg(long)]
     pub restart: bool,
@@ -83,27 +88,42 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The token from `--token-file` or `UPLOAD_TOKEN`.
-fn token(file: Option<&Path>) -> Result<Option<String>, Failure> {
+/// The first line of a token file that is not empty or a `#` comment.
+pub fn read_token_file(f: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read the token file \"{}\"", f.display()))
+        .map_err(Failure::usage)?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| {
+            Failure::usage(anyhow!(
+                "the token file \"{}\" holds no token: expected one line, e.g. 3f9c2a…",
+                f.display()
+            ))
+        })?;
+    Ok(token.to_string())
+}
+
+/// The token from `--token-file`, else `UPLOAD_TOKEN`, else the config file's for the host.
+fn token(global: &Global, file: Option<&Path>, url: &str) -> Result<Option<String>, Failure> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the token file \"{}\"", f.display()))
-            .map_err(Failure::usage)?;
-        let token = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .ok_or_else(|| {
-                Failure::usage(anyhow!(
-                    "the token file \"{}\" holds no token: expected one line, e.g. 3f9c2a…",
-                    f.display()
-                ))
-            })?;
-        return Ok(Some(token.to_string()));
+        return read_token_file(f).map(Some);
     }
-    Ok(std::env::var("UPLOAD_TOKEN")
+    if let Some(t) = std::env::var("UPLOAD_TOKEN")
         .ok()
-        .filter(|t| !t.trim().is_empty()))
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some(t));
+    }
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+    {
+        Some(host) => global.token_for(&host),
+        None => Ok(None),
+    }
 }
 
 /// The exit status a failure maps to.
@@ -283,7 +303,11 @@ fn json_event(e: &Event) -> serde_json::Value {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
-    let token = token(args.token_file.as_deref())?;
+    let token = token(global, args.token_file.as_deref(), &args.url)?;
+    let limit = match args.limit {
+        Some(l) => Some(l),
+        None => global.limit()?,
+    };
     let db = global.db_path()?;
     let store = Store::open(&db).context("opening the state database")?;
     let opts = SendOptions {
@@ -291,11 +315,14 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         url: args.url,
         name: args.name,
         chunk: args.chunk.map(Size::bytes),
-        limit: args.limit,
+        limit,
         token,
         max_retries: args.max_retries,
         restart: args.restart,
         stall_timeout: args.stall_timeout,
+        give_up_after: args.give_up_after,
+        transfer_id: None,
+        gate: Gate::always_open(),
     };
     let json = args.json;
     let display = Display::new();

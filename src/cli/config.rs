@@ -1,0 +1,275 @@
+//! `upload config show [--json]`: which configuration file is read, the settings in force and
+//! where each comes from (flag, env, config, default), and which hosts have a token. Tokens are
+//! never printed, only where they come from.
+
+use super::{Failure, Global, exit};
+use crate::config::{Config, ConfigPath, Effective, Flags, Setting, Source, TokenSource};
+use crate::units::format_duration;
+use serde_json::{Value, json};
+use std::path::Path;
+
+pub const AFTER_HELP: &str = r#"Examples:
+  upload config show
+  upload config show --json
+  upload --config ./test.toml config show
+
+The file is TOML at $XDG_CONFIG_HOME/upload/config.toml (else ~/.config/upload/config.toml);
+--config PATH or UPLOAD_CONFIG=PATH names another. Every key is optional:
+
+db = "~/.local/state/upload/upload.db"
+timetable = "07:00,32kbit 23:00,off"
+jobs = 1
+limit = "100kbit"
+give_up_after = "1d"
+
+[hosts."files.example.org"]
+token_file = "~/.config/upload/example.token"
+
+A host takes token_file (its first line is the token) or token, not both."#;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the configuration file used, each setting with its value and source, and the
+    /// hosts that have a token.
+    Show {
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    match args.command {
+        Command::Show { json } => show(global, json),
+    }
+}
+
+/// A value clap took from `--flag` or from its environment variable: the variable wins the
+/// attribution when it holds the same value (clap gives both as one).
+fn flag_or_env(var: &str, value: &Path) -> Source {
+    if std::env::var_os(var).as_deref() == Some(value.as_os_str()) {
+        Source::Env
+    } else {
+        Source::Flag
+    }
+}
+
+fn show(global: &Global, json: bool) -> Result<(), Failure> {
+    let location = global.config_path()?;
+    let config = location.load().map_err(|e| Failure::new(exit::USAGE, e))?;
+    let flags = Flags {
+        db: global.db.clone(),
+        db_from_env: global
+            .db
+            .as_deref()
+            .is_some_and(|db| flag_or_env("UPLOAD_DB", db) == Source::Env),
+        ..Flags::default()
+    };
+    let effective = Effective::merge(&flags, &config, crate::store::default_db_path().ok());
+    let file_source = if location.explicit {
+        flag_or_env("UPLOAD_CONFIG", &location.path)
+    } else {
+        Source::Default
+    };
+    if json {
+        println!("{}", to_json(&location, file_source, &effective, &config));
+    } else {
+        print!("{}", to_text(&location, file_source, &effective, &config));
+    }
+    Ok(())
+}
+
+/// Each setting as (name, value for people, source).
+fn rows(e: &Effective) -> [(&'static str, String, Source); 5] {
+    fn row<T>(
+        name: &'static str,
+        s: &Setting<T>,
+        show: impl Fn(&T) -> String,
+    ) -> (&'static str, String, Source) {
+        (name, show(&s.value), s.source)
+    }
+    [
+        row("db", &e.db, |v| {
+            v.as_deref().map_or(
+                "unknown (neither HOME nor XDG_STATE_HOME is set)".into(),
+                |p| p.display().to_string(),
+            )
+        }),
+        row("timetable", &e.timetable, |v| {
+            v.clone()
+                .unwrap_or_else(|| "none (full speed at all hours)".into())
+        }),
+        row("jobs", &e.jobs, u32::to_string),
+        row("limit", &e.limit, |v| {
+            v.map_or("unlimited".into(), |r| r.to_string())
+        }),
+        row("give_up_after", &e.give_up_after, |v| {
+            v.map_or(
+                "upload run: 1 d; upload send: never".into(),
+                format_duration,
+            )
+        }),
+    ]
+}
+
+/// What `config show` says about a host's token; never the token itself.
+fn token_status(config: &Config, host: &str, source: Option<&TokenSource>) -> String {
+    match source {
+        None => "none".into(),
+        Some(TokenSource::Inline(_)) => "set (in the configuration file)".into(),
+        Some(TokenSource::File(file)) => match config.token_for(host) {
+            Ok(_) => format!("set (from file {})", file.display()),
+            Err(e) => format!("unusable: {e}"),
+        },
+    }
+}
+
+fn exists_word(location: &ConfigPath) -> &'static str {
+    match (location.exists(), location.explicit) {
+        (true, _) => "exists",
+        (false, false) => "does not exist: all defaults",
+        // Loading fails before this is printed; kept for completeness.
+        (false, true) => "does not exist",
+    }
+}
+
+fn to_text(location: &ConfigPath, file_source: Source, e: &Effective, config: &Config) -> String {
+    let mut out = format!(
+        "config file: {} ({file_source}, {})\n",
+        location.path.display(),
+        exists_word(location)
+    );
+    let rows = rows(e);
+    let width = rows
+        .iter()
+        .map(|(_, v, _)| v.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (name, value, source) in rows {
+        out += &format!("{name:<14} {value:<width$}  ({source})\n");
+    }
+    if config.hosts.is_empty() {
+        out += "hosts: none configured\n";
+    } else {
+        out += "hosts:\n";
+        let width = config
+            .hosts
+            .keys()
+            .map(|h| h.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (host, h) in &config.hosts {
+            out += &format!(
+                "  {host:<width$}  token: {}\n",
+                token_status(config, host, h.token.as_ref())
+            );
+        }
+    }
+    out
+}
+
+fn to_json(location: &ConfigPath, file_source: Source, e: &Effective, config: &Config) -> Value {
+    let mut settings = serde_json::Map::new();
+    for (name, value, source) in rows(e) {
+        settings.insert(name.into(), json!({"value": value, "source": source}));
+    }
+    // Numbers for machines beside the words for people; null for "none".
+    match e.limit.value {
+        Some(rate) => settings["limit"]["bits_per_second"] = json!(rate.bits_per_second()),
+        None => settings["limit"]["value"] = json!(null),
+    }
+    match e.give_up_after.value {
+        Some(d) => settings["give_up_after"]["seconds"] = json!(d.as_secs_f64()),
+        None => settings["give_up_after"]["value"] = json!(null),
+    }
+    settings["jobs"]["value"] = json!(e.jobs.value);
+    settings["db"]["value"] = json!(e.db.value);
+    settings["timetable"]["value"] = json!(e.timetable.value);
+
+    let hosts: serde_json::Map<String, Value> = config
+        .hosts
+        .iter()
+        .map(|(host, h)| {
+            let token = match &h.token {
+                None => json!(null),
+                Some(TokenSource::Inline(_)) => json!({"from": "config"}),
+                Some(TokenSource::File(file)) => json!({
+                    "from": "file",
+                    "file": file,
+                    "error": config.token_for(host).err().map(|e| e.to_string()),
+                }),
+            };
+            (host.clone(), json!({"token": token}))
+        })
+        .collect();
+    json!({
+        "config_file": {
+            "path": location.path,
+            "source": file_source,
+            "exists": location.exists(),
+        },
+        "settings": settings,
+        "hosts": hosts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn help_shows_the_documented_example() {
+        assert!(AFTER_HELP.contains(crate::config::EXAMPLE.trim_end()));
+    }
+
+    #[test]
+    fn show_never_prints_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("t");
+        std::fs::write(&token_file, "file-s3cret\n").unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "limit = \"100kbit\"\n[hosts.\"a.example\"]\ntoken = \"inline-s3cret\"\n\
+                 [hosts.\"b.example\"]\ntoken_file = {:?}\n[hosts.\"c.example\"]\n",
+                token_file.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let location = ConfigPath {
+            path: path.clone(),
+            explicit: true,
+        };
+        let config = location.load().unwrap();
+        let e = Effective::merge(&Flags::default(), &config, Some(PathBuf::from("/s/u.db")));
+        let text = to_text(&location, Source::Flag, &e, &config);
+        let json = to_json(&location, Source::Flag, &e, &config).to_string();
+        for out in [&text, &json] {
+            assert!(!out.contains("s3cret"), "{out}");
+        }
+        assert!(text.contains("(flag, exists)"), "{text}");
+        assert!(text.contains("100 kbit/s"), "{text}");
+        assert!(text.contains("(config)"), "{text}");
+        assert!(
+            text.contains(&format!("token: set (from file {})", token_file.display())),
+            "{text}"
+        );
+        assert!(text.contains("  c.example  token: none"), "{text}");
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["settings"]["limit"]["bits_per_second"], 100_000.0);
+        assert_eq!(
+            v["settings"]["jobs"],
+            json!({"value": 1, "source": "default"})
+        );
+        assert_eq!(v["hosts"]["a.example"]["token"]["from"], "config");
+        assert_eq!(v["settings"]["give_up_after"]["value"], json!(null));
+    }
+}

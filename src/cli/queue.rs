@@ -1,0 +1,432 @@
+//! `upload queue add|list|rm|pause|resume` and `upload status`: the persistent queue that
+//! `upload run` works through, and what it expects to finish when.
+
+use super::{Failure, Global, exit, ordinal};
+use crate::client::parse_endpoint;
+use crate::estimate::{self, chunk_size_for};
+use crate::queue::{self, Clock, Outlook};
+use crate::schedule::{self, Budget, Timetable};
+use crate::store::{NewTransfer, Store, Transfer, TransferState};
+use crate::units::{Rate, Size, format_byte_rate, format_size};
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Local, Utc};
+use serde_json::json;
+use std::path::PathBuf;
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  upload queue add debian.iso http://server:8080/files/ --priority 2 --deadline \"2026-01-03 07:00\"
+  upload queue add notes.tar http://server:8080/files/ --limit 32kbit
+  upload queue list
+  upload queue pause 3
+  upload run --timetable \"07:00,32kbit 23:00,off\"
+
+Order: higher --priority first; among equals the earliest deadline, then the oldest.
+Concurrent transfers (upload run --jobs N) share the budget by weight: each priority step
+doubles a transfer's share; its own --limit caps it further.";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueCommand {
+    /// Queue a file for `upload run`.
+    Add(AddArgs),
+    /// The queue, in the order it will be sent.
+    List {
+        /// One JSON array (as `upload status --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a transfer from the queue (a running one stops; the server's partial upload
+    /// expires there).
+    Rm { id: i64 },
+    /// Hold a transfer: `upload run` stops it between chunks and skips it until resumed.
+    Pause { id: i64 },
+    /// Put a paused or failed transfer back in the queue.
+    Resume { id: i64 },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The file to upload.
+    pub file: PathBuf,
+    /// The server's tus creation URL, e.g. http://server:8080/files/
+    pub url: String,
+    /// Higher goes first, and gets a larger share when transfers run together.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// When it must be on the server, local time, e.g. "2026-01-03 07:00"; flagged if the
+    /// timetable cannot make it.
+    #[arg(long, value_name = "TIME")]
+    pub deadline: Option<String>,
+    /// This transfer's own cap, within the shared budget, e.g. 32kbit.
+    #[arg(long, value_name = "RATE")]
+    pub limit: Option<Rate>,
+    /// The name to publish under [default: the file's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Bytes per request [default: about 20 s at the expected rate].
+    #[arg(long, value_name = "SIZE")]
+    pub chunk: Option<Size>,
+    /// Print the queued transfer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// One transfer [default: all].
+    pub id: Option<i64>,
+    /// One JSON array of objects.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open(global: &Global) -> Result<Store, Failure> {
+    let path = global.db_path()?;
+    Store::open(&path)
+        .context("opening the state database")
+        .map_err(Failure::from)
+}
+
+/// The timetable status and add plan with: the running daemon's, else the configured one,
+/// else none (always on).
+pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, Failure> {
+    let text = match store
+        .get_setting(queue::TIMETABLE)
+        .context("reading settings")?
+    {
+        Some(t) => Some(t),
+        None => global.timetable()?,
+    };
+    match text {
+        None => Ok(Timetable::constant(Budget::Unlimited)),
+        Some(t) => t.parse().map_err(Failure::usage),
+    }
+}
+
+/// The link's rate for planning: the median of recent transfers, else the estimate default.
+fn link_rate(store: &Store) -> Result<Rate, Failure> {
+    let samples = store
+        .recent_link_samples(None, estimate::HISTORY_SAMPLES)
+        .context("reading link history")?;
+    let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
+    Ok(estimate::median_goodput(&pairs).unwrap_or_else(|| {
+        Rate::from_bits_per_second(estimate::DEFAULT_RATE_BPS).expect("positive default")
+    }))
+}
+
+fn clock() -> Result<Clock, Failure> {
+    Clock::from_env().map_err(|e| Failure::usage(anyhow!(e)))
+}
+
+/// "Thu 03:10, third night" — in words, following the timetable.
+pub fn finish_words(
+    at: &DateTime<chrono::FixedOffset>,
+    windows: Option<u32>,
+    now: &DateTime<Local>,
+) -> String {
+    let at = at.with_timezone(&Local);
+    let when = if at.date_naive() == now.date_naive() {
+        at.format("today %H:%M").to_string()
+    } else if (at.date_naive() - now.date_naive()).num_days() < 7 {
+        at.format("%a %H:%M").to_string()
+    } else {
+        at.format("%a %Y-%m-%d %H:%M").to_string()
+    };
+    match windows {
+        Some(n) if n > 1 => format!("{when}, {} night", ordinal(n)),
+        _ => when,
+    }
+}
+
+fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> serde_json::Value {
+    let eta = o
+        .and_then(|o| o.finish_at)
+        .map(|f| (f - now.fixed_offset()).num_seconds().max(0));
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "file": t.source_path,
+        "url": t.dest_url,
+        "upload_url": t.upload_url,
+        "state": t.state,
+        "offset": t.offset,
+        "size": t.size,
+        "priority": t.priority,
+        "deadline": t.deadline.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "limit_bps": t.rate_limit_bps,
+        "rate_bps": if t.state == TransferState::Running { t.rate_bps } else { None },
+        "eta_seconds": eta,
+        "finish_at": o.and_then(|o| o.finish_at).map(|f| f.to_rfc3339()),
+        "earliest_finish": o.and_then(|o| o.earliest_finish).map(|f| f.to_rfc3339()),
+        "deadline_missed": o.is_some_and(|o| o.late),
+        "finished_at": t.finished_at.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "last_error": t.last_error,
+        "bytes_sent": t.bytes_sent,
+        "resent_bytes": t.resent_bytes,
+    })
+}
+
+fn plan(store: &Store, global: &Global, rows: &[Transfer]) -> Result<Vec<Outlook>, Failure> {
+    let tt = effective_timetable(store, global)?;
+    let link = link_rate(store)?;
+    Ok(queue::outlook(rows, &tt, link, clock()?.now()))
+}
+
+pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    let store = open(global)?;
+    match args.command {
+        QueueCommand::Add(a) => add(global, &store, a),
+        QueueCommand::List { json } => list(global, &store, None, json),
+        QueueCommand::Rm { id } => {
+            let t = get(&store, id)?;
+            store.delete_transfer(id).context("removing")?;
+            println!("removed #{id} {}", t.name);
+            Ok(())
+        }
+        QueueCommand::Pause { id } => {
+            let t = get(&store, id)?;
+            if t.state == TransferState::Done {
+                return Err(Failure::usage(anyhow!("#{id} is already done")));
+            }
+            store
+                .set_state(id, TransferState::Paused, None)
+                .context("pausing")?;
+            println!("paused #{id} {} at {}", t.name, format_size(t.offset));
+            Ok(())
+        }
+        QueueCommand::Resume { id } => {
+            let t = get(&store, id)?;
+            if !matches!(t.state, TransferState::Paused | TransferState::Failed) {
+                return Err(Failure::usage(anyhow!(
+                    "#{id} is {}, not paused or failed",
+                    t.state
+                )));
+            }
+            store
+                .set_state(id, TransferState::Queued, None)
+                .context("resuming")?;
+            println!("queued #{id} {} again", t.name);
+            Ok(())
+        }
+    }
+}
+
+fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
+    store.transfer(id).map_err(|e| match e {
+        crate::store::StoreError::NotFound(_) => Failure::usage(anyhow!(
+            "no transfer #{id}; `upload queue list` shows the ids"
+        )),
+        other => Failure::from(other),
+    })
+}
+
+fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
+    let meta = std::fs::metadata(&a.file).map_err(|e| {
+        Failure::new(
+            exit::SOURCE,
+            anyhow!(e).context(format!("cannot read \"{}\"", a.file.display())),
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(Failure::new(
+            exit::NOT_A_FILE,
+            anyhow!("\"{}\" is not a regular file", a.file.display()),
+        ));
+    }
+    parse_endpoint(&a.url).map_err(Failure::usage)?;
+    let path = std::fs::canonicalize(&a.file).context("resolving the file's path")?;
+    let now = clock()?.now();
+    let deadline = match &a.deadline {
+        None => None,
+        Some(d) => Some(
+            schedule::parse_local_time(d, &Local, now)
+                .map_err(Failure::usage)?
+                .with_timezone(&Utc),
+        ),
+    };
+    let link = link_rate(store)?;
+    let expected = match a.limit {
+        Some(l) if l.bits_per_second() < link.bits_per_second() => l,
+        _ => link,
+    };
+    use std::os::unix::fs::MetadataExt;
+    let new = NewTransfer {
+        name: a.name.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "upload".into())
+        }),
+        source_path: path,
+        size: meta.len(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        dest_url: a.url,
+        chunk_size: a
+            .chunk
+            .map(Size::bytes)
+            .unwrap_or_else(|| chunk_size_for(Some(expected))),
+        state: TransferState::Queued,
+        priority: a.priority,
+        deadline,
+        rate_limit_bps: a.limit.map(Rate::bits_per_second),
+    };
+    let t = store.insert_transfer(&new).context("queueing")?;
+    let rows = store.list_transfers().context("reading the queue")?;
+    let outlook = plan(store, global, &rows)?;
+    let o = outlook.iter().find(|o| o.id == t.id);
+    if a.json {
+        println!("{}", transfer_json(&t, o, &now));
+        return Ok(());
+    }
+    let finish = o
+        .and_then(|o| o.finish_at.map(|f| finish_words(&f, o.windows, &now)))
+        .unwrap_or_else(|| "not while the timetable pauses everything".into());
+    println!(
+        "queued #{} {} ({}) -> {}; finishes {finish}",
+        t.id,
+        t.name,
+        format_size(t.size),
+        t.dest_url
+    );
+    if let Some(o) = o.filter(|o| o.late) {
+        let earliest = o
+            .earliest_finish
+            .map(|e| finish_words(&e, None, &now))
+            .unwrap_or_else(|| "never".into());
+        eprintln!(
+            "warning: #{} cannot meet its deadline {}: in queue order it finishes {}; \
+             the earliest it could (alone, first) is {earliest}. Raise its --priority or \
+             widen the timetable",
+            t.id,
+            t.deadline
+                .map(|d| d
+                    .with_timezone(&Local)
+                    .format("%a %Y-%m-%d %H:%M")
+                    .to_string())
+                .unwrap_or_default(),
+            o.finish_at
+                .map(|f| finish_words(&f, o.windows, &now))
+                .unwrap_or_else(|| "never".into()),
+        );
+    }
+    Ok(())
+}
+
+/// `queue list` and `status`: the queue in order with its outlook.
+fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(), Failure> {
+    let rows = store.list_transfers().context("reading the queue")?;
+    if let Some(id) = id {
+        get(store, id)?;
+    }
+    let outlook = plan(store, global, &rows)?;
+    let now = clock()?.now();
+    let shown: Vec<(&Transfer, Option<&Outlook>)> = rows
+        .iter()
+        .filter(|t| id.is_none_or(|i| i == t.id))
+        .map(|t| (t, outlook.iter().find(|o| o.id == t.id)))
+        .collect();
+    if json {
+        let arr: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|(t, o)| transfer_json(t, *o, &now))
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+        return Ok(());
+    }
+    if shown.is_empty() {
+        println!("the queue is empty; add with `upload queue add FILE URL`");
+        return Ok(());
+    }
+    for (t, o) in shown {
+        let pct = if t.size == 0 {
+            100.0
+        } else {
+            t.offset as f64 * 100.0 / t.size as f64
+        };
+        let mut line = format!(
+            "#{:<4} {:<8} p{:<3} {:<24} {:>5.1} % of {:>10}",
+            t.id,
+            t.state.as_str(),
+            t.priority,
+            t.name,
+            pct,
+            format_size(t.size)
+        );
+        if t.state == TransferState::Running
+            && let Some(r) = t.rate_bps
+        {
+            line += &format!("  {}", format_byte_rate(r / 8.0));
+        }
+        match (t.state, o) {
+            (TransferState::Done, _) => {
+                if let Some(f) = t.finished_at {
+                    line += &format!(
+                        "  done {}",
+                        f.with_timezone(&Local).format("%a %Y-%m-%d %H:%M")
+                    );
+                }
+            }
+            (_, Some(o)) if o.finish_at.is_some() => {
+                let f = o.finish_at.expect("checked");
+                line += &format!("  finishes {}", finish_words(&f, o.windows, &now));
+                if o.late {
+                    line += "  LATE for its deadline";
+                }
+            }
+            _ => {}
+        }
+        println!("{line}");
+        if let Some(e) = &t.last_error
+            && t.state != TransferState::Done
+        {
+            println!("       last error: {e}");
+        }
+    }
+    Ok(())
+}
+
+pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
+    let store = open(global)?;
+    list(global, &store, args.id, args.json)
+}
+
+/// `upload limit`: changes a running daemon's budget through the database.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  upload limit 64kbit\n  upload limit off\n  upload limit pause\n  upload limit --clear"
+)]
+pub struct LimitArgs {
+    /// The new budget: a rate (64kbit, 8KiB/s), off (no limit) or pause.
+    #[arg(required_unless_present = "clear")]
+    pub budget: Option<Budget>,
+    /// Go back to the timetable.
+    #[arg(long, conflicts_with = "budget")]
+    pub clear: bool,
+}
+
+pub fn limit(global: &Global, args: LimitArgs) -> Result<(), Failure> {
+    let store = open(global)?;
+    match args.budget {
+        Some(b) => {
+            store
+                .set_setting(queue::BUDGET_OVERRIDE, &b.to_string())
+                .context("saving the budget")?;
+            println!(
+                "budget {b} until `upload limit --clear`; a running `upload run` takes it within {} s",
+                queue::POLL.as_secs()
+            );
+        }
+        None => {
+            store
+                .delete_setting(queue::BUDGET_OVERRIDE)
+                .context("clearing the budget")?;
+            println!("budget follows the timetable again");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,575 @@
+//! The scheduler behind `upload run`: which queued transfers run, how the one uplink budget is
+//! shared between them, and when the bandwidth timetable lets them send at all.
+//!
+//! One throttle mechanism, several policies: the timetable (or `upload limit`) sets the
+//! budget, [`allocate`] splits it by priority weight (each priority step doubles a share; a
+//! transfer's own limit caps it), and each transfer's [`Throttle`] enforces its part. A `pause`
+//! slot closes the [`Gate`]: transfers stop between chunks, the last chunk before the pause
+//! sized to end at the boundary, and connections are not dropped for a rate change.
+//!
+//! The database is the queue: `upload queue add/pause/rm` in other processes change rows, and
+//! the daemon reconciles with them every [`POLL`]. Every transfer is an ordinary
+//! [`send::send`], so a daemon killed with SIGKILL and restarted resumes each one from the
+//! server's offset; the lock in the store keeps a transfer from being sent twice.
+//!
+//! Finish times follow the timetable ([`outlook`]): the queue is played forward in order
+//! through the slots' rates, `off` slots at the link's measured (or assumed) rate.
+
+use crate::schedule::{Budget, Timetable};
+use crate::send::{self, Event, SendError, SendOptions};
+use crate::store::{Store, StoreError, Transfer, TransferState};
+use crate::throttle::{Gate, GateState, Throttle};
+use crate::units::Rate;
+use chrono::{DateTime, FixedOffset, Local, TimeDelta};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often the daemon looks at the queue, the clock and `upload limit`.
+pub const POLL: Duration = Duration::from_secs(1);
+/// The settings key `upload limit` writes and the daemon reads.
+pub const BUDGET_OVERRIDE: &str = "budget_override";
+/// The settings key where a running daemon publishes its timetable, for `upload status`.
+pub const TIMETABLE: &str = "timetable";
+
+/// The share weight of a priority: each step up doubles a transfer's share of the budget.
+pub fn weight(priority: i64) -> f64 {
+    2f64.powi(priority.clamp(-16, 16) as i32)
+}
+
+/// Splits `budget` (bytes per second; `None` is unlimited) between transfers given as
+/// (weight, own cap), in proportion to weight, none above its cap, the excess of capped ones
+/// shared among the others (water-filling). `None` in the result means unlimited.
+pub fn allocate(budget: Option<f64>, wants: &[(f64, Option<f64>)]) -> Vec<Option<f64>> {
+    let Some(mut left) = budget else {
+        return wants.iter().map(|(_, cap)| *cap).collect();
+    };
+    let mut out: Vec<Option<f64>> = vec![None; wants.len()];
+    let mut open: Vec<usize> = (0..wants.len()).collect();
+    // Each round fixes every transfer whose cap is below its fair share; at most n rounds.
+    loop {
+        let total: f64 = open.iter().map(|&i| wants[i].0).sum();
+        if open.is_empty() || total <= 0.0 {
+            break;
+        }
+        let capped: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| {
+                wants[i]
+                    .1
+                    .is_some_and(|cap| cap < left * wants[i].0 / total)
+            })
+            .collect();
+        if capped.is_empty() {
+            for &i in &open {
+                out[i] = Some(left * wants[i].0 / total);
+            }
+            break;
+        }
+        for &i in &capped {
+            let cap = wants[i].1.expect("capped ones have caps");
+            out[i] = Some(cap);
+            left -= cap;
+        }
+        open.retain(|i| !capped.contains(i));
+    }
+    out
+}
+
+/// Wall-clock time for the scheduler. Tests start it at a chosen instant
+/// (`UPLOAD_CLOCK_START`, RFC 3339) so a timetable boundary comes seconds, not hours, after
+/// the start; it then advances in real time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock {
+    offset: TimeDelta,
+}
+
+impl Clock {
+    pub fn from_env() -> Result<Clock, String> {
+        match std::env::var("UPLOAD_CLOCK_START") {
+            Err(_) => Ok(Clock::default()),
+            Ok(v) => {
+                let start = DateTime::parse_from_rfc3339(&v).map_err(|e| {
+                    format!(
+                        "UPLOAD_CLOCK_START=\"{v}\": {e}; expected e.g. 2026-01-01T06:59:58+00:00"
+                    )
+                })?;
+                Ok(Clock {
+                    offset: start.with_timezone(&Local) - Local::now(),
+                })
+            }
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Local> {
+        Local::now() + self.offset
+    }
+}
+
+/// Errors that stop the daemon itself (a transfer's failure only fails that transfer).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the state database: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Finds the token for a destination host.
+pub type TokenLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How `upload run` behaves.
+pub struct RunOptions {
+    /// Transfers sent at once.
+    pub jobs: usize,
+    pub timetable: Timetable,
+    /// Stop (as on SIGTERM) at this time.
+    pub until: Option<DateTime<Local>>,
+    /// Keep running when the queue is empty, waiting for `upload queue add`.
+    pub daemon: bool,
+    /// A transfer failing continuously this long is marked failed.
+    pub give_up_after: Duration,
+    pub tokens: TokenLookup,
+    pub clock: Clock,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunReport {
+    pub done: Vec<i64>,
+    pub failed: Vec<i64>,
+}
+
+/// One transfer being sent by this daemon.
+struct Running {
+    task: JoinHandle<Result<send::Summary, SendError>>,
+    throttle: Throttle,
+    weight: f64,
+    cap: Option<f64>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The budget now, and when the gate closes next (the start of the next `pause` slot).
+fn budget_now<Tz: chrono::TimeZone>(
+    timetable: &Timetable,
+    over: Option<Budget>,
+    now: &DateTime<Tz>,
+) -> (Budget, Option<Duration>) {
+    if let Some(b) = over {
+        return (b, None);
+    }
+    let budget = timetable.budget_at(now);
+    let mut closes_in = None;
+    if budget != Budget::Paused {
+        // Look ahead through the next few changes for a pause (a rate change is no pause).
+        let mut t = now.clone();
+        for _ in 0..8 {
+            let Some(next) = timetable.next_change(&t) else {
+                break;
+            };
+            if timetable.budget_at(&next) == Budget::Paused {
+                closes_in = (next.clone() - now.clone()).to_std().ok();
+                break;
+            }
+            t = next;
+        }
+    }
+    (budget, closes_in)
+}
+
+fn log_event(id: i64, e: &Event) {
+    match e {
+        Event::Started {
+            size,
+            offset,
+            upload_url,
+            resumed,
+        } => tracing::info!(id, size, offset, upload_url, resumed, "sending"),
+        Event::Notice(text) => tracing::info!(id, "{text}"),
+        Event::Progress {
+            offset,
+            size,
+            rate_bps,
+            ..
+        } => tracing::debug!(id, offset, size, rate_bps, "confirmed"),
+        Event::Retry {
+            attempt,
+            delay,
+            error,
+        } => tracing::warn!(id, attempt, ?delay, "retrying: {error}"),
+        Event::Done(s) => tracing::info!(
+            id,
+            sha256 = s.sha256,
+            bytes_sent = s.bytes_sent,
+            resent_bytes = s.resent_bytes,
+            published_as = s.published_as,
+            "done"
+        ),
+    }
+}
+
+/// Whether the daemon may pick up this row: queued, or left running by a process that died.
+fn runnable(t: &Transfer) -> bool {
+    match t.state {
+        TransferState::Queued => true,
+        TransferState::Running => t.lock_owner.as_deref().is_none_or(send::owner_is_dead),
+        _ => false,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+/// Runs the queue until it is empty (or forever with `daemon`), until `until`, or until
+/// `shutdown` resolves; transfers still running then are put back in the queue.
+pub async fn run(
+    store: Store,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, QueueError> {
+    let mut report = RunReport::default();
+    let owner = send::lock_owner();
+    let (gate_control, gate) = Gate::new();
+    let mut running: HashMap<i64, Running> = HashMap::new();
+    let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
+    let mut last_budget: Option<Budget> = None;
+    {
+        let (s, tt) = (store.clone(), opts.timetable.to_string());
+        blocking(move || s.set_setting(TIMETABLE, &tt)).await?;
+    }
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = opts.clock.now();
+        let s = store.clone();
+        let (rows, over) = blocking(move || {
+            let rows = s.list_transfers()?;
+            let over = s.get_setting(BUDGET_OVERRIDE)?;
+            Ok::<_, StoreError>((rows, over))
+        })
+        .await?;
+        let over = over.and_then(|v| v.parse::<Budget>().ok());
+        let (budget, closes_in) = budget_now(&opts.timetable, over, &now);
+        if last_budget != Some(budget) {
+            tracing::info!(%budget, "uplink budget");
+            last_budget = Some(budget);
+        }
+        gate_control.set(GateState {
+            open: budget != Budget::Paused,
+            closes_at: closes_in.map(|d| tokio::time::Instant::now() + d),
+        });
+
+        // Reap what finished.
+        let finished: Vec<i64> = running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in finished {
+            let mut r = running.remove(&id).expect("listed above");
+            match (&mut r.task).await {
+                Ok(Ok(_)) => report.done.push(id),
+                Ok(Err(SendError::Busy { owner })) => {
+                    tracing::info!(id, "another process is sending it ({owner}); later");
+                    busy_until.insert(id, tokio::time::Instant::now() + Duration::from_secs(30));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(id, "failed: {e}");
+                    report.failed.push(id);
+                }
+                Err(join) => tracing::error!(id, "transfer task ended: {join}"),
+            }
+        }
+
+        // Follow the database: paused or removed transfers stop.
+        let by_id: HashMap<i64, &Transfer> = rows.iter().map(|t| (t.id, t)).collect();
+        let stopped: Vec<i64> = running
+            .keys()
+            .copied()
+            .filter(|id| {
+                by_id.get(id).is_none_or(|t| {
+                    !matches!(t.state, TransferState::Running | TransferState::Queued)
+                })
+            })
+            .collect();
+        for id in stopped {
+            tracing::info!(id, "stopped (paused or removed)");
+            running.remove(&id);
+            let (s, o) = (store.clone(), owner.clone());
+            let _ = blocking(move || s.unlock(id, &o)).await;
+        }
+
+        let stopping = opts.until.is_some_and(|u| now >= u);
+        if !stopping {
+            let tnow = tokio::time::Instant::now();
+            busy_until.retain(|_, until| *until > tnow);
+            for t in rows.iter().filter(|t| runnable(t)) {
+                if running.len() >= opts.jobs {
+                    break;
+                }
+                if running.contains_key(&t.id) || busy_until.contains_key(&t.id) {
+                    continue;
+                }
+                running.insert(t.id, start(&store, t, &opts, gate.clone()));
+            }
+        }
+
+        // Share the budget.
+        if budget != Budget::Paused {
+            let budget_bps = match budget {
+                Budget::Limited(r) => Some(r.bytes_per_second()),
+                _ => None,
+            };
+            let mut ids: Vec<i64> = running.keys().copied().collect();
+            ids.sort_unstable();
+            let wants: Vec<(f64, Option<f64>)> = ids
+                .iter()
+                .map(|id| (running[id].weight, running[id].cap))
+                .collect();
+            for (id, share) in ids.iter().zip(allocate(budget_bps, &wants)) {
+                let rate = share.and_then(|b| Rate::from_bytes_per_second(b).ok());
+                running[id].throttle.set_rate(rate);
+            }
+        }
+
+        let queue_empty = running.is_empty() && !rows.iter().any(runnable);
+        if stopping || (queue_empty && !opts.daemon) {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => {
+                tracing::info!("stopping: transfers go back to the queue");
+                break;
+            }
+        }
+    }
+    // Put what still runs back in the queue; its progress is already in the database.
+    for (id, r) in running.drain() {
+        drop(r);
+        let (s, o) = (store.clone(), owner.clone());
+        let _ = blocking(move || {
+            let t = s.transfer(id)?;
+            if t.state == TransferState::Running {
+                s.set_state(id, TransferState::Queued, None)?;
+            }
+            s.unlock(id, &o)
+        })
+        .await;
+    }
+    Ok(report)
+}
+
+/// Starts sending one transfer in its own task, with its own share of the budget.
+fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running {
+    let host = url::Url::parse(&t.dest_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let cap = t.rate_limit_bps.map(|bits| bits / 8.0);
+    // Start slow; the allocation right after this sets the real share.
+    let throttle = Throttle::new(Rate::from_bytes_per_second(cap.unwrap_or(1024.0)).ok());
+    let mut so = SendOptions::new(&t.source_path, &t.dest_url);
+    so.name = Some(t.name.clone());
+    so.chunk = Some(t.chunk_size);
+    so.limit = t
+        .rate_limit_bps
+        .and_then(|b| Rate::from_bits_per_second(b).ok());
+    so.token = (opts.tokens)(&host);
+    so.give_up_after = Some(opts.give_up_after);
+    so.transfer_id = Some(t.id);
+    so.gate = gate;
+    let (s, th, id) = (store.clone(), throttle.clone(), t.id);
+    tracing::info!(id, name = t.name, "starting");
+    let task = tokio::spawn(async move {
+        let events = move |e: Event| log_event(id, &e);
+        send::send(s, so, th, &events).await
+    });
+    Running {
+        task,
+        throttle,
+        weight: weight(t.priority),
+        cap,
+    }
+}
+
+/// When each transfer should finish, playing the queue forward through the timetable.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outlook {
+    pub id: i64,
+    /// In queue order, after everything ahead of it; `None` when paused, done or failed.
+    pub finish_at: Option<DateTime<FixedOffset>>,
+    /// If it went first, alone.
+    pub earliest_finish: Option<DateTime<FixedOffset>>,
+    /// Its deadline is before `finish_at`.
+    pub late: bool,
+    /// How many separate sending stretches (nights) until it finishes.
+    pub windows: Option<u32>,
+}
+
+/// Plays the active queue (queued and running, in queue order) forward from `now` through
+/// `timetable`, `off` slots at `link` (a transfer's own limit below it slows its part).
+/// Transfers share the link in reality; in sequence the total is the same, and the order is
+/// the queue's.
+pub fn outlook<Tz: chrono::TimeZone>(
+    transfers: &[Transfer],
+    timetable: &Timetable,
+    link: Rate,
+    now: DateTime<Tz>,
+) -> Vec<Outlook> {
+    // The queue is played forward from where the one before left off, so the whole outlook
+    // walks the timetable once (1000 queued transfers: one pass, not 1000 growing ones).
+    let mut cursor = now.clone();
+    let mut stretches: u32 = 0;
+    let mut blocked = false;
+    transfers
+        .iter()
+        .map(|t| {
+            let active = matches!(t.state, TransferState::Queued | TransferState::Running);
+            if !active {
+                return Outlook {
+                    id: t.id,
+                    finish_at: None,
+                    earliest_finish: None,
+                    late: false,
+                    windows: None,
+                };
+            }
+            let left = t.size.saturating_sub(t.offset);
+            // A transfer's own limit slows only its own part.
+            let own_link = match t
+                .rate_limit_bps
+                .and_then(|b| Rate::from_bits_per_second(b).ok())
+            {
+                Some(cap) if cap.bits_per_second() < link.bits_per_second() => cap,
+                _ => link,
+            };
+            let alone = timetable.place(now.clone(), left, own_link).ok();
+            let queued = if blocked {
+                None
+            } else {
+                timetable.place(cursor.clone(), left, own_link).ok()
+            };
+            let (finish_at, windows) = match &queued {
+                Some(q) => {
+                    // Starting inside the stretch the previous one ended in is not a new one.
+                    stretches += q.windows_used.saturating_sub(u32::from(stretches > 0));
+                    cursor = q.finish_at.clone();
+                    (Some(q.finish_at.fixed_offset()), Some(stretches.max(1)))
+                }
+                None => {
+                    blocked = true;
+                    (None, None)
+                }
+            };
+            Outlook {
+                id: t.id,
+                late: match (t.deadline, finish_at) {
+                    (Some(d), Some(f)) => f > d,
+                    _ => false,
+                },
+                finish_at,
+                earliest_finish: alone.map(|a| a.finish_at.fixed_offset()),
+                windows,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_double_per_priority() {
+        assert_eq!(weight(0), 1.0);
+        assert_eq!(weight(2), 4.0);
+        assert_eq!(weight(-1), 0.5);
+    }
+
+    #[test]
+    fn allocation_is_weighted_and_capped() {
+        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, None)]);
+        assert_eq!(r, vec![Some(1000.0), Some(2000.0)]);
+        // The capped one's excess goes to the other.
+        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, Some(500.0))]);
+        assert_eq!(r, vec![Some(2500.0), Some(500.0)]);
+        // Everyone capped below the budget: the budget is not all used.
+        let r = allocate(Some(3000.0), &[(1.0, Some(100.0)), (1.0, Some(200.0))]);
+        assert_eq!(r, vec![Some(100.0), Some(200.0)]);
+        // Unlimited budget: only caps apply.
+        assert_eq!(
+            allocate(None, &[(1.0, None), (1.0, Some(5.0))]),
+            vec![None, Some(5.0)]
+        );
+        assert!(allocate(Some(1.0), &[]).is_empty());
+    }
+
+    fn queued(id: i64, size: u64) -> Transfer {
+        let now = chrono::Utc::now();
+        Transfer {
+            id,
+            name: format!("t{id}"),
+            source_path: "/x".into(),
+            size,
+            mtime_ns: 0,
+            sha256: None,
+            prefix_sha256: None,
+            dest_url: "http://h/files/".into(),
+            upload_url: None,
+            offset: 0,
+            chunk_size: 1,
+            state: TransferState::Queued,
+            priority: 0,
+            deadline: None,
+            rate_limit_bps: None,
+            bytes_sent: 0,
+            resent_bytes: 0,
+            attempts: 0,
+            last_error: None,
+            lock_owner: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            rate_bps: None,
+        }
+    }
+
+    #[test]
+    fn the_outlook_plays_the_queue_forward_through_the_nights() {
+        // Nights only (23:00-07:00) at 128 kbit/s: 8 h carry 460.8 MB.
+        let tt: Timetable = "07:00,pause 23:00,128kbit".parse().unwrap();
+        let link = Rate::from_bits_per_second(128_000.0).unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T23:00:00+00:00").unwrap();
+        let rows = vec![queued(1, 230_400_000), queued(2, 460_800_000)];
+        let o = outlook(&rows, &tt, link, now);
+        // The first takes half the first night; the second the rest of it and half the next.
+        assert_eq!(o[0].finish_at, Some(now + TimeDelta::hours(4)));
+        assert_eq!(o[0].windows, Some(1));
+        assert_eq!(o[1].finish_at, Some(now + TimeDelta::hours(24 + 4)));
+        assert_eq!(o[1].windows, Some(2));
+        // Alone, the second would finish on the first night.
+        assert_eq!(o[1].earliest_finish, Some(now + TimeDelta::hours(8)));
+    }
+
+    #[test]
+    fn the_budget_looks_ahead_to_the_next_pause() {
+        let tt: Timetable = "07:00,32kbit 23:00,pause".parse().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T22:59:00+00:00").unwrap();
+        let (b, closes) = budget_now(&tt, None, &now);
+        assert!(matches!(b, Budget::Limited(_)));
+        assert_eq!(closes, Some(Duration::from_secs(60)));
+        let (b, closes) = budget_now(&tt, Some(Budget::Unlimited), &now);
+        assert_eq!((b, closes), (Budget::Unlimited, None));
+    }
+}

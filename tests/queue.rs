@@ -1,0 +1,393 @@
+//! The queue and `upload run` through the real binaries: order, the timetable's boundaries with
+//! the clock under test control, one budget shared by weight, kills and concurrent access.
+
+use crate::helper::proxy::Proxy;
+use crate::helper::{Env, run, sha256_file};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn add(env: &Env, file: &std::path::Path, url: &str, extra: &[&str]) -> i64 {
+    let (out, stdout, stderr) = run(env
+        .upload()
+        .args(["queue", "add"])
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra));
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    v["id"].as_i64().unwrap()
+}
+
+fn status(env: &Env) -> Vec<Value> {
+    let (out, stdout, stderr) = run(env.upload().args(["status", "--json"]));
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_str::<Value>(&stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn by_id(all: &[Value], id: i64) -> Value {
+    all.iter().find(|t| t["id"] == id).cloned().unwrap()
+}
+
+/// `upload run` in the background, its JSON log lines collected.
+struct Runner {
+    child: Child,
+    log: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Runner {
+    fn start(env: &Env, args: &[&str], clock_start: Option<&str>) -> Runner {
+        let mut cmd = env.upload();
+        cmd.args(["run", "--log-format", "json", "-vv"]).args(args);
+        if let Some(c) = clock_start {
+            cmd.env("UPLOAD_CLOCK_START", c);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        Runner { child, log }
+    }
+
+    /// Log lines whose message is `msg`.
+    fn events(&self, msg: &str) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["fields"]["message"] == msg)
+            .cloned()
+            .collect()
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upload run still going after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn priority_then_deadline_then_age() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let url = server.url();
+    let f = |n: &str| env.file(n, 20_000);
+    let plain = add(&env, &f("plain.bin"), &url, &[]);
+    let late = add(
+        &env,
+        &f("late.bin"),
+        &url,
+        &["--deadline", "2099-01-02 00:00"],
+    );
+    let early = add(
+        &env,
+        &f("early.bin"),
+        &url,
+        &["--deadline", "2099-01-01 00:00"],
+    );
+    let urgent = add(&env, &f("urgent.bin"), &url, &["--priority", "3"]);
+    let order: Vec<i64> = status(&env)
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, vec![urgent, early, late, plain]);
+
+    let mut runner = Runner::start(&env, &["--jobs", "1"], None);
+    assert!(runner.wait(Duration::from_secs(60)).success());
+    let started: Vec<i64> = runner
+        .events("starting")
+        .iter()
+        .map(|e| e["fields"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(started, vec![urgent, early, late, plain]);
+    for t in status(&env) {
+        assert_eq!(t["state"], "done", "{t}");
+    }
+    assert_eq!(
+        sha256_file(&server.dir.join("urgent.bin")),
+        sha256_file(&env.path("urgent.bin"))
+    );
+}
+
+#[test]
+fn a_hopeless_deadline_is_flagged_at_add_and_in_status() {
+    let env = Env::new();
+    let file = env.file("big.iso", 1 << 20);
+    // 1 MiB at 8 kbit/s takes about 17 minutes; the deadline is in 5.
+    let (out, _, stderr) = run(env
+        .upload()
+        .env("UPLOAD_CLOCK_START", "2026-01-01T12:00:00+00:00")
+        .args(["queue", "add"])
+        .arg(&file)
+        .args([
+            "http://127.0.0.1:9/files/",
+            "--limit",
+            "8kbit",
+            "--deadline",
+            "2026-01-01 12:05",
+        ]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot meet its deadline"), "{stderr}");
+    assert!(stderr.contains("earliest"), "{stderr}");
+    let (_, stdout, _) = run(env
+        .upload()
+        .env("UPLOAD_CLOCK_START", "2026-01-01T12:00:00+00:00")
+        .args(["status", "--json"]));
+    let all: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(all[0]["deadline_missed"], true);
+    let finish =
+        chrono::DateTime::parse_from_rfc3339(all[0]["finish_at"].as_str().unwrap()).unwrap();
+    let expect = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:17:28+00:00").unwrap();
+    assert!((finish - expect).num_seconds().abs() < 30, "{finish}");
+}
+
+/// A pause slot stops the transfer at the boundary (its last chunk sized to end there, so
+/// nothing is sent twice) and the next slot resumes it.
+#[test]
+fn a_timetable_pause_holds_a_running_transfer_and_the_next_slot_resumes_it() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let size = 256 * 1024;
+    let file = env.file("night.iso", size);
+    add(&env, &file, &proxy.url(), &["--chunk", "32KiB"]);
+    // The clock starts 3 s before 07:00: 3 s at 256 kbit/s (96 KiB), a 5 s pause, then on.
+    let mut runner = Runner::start(
+        &env,
+        &["--timetable", "00:00,256kbit 07:00,pause 07:00:05,256kbit"],
+        Some("2026-01-01T06:59:57+00:00"),
+    );
+    let t0 = Instant::now();
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(20) && runner.child.try_wait().unwrap().is_none() {
+        samples.push((t0.elapsed().as_secs_f64(), proxy.patch_body_bytes()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(runner.wait(Duration::from_secs(30)).success());
+    let at = |t: f64| {
+        samples
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= t)
+            .map_or(0, |x| x.1)
+    };
+    let during_pause = at(7.5) - at(3.5);
+    assert_eq!(during_pause, 0, "bytes moved during the pause: {samples:?}");
+    assert!(at(3.5) > 40 * 1024, "sent before the pause: {}", at(3.5));
+    assert_eq!(
+        proxy.patch_body_bytes(),
+        size as u64,
+        "a chunk was cut by the pause and resent"
+    );
+    assert_eq!(
+        sha256_file(&server.dir.join("night.iso")),
+        sha256_file(&file)
+    );
+}
+
+/// Two transfers share one budget by priority weight (2:1), measured on the wire over 30 s;
+/// `upload limit` then changes the budget without dropping a connection.
+#[test]
+fn two_transfers_share_one_budget_by_weight() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let (pa, pb) = (Proxy::start(server.addr), Proxy::start(server.addr));
+    let (fa, fb) = (env.file("a.iso", 8 << 20), env.file("b.iso", 8 << 20));
+    add(
+        &env,
+        &fa,
+        &pa.url(),
+        &["--priority", "1", "--chunk", "256KiB"],
+    );
+    add(&env, &fb, &pb.url(), &["--chunk", "256KiB"]);
+    let budget = 96.0 * 1024.0;
+    let _runner = Runner::start(&env, &["--jobs", "2", "--timetable", "96KiB/s"], None);
+    wait_until(Duration::from_secs(20), "both transfers sending", || {
+        pa.patch_body_bytes() > 0 && pb.patch_body_bytes() > 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (a0, b0, t0) = (pa.patch_body_bytes(), pb.patch_body_bytes(), Instant::now());
+    std::thread::sleep(Duration::from_secs(30));
+    let secs = t0.elapsed().as_secs_f64();
+    let ra = (pa.patch_body_bytes() - a0) as f64 / secs;
+    let rb = (pb.patch_body_bytes() - b0) as f64 / secs;
+    eprintln!(
+        "a {ra:.0} B/s, b {rb:.0} B/s, sum {:.0} of {budget}",
+        ra + rb
+    );
+    assert!(
+        (ra / (budget * 2.0 / 3.0) - 1.0).abs() < 0.10,
+        "a got {ra} B/s"
+    );
+    assert!((rb / (budget / 3.0) - 1.0).abs() < 0.10, "b got {rb} B/s");
+    assert!(
+        ((ra + rb) / budget - 1.0).abs() < 0.03,
+        "together {} B/s",
+        ra + rb
+    );
+
+    // A new budget for the running daemon, through the database.
+    let (out, _, stderr) = run(env.upload().args(["limit", "384KiB/s"]));
+    assert!(out.status.success(), "{stderr}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (a1, t1) = (pa.patch_body_bytes(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let ra = (pa.patch_body_bytes() - a1) as f64 / t1.elapsed().as_secs_f64();
+    assert!(
+        ra > 200.0 * 1024.0,
+        "after upload limit, a runs at {ra} B/s"
+    );
+    let conns = |p: &Proxy| {
+        p.counters
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(
+        (conns(&pa), conns(&pb)),
+        (1, 1),
+        "a rate change must not drop connections"
+    );
+}
+
+#[test]
+fn run_killed_with_sigkill_resumes_every_transfer() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let (fa, fb) = (env.file("a.iso", 512 * 1024), env.file("b.iso", 512 * 1024));
+    let a = add(&env, &fa, &proxy.url(), &["--chunk", "32KiB"]);
+    let b = add(&env, &fb, &proxy.url(), &["--chunk", "32KiB"]);
+    let mut runner = Runner::start(&env, &["--jobs", "2", "--timetable", "1Mbit"], None);
+    wait_until(Duration::from_secs(30), "progress on both", || {
+        let s = status(&env);
+        by_id(&s, a)["offset"].as_u64().unwrap() > 0 && by_id(&s, b)["offset"].as_u64().unwrap() > 0
+    });
+    runner.signal("-KILL");
+    runner.wait(Duration::from_secs(5));
+    let before = status(&env);
+    assert!(before.iter().all(|t| t["state"] == "running"), "{before:?}");
+    let mut again = Runner::start(&env, &["--jobs", "2"], None);
+    assert!(again.wait(Duration::from_secs(60)).success());
+    let resumed: Vec<Value> = again.events("sending");
+    assert_eq!(resumed.len(), 2);
+    assert!(
+        resumed.iter().all(|e| e["fields"]["resumed"] == true),
+        "{resumed:?}"
+    );
+    for (f, name) in [(&fa, "a.iso"), (&fb, "b.iso")] {
+        assert_eq!(sha256_file(&server.dir.join(name)), sha256_file(f));
+    }
+    // At most the chunk in flight per transfer is sent again.
+    assert!(proxy.patch_body_bytes() <= 1024 * 1024 + 2 * 32 * 1024);
+}
+
+#[test]
+fn queue_add_from_another_process_while_run_is_busy_and_sigterm_stops_cleanly() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let first = env.file("first.iso", 8 << 20);
+    let a = add(&env, &first, &server.url(), &["--chunk", "64KiB"]);
+    let mut runner = Runner::start(
+        &env,
+        &["--daemon", "--jobs", "2", "--timetable", "2Mbit"],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the first transfer running",
+        || by_id(&status(&env), a)["offset"].as_u64().unwrap() > 0,
+    );
+    // Adds from other processes while the daemon writes progress: none fails as locked.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let f = env.file(&format!("more{i}.bin"), 1000);
+        ids.push(add(&env, &f, &server.url(), &["--priority", "5"]));
+    }
+    wait_until(Duration::from_secs(30), "the added transfers done", || {
+        let s = status(&env);
+        ids.iter().all(|id| by_id(&s, *id)["state"] == "done")
+    });
+    runner.signal("-TERM");
+    let t = Instant::now();
+    let code = runner.wait(Duration::from_secs(10));
+    assert!(code.success(), "{code:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    let row = by_id(&status(&env), a);
+    assert_eq!(row["state"], "queued", "{row}");
+    assert!(row["offset"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn the_example_config_and_systemd_units_are_valid() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/config.toml");
+    let (out, stdout, stderr) = run(env.upload().args(["--config", example, "config", "show", "--json"]));
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["settings"]["timetable"]["value"], "07:00,32kbit 23:00,off");
+    for unit in ["upload-run.service", "upload-run-nightly.service", "upload-run-nightly.timer"] {
+        let text = std::fs::read_to_string(format!("{}/contrib/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(text.contains("[Install]") || text.contains("Type=oneshot"), "{unit}");
+        // Every `upload` invocation in a unit must parse with this binary's arguments.
+        for line in text.lines().filter(|l| l.starts_with("ExecStart=")) {
+            let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let (out, _, stderr) = run(env.upload().args(&args).arg("--help"));
+            assert!(out.status.success(), "{unit}: {line}: {stderr}");
+        }
+    }
+}
