@@ -1027,14 +1027,11 @@ impl Transfer_ {
         self.client.connect().await?;
         let probe = self.client.probe();
         let (tx, body) = ChannelBody::new(len, 4);
-        let producer = tokio::spawn(produce(
-            self.path.clone(),
-            offset,
-            len,
-            tx,
-            self.throttle.clone(),
-            self.wire.clone(),
-        ));
+        let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            produce(path, offset, len, tx, throttle, wire, runtime)
+        });
         let began = Instant::now();
         let stall = self.stall;
         let patch = self
@@ -1044,7 +1041,6 @@ impl Transfer_ {
             r = patch => r,
             () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),
         };
-        producer.abort();
         let outcome = match result {
             Ok(o) => o,
             Err(ClientError::ChecksumMismatch) => {
@@ -1091,39 +1087,41 @@ impl Transfer_ {
     }
 }
 
-/// Reads `[offset, offset+len)` in throttle-sized pieces into the PATCH body; the bounded
-/// channel stops it when the connection does not take more.
-async fn produce(
+/// Reads `[offset, offset+len)` in throttle-sized pieces into the PATCH body, on a blocking
+/// thread of its own (plain reads straight into the piece: tokio's file type would copy every
+/// byte once more); the bounded channel stops it when the connection does not take more, and
+/// it ends when the request is gone.
+fn produce(
     path: PathBuf,
     offset: u64,
     len: u64,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     throttle: Throttle,
     wire: Arc<WireCount>,
+    runtime: tokio::runtime::Handle,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = match tokio::fs::File::open(&path).await {
+    let mut file = match File::open(&path).and_then(|mut f| {
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(f)
+    }) {
         Ok(f) => f,
         Err(e) => {
-            let _ = tx.send(Err(e)).await;
+            let _ = tx.blocking_send(Err(e));
             return;
         }
     };
-    if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
-        let _ = tx.send(Err(e)).await;
-        return;
-    }
     let mut at = offset;
     let end = offset + len;
     while at < end {
         let piece = (throttle.piece() as u64).min(end - at) as usize;
         let mut buf = BytesMut::zeroed(piece);
-        if let Err(e) = file.read_exact(&mut buf).await {
-            let _ = tx.send(Err(e)).await;
+        if let Err(e) = file.read_exact(&mut buf) {
+            let _ = tx.blocking_send(Err(e));
             return;
         }
-        throttle.acquire(piece).await;
-        if tx.send(Ok(buf.freeze())).await.is_err() {
+        // Sleeping here is fine: this thread exists to feed this one chunk.
+        runtime.block_on(throttle.acquire(piece));
+        if tx.blocking_send(Ok(buf.freeze())).is_err() {
             return;
         }
         wire.record(at, piece as u64);
