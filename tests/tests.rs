@@ -3,6 +3,7 @@
 mod helper;
 
 mod estimate;
+mod faults;
 mod interop;
 mod queue;
 mod send;
