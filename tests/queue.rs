@@ -376,13 +376,27 @@ fn queue_add_from_another_process_while_run_is_busy_and_sigterm_stops_cleanly() 
 fn the_example_config_and_systemd_units_are_valid() {
     let env = Env::new();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/config.toml");
-    let (out, stdout, stderr) = run(env.upload().args(["--config", example, "config", "show", "--json"]));
+    let (out, stdout, stderr) = run(env
+        .upload()
+        .args(["--config", example, "config", "show", "--json"]));
     assert!(out.status.success(), "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["settings"]["timetable"]["value"], "07:00,32kbit 23:00,off");
-    for unit in ["upload-run.service", "upload-run-nightly.service", "upload-run-nightly.timer"] {
-        let text = std::fs::read_to_string(format!("{}/contrib/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        assert!(text.contains("[Install]") || text.contains("Type=oneshot"), "{unit}");
+    assert_eq!(
+        v["settings"]["timetable"]["value"],
+        "07:00,32kbit 23:00,off"
+    );
+    for unit in [
+        "upload-run.service",
+        "upload-run-nightly.service",
+        "upload-run-nightly.timer",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/contrib/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        assert!(
+            text.contains("[Install]") || text.contains("Type=oneshot"),
+            "{unit}"
+        );
         // Every `upload` invocation in a unit must parse with this binary's arguments.
         for line in text.lines().filter(|l| l.starts_with("ExecStart=")) {
             let args: Vec<&str> = line.split_whitespace().skip(1).collect();
