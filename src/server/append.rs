@@ -295,7 +295,7 @@ async fn discard(file: File, offset: u64) -> Result<(), ApiError> {
 }
 
 /// Frames waiting for the writer thread; bounds a fast upload's memory.
-const WRITER_QUEUE: usize = 64;
+const WRITER_QUEUE: usize = 8;
 
 /// What the writer thread leaves: the file (to commit or cut back), the hashes of everything
 /// it was given, and the write error that stopped it, if any.
