@@ -1,11 +1,10 @@
 //! Receiving bytes: streaming a PATCH (or creation-with-upload) body into the part file, then
 //! committing or discarding it, and completing the upload when the last byte is in.
 //!
-//! Memory stays flat: the request task reads a body frame by frame and hands the frames to a
-//! writer thread (a bounded queue), which hashes them and writes them in order with vectored
-//! writes of up to [`WRITE_CHUNK`] bytes, never holding a body whole; with no frame waiting it
-//! writes what it holds, so a slow upload holds kilobytes. Receiving and hashing thus run on
-//! two cores. Each frame read has the idle timeout, so a client that stops sending is cut off
+//! Memory stays flat: the request task reads a body frame by frame and gathers the frames in
+//! batches of up to 256 KiB (or 50 ms, for a slow upload), each hashed and written by a job on
+//! the blocking pool while the next batch arrives: never a body whole, and receiving and
+//! hashing run on two cores. Each frame read has the idle timeout, so a client that stops sending is cut off
 //! while a slow one that keeps sending small frames is not. The running SHA-256 of the whole
 //! upload is cloned at the start and only stored back on commit, so a discarded body leaves no
 //! trace in it.
@@ -30,9 +29,6 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Write;
-
-/// Bytes gathered before one write: large sequential writes, one blocking-pool hop per MiB.
-const WRITE_CHUNK: usize = 1 << 20;
 
 /// What a request says about its body, beyond the offset checked by the caller.
 #[derive(Debug, Default)]
@@ -294,11 +290,8 @@ async fn discard(file: File, offset: u64) -> Result<(), ApiError> {
     blocking(move || file.set_len(offset)).await
 }
 
-/// Frames waiting for the writer thread; bounds a fast upload's memory.
-const WRITER_QUEUE: usize = 8;
-
-/// What the writer thread leaves: the file (to commit or cut back), the hashes of everything
-/// it was given, and the write error that stopped it, if any.
+/// What hashing and writing leave: the file (to commit or cut back), the hashes of everything
+/// handed over, and the write error that stopped it, if any.
 struct Written {
     file: File,
     sha: Sha256,
@@ -306,96 +299,96 @@ struct Written {
     error: Option<std::io::Error>,
 }
 
-/// A thread that hashes and writes a body's frames in order. It gathers frames into writes of
-/// up to [`WRITE_CHUNK`] bytes without copying them (vectored writes), and writes whatever it
-/// holds as soon as no frame is waiting, so a slow upload holds kilobytes, not a megabyte.
+/// Bytes gathered before they are hashed and written: one blocking-pool job per batch.
+const BATCH: usize = 256 * 1024;
+/// A batch older than this is handed over however small, so a slow upload holds only what
+/// arrived in the last moment, not a quarter megabyte.
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Hashes and writes a body's frames in order, one batch at a time on the blocking pool, while
+/// the request task receives the next batch: receiving and hashing run on two cores, and no
+/// thread is held by an upload between batches (500 slow uploads do not need 500 threads).
+/// Frames are written with vectored writes, never copied into a staging buffer.
 struct Writer {
-    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-    handle: tokio::task::JoinHandle<Written>,
-    /// Frames gathered before a hand-over: one thread wake-up per [`BATCH`] bytes, not per
-    /// frame (per-frame hand-overs cost a quarter of the server's CPU on loopback).
+    /// Here between jobs; inside the job while one runs.
+    idle: Option<Written>,
+    job: Option<tokio::task::JoinHandle<Written>>,
     batch: Vec<Bytes>,
     batch_len: usize,
+    batch_since: Option<std::time::Instant>,
 }
-
-/// Bytes gathered by the request task before handing them to the writer thread.
-const BATCH: usize = 256 * 1024;
 
 impl Writer {
     fn spawn(file: File, sha: Sha256, checksum: Option<ChecksumHasher>) -> Writer {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
-        let handle = tokio::task::spawn_blocking(move || {
-            let mut out = Written {
+        Writer {
+            idle: Some(Written {
                 file,
                 sha,
                 checksum,
                 error: None,
-            };
-            let mut pending: Vec<Bytes> = Vec::new();
-            let mut pending_len = 0usize;
-            loop {
-                let next = match rx.try_recv() {
-                    Ok(b) => Some(b),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                        // Nothing waiting: write what we hold before sleeping.
-                        if let Err(e) = write_all(&mut out.file, &mut pending) {
-                            out.error = Some(e);
-                            return out;
-                        }
-                        pending_len = 0;
-                        rx.blocking_recv()
-                    }
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
-                };
-                let Some(batch) = next else { break };
-                for b in batch {
-                    out.sha.update(&b);
-                    if let Some(c) = out.checksum.as_mut() {
-                        c.update(&b);
-                    }
-                    pending_len += b.len();
-                    pending.push(b);
-                }
-                if pending_len >= WRITE_CHUNK {
-                    if let Err(e) = write_all(&mut out.file, &mut pending) {
-                        out.error = Some(e);
-                        return out;
-                    }
-                    pending_len = 0;
-                }
-            }
-            if let Err(e) = write_all(&mut out.file, &mut pending) {
-                out.error = Some(e);
-            }
-            out
-        });
-        Writer {
-            tx,
-            handle,
+            }),
+            job: None,
             batch: Vec::new(),
             batch_len: 0,
+            batch_since: None,
         }
     }
 
-    /// Hands a frame over; `false` when the writer stopped on an error.
+    /// Takes a frame; `false` when writing stopped on an error (it is in [`Writer::finish`]'s
+    /// outcome).
     async fn push(&mut self, data: Bytes) -> bool {
         self.batch_len += data.len();
         self.batch.push(data);
-        if self.batch_len < BATCH {
-            return true;
+        let since = *self.batch_since.get_or_insert_with(std::time::Instant::now);
+        if self.batch_len >= BATCH || since.elapsed() >= BATCH_AGE {
+            return self.hand_over().await;
         }
-        self.batch_len = 0;
-        self.tx.send(std::mem::take(&mut self.batch)).await.is_ok()
+        true
     }
 
-    /// Waits until everything handed over is hashed and written.
-    async fn finish(self) -> Written {
-        if !self.batch.is_empty() {
-            // An error here shows in the outcome.
-            let _ = self.tx.send(self.batch).await;
+    /// Waits for the previous batch's job, then starts one for the current batch.
+    async fn hand_over(&mut self) -> bool {
+        let mut state = match self.job.take() {
+            Some(job) => job.await.expect("body writer panicked"),
+            None => self
+                .idle
+                .take()
+                .expect("the writer's state is idle or in a job"),
+        };
+        if state.error.is_some() {
+            self.idle = Some(state);
+            return false;
         }
-        drop(self.tx);
-        self.handle.await.expect("body writer panicked")
+        let mut batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        self.batch_since = None;
+        self.job = Some(tokio::task::spawn_blocking(move || {
+            for b in &batch {
+                state.sha.update(b);
+                if let Some(c) = state.checksum.as_mut() {
+                    c.update(b);
+                }
+            }
+            if let Err(e) = write_all(&mut state.file, &mut batch) {
+                state.error = Some(e);
+            }
+            state
+        }));
+        true
+    }
+
+    /// Waits until everything taken is hashed and written.
+    async fn finish(mut self) -> Written {
+        if !self.batch.is_empty() {
+            self.hand_over().await;
+        }
+        match self.job.take() {
+            Some(job) => job.await.expect("body writer panicked"),
+            None => self
+                .idle
+                .take()
+                .expect("the writer's state is idle or in a job"),
+        }
     }
 }
 
