@@ -6,6 +6,11 @@
 //! pooled client: an upload talks to one server, and owning the socket lets us keep its send
 //! queue short (`TCP_NOTSENT_LOWAT`), so bytes handed to the kernel are close to bytes on the
 //! wire and a dead link shows up as a stalled body within seconds.
+//!
+//! For https the socket is tuned and handed to the [`LinkProbe`] first, then wrapped in TLS
+//! (rustls, SNI = the URL's host): the probe reads TCP's own counters, which TLS does not hide.
+//! A certificate that does not verify is permanent (retrying cannot make it trusted); a reset or
+//! a timeout during the handshake is temporary like any other connection failure.
 
 use crate::protocol::{self, Algorithm, Checksum, Metadata};
 use bytes::Bytes;
@@ -14,7 +19,9 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -45,6 +52,10 @@ pub enum ClientError {
     },
     #[error("connection to the server failed: {0}")]
     Http(#[from] hyper::Error),
+    #[error("the server's certificate is not trusted: {0} (pass --ca FILE for a private CA)")]
+    Untrusted(rustls::Error),
+    #[error("the TLS handshake with the server failed: {0}{hint}", hint = tls_hint(.0))]
+    Tls(rustls::Error),
     #[error("no response from the server for {0:?}")]
     Timeout(Duration),
     #[error("the connection moved no data for {0:?}: the link looks dead")]
@@ -90,6 +101,8 @@ impl ClientError {
             | ClientError::Body(_) => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
             ClientError::BadUrl { .. }
+            | ClientError::Untrusted(_)
+            | ClientError::Tls(_)
             | ClientError::Auth { .. }
             | ClientError::TooLarge(_)
             | ClientError::Gone(_)
@@ -97,6 +110,16 @@ impl ClientError {
             | ClientError::Unexpected { .. }
             | ClientError::Protocol(_) => Retry::Permanent,
         }
+    }
+}
+
+/// Why a handshake may have failed, when rustls' message alone would puzzle.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidMessage(_) => {
+            " (does the server speak plain http? then use an http:// URL)"
+        }
+        _ => "",
     }
 }
 
@@ -230,6 +253,8 @@ impl LinkProbe {
 pub struct TusClient {
     endpoint: Url,
     token: Option<String>,
+    /// Set for https URLs (see [`TusClient::with_tls`]).
+    tls: Option<tokio_rustls::TlsConnector>,
     conn: Option<SendRequest<ReqBody>>,
     conn_task: Option<tokio::task::JoinHandle<()>>,
     probe: LinkProbe,
@@ -244,7 +269,7 @@ impl Drop for TusClient {
     }
 }
 
-/// Checks that `url` is an http URL we can upload to.
+/// Checks that `url` is an http or https URL we can upload to.
 pub fn parse_endpoint(url: &str) -> Result<Url, ClientError> {
     let bad = |why: &str| ClientError::BadUrl {
         url: url.to_string(),
@@ -252,13 +277,12 @@ pub fn parse_endpoint(url: &str) -> Result<Url, ClientError> {
     };
     let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https is not supported by this build yet (TLS arrives with the hardening work); use http on a trusted network or an SSH tunnel",
-            ));
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "the scheme must be http or https, not {other}"
+            )));
         }
-        other => return Err(bad(&format!("the scheme must be http, not {other}"))),
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("it has no host"));
@@ -286,11 +310,18 @@ impl TusClient {
         TusClient {
             endpoint,
             token,
+            tls: None,
             conn: None,
             conn_task: None,
             probe: LinkProbe::default(),
             notsent_lowat: NOTSENT_LOWAT_UNLIMITED,
         }
+    }
+
+    /// Uses TLS with `config` for https URLs (see [`crate::tls::client_config`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsConnector::from(config));
+        self
     }
 
     pub fn endpoint(&self) -> &Url {
@@ -344,18 +375,53 @@ impl TusClient {
             tune_socket(&stream, self.notsent_lowat);
             self.probe
                 .set(socket2::SockRef::from(&stream).try_clone().ok());
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            self.conn_task = Some(tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("connection ended: {e}");
-                }
-            }));
+            let (sender, task) = if self.endpoint.scheme() == "https" {
+                let stream = self.tls_handshake(stream, &addr).await?;
+                start_http(stream).await?
+            } else {
+                start_http(stream).await?
+            };
+            self.conn_task = Some(task);
             self.conn = Some(sender);
         }
         let conn = self.conn.as_mut().expect("connected above");
         conn.ready().await?;
         Ok(conn)
+    }
+
+    async fn tls_handshake(
+        &self,
+        stream: TcpStream,
+        addr: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let Some(connector) = &self.tls else {
+            return Err(ClientError::BadUrl {
+                url: self.endpoint.to_string(),
+                why: "https needs a TLS configuration (TusClient::with_tls)".into(),
+            });
+        };
+        let server_name = match self.endpoint.host() {
+            Some(url::Host::Domain(d)) => ServerName::try_from(d.to_string()).ok(),
+            Some(url::Host::Ipv4(ip)) => Some(ServerName::from(std::net::IpAddr::V4(ip))),
+            Some(url::Host::Ipv6(ip)) => Some(ServerName::from(std::net::IpAddr::V6(ip))),
+            None => None,
+        }
+        .ok_or_else(|| ClientError::BadUrl {
+            url: self.endpoint.to_string(),
+            why: "its host is not a valid TLS server name".into(),
+        })?;
+        let handshake = connector.connect(server_name, stream);
+        match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(tls_error(e, addr)),
+            Err(_) => Err(ClientError::Connect {
+                addr: addr.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the TLS handshake timed out",
+                ),
+            }),
+        }
     }
 
     fn request(&self, method: Method, url: &Url) -> http::request::Builder {
@@ -602,6 +668,38 @@ impl TusClient {
     }
 }
 
+/// Starts HTTP/1.1 on an open connection: the request handle, and the task that drives it.
+async fn start_http<IO>(
+    io: IO,
+) -> Result<(SendRequest<ReqBody>, tokio::task::JoinHandle<()>), ClientError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection ended: {e}");
+        }
+    });
+    Ok((sender, task))
+}
+
+/// A failed TLS handshake: rustls' own verdicts are permanent, an I/O failure (reset, EOF) is
+/// a connection failure like any other.
+fn tls_error(e: std::io::Error, addr: &str) -> ClientError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(bad @ rustls::Error::InvalidCertificate(_)) => ClientError::Untrusted(bad.clone()),
+        Some(other) => ClientError::Tls(other.clone()),
+        None => ClientError::Connect {
+            addr: addr.to_string(),
+            source: e,
+        },
+    }
+}
+
 /// A body that is already in memory (creation-with-upload of tiny files, tests).
 pub fn full_body(data: Bytes) -> BoxBody<Bytes, std::io::Error> {
     Full::new(data).map_err(|never| match never {}).boxed()
@@ -685,12 +783,8 @@ mod tests {
     #[test]
     fn endpoints_are_checked() {
         assert!(parse_endpoint("http://127.0.0.1:8080/files/").is_ok());
-        for bad in [
-            "ftp://x/files/",
-            "files",
-            "http://",
-            "https://example.org/files/",
-        ] {
+        assert!(parse_endpoint("https://localhost:8443/files/").is_ok());
+        for bad in ["ftp://x/files/", "files", "http://", "https://"] {
             let e = parse_endpoint(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

@@ -1,7 +1,8 @@
 //! `upload`: get big files over slow, flaky uplinks, unattended, without losing a byte.
 //!
 //! Data flows one way: `cli` (parses, prints) -> engine (`estimate`, `send`, `queue`)
-//! -> transport (`client`, `server`, `protocol`). Only `store` speaks SQL; only `cli` prints.
+//! -> transport (`client`, `server`, `protocol`, `tls`). Only `store` speaks SQL; only `cli`
+//! prints.
 
 pub mod cli;
 pub mod client;
@@ -14,4 +15,5 @@ pub mod send;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod units;

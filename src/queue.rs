@@ -131,6 +131,8 @@ pub struct RunOptions {
     /// A transfer failing continuously this long is marked failed.
     pub give_up_after: Duration,
     pub tokens: TokenLookup,
+    /// For https: the CA file every transfer trusts instead of the system's roots.
+    pub ca: Option<std::path::PathBuf>,
     pub clock: Clock,
 }
 
@@ -386,6 +388,7 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running 
         .rate_limit_bps
         .and_then(|b| Rate::from_bits_per_second(b).ok());
     so.token = (opts.tokens)(&host);
+    so.ca = opts.ca.clone();
     so.give_up_after = Some(opts.give_up_after);
     so.transfer_id = Some(t.id);
     so.gate = gate;

@@ -45,6 +45,8 @@ pub struct SendOptions {
     pub chunk: Option<u64>,
     pub limit: Option<Rate>,
     pub token: Option<String>,
+    /// Trust only the CA certificates in this PEM file for https, instead of the system's.
+    pub ca: Option<PathBuf>,
     /// Consecutive failed attempts before giving up; `None` retries forever.
     pub max_retries: Option<u32>,
     /// Forget an earlier, unfinished upload of this file to this URL and start over.
@@ -68,6 +70,7 @@ impl SendOptions {
             chunk: None,
             limit: None,
             token: None,
+            ca: None,
             max_retries: None,
             restart: false,
             stall_timeout: Duration::from_secs(10),
@@ -145,6 +148,9 @@ pub enum SendError {
     Busy { owner: String },
     #[error("{0}")]
     Url(ClientError),
+    /// The TLS trust roots cannot be loaded (a bad `--ca` file, no system roots).
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
     #[error("{error} (gave up after {attempts} attempts; --max-retries sets how many)")]
     GaveUp { attempts: u32, error: ClientError },
     #[error("{0}")]
@@ -395,6 +401,12 @@ pub async fn send(
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let endpoint = parse_endpoint(&opts.url).map_err(SendError::Url)?;
+    // A given --ca is checked even for http, so a typo shows before the URL changes to https.
+    let tls = if endpoint.scheme() == "https" || opts.ca.is_some() {
+        Some(crate::tls::client_config(opts.ca.as_deref()).map_err(SendError::Tls)?)
+    } else {
+        None
+    };
     let (path, identity) = open_source(&opts.file)?;
     let name = opts.name.clone().unwrap_or_else(|| {
         path.file_name()
@@ -429,7 +441,10 @@ pub async fn send(
         store: store.clone(),
         path,
         identity,
-        client: TusClient::new(endpoint, opts.token.clone()),
+        client: match tls {
+            Some(config) => TusClient::new(endpoint, opts.token.clone()).with_tls(config),
+            None => TusClient::new(endpoint, opts.token.clone()),
+        },
         throttle,
         checksum: None,
         stall: opts.stall_timeout,

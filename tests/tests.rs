@@ -8,3 +8,4 @@ mod interop;
 mod queue;
 mod send;
 mod server;
+mod tls;

@@ -31,7 +31,8 @@ pub mod exit {
     pub const CHANGED: u8 = 5;
     /// The server could not be reached, or kept failing, within `--max-retries`.
     pub const NETWORK: u8 = 6;
-    /// The server refused the credentials (401/403).
+    /// The server refused the credentials (401/403), or we refused the server's: its TLS
+    /// certificate is not trusted.
     pub const AUTH: u8 = 7;
     /// The server refused the size (413).
     pub const TOO_LARGE: u8 = 8;
@@ -54,7 +55,8 @@ Exit status:
   4   the source is not a regular file
   5   the source changed since its upload began (--restart starts over)
   6   the server could not be reached or kept failing (see --max-retries)
-  7   the server refused the credentials (401/403)
+  7   the server refused the credentials (401/403), or its TLS certificate is not trusted
+      (a private CA needs --ca FILE)
   8   the server refused the size (413)
   9   the server's SHA-256 of the whole file did not match: nothing was published
   10  another upload process is sending this transfer

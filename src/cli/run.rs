@@ -44,6 +44,9 @@ pub struct Args {
     /// Bearer token for every server (per-host tokens belong in the config file).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// For https: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
@@ -87,6 +90,10 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
                 .or_else(|| env.clone())
         })
     };
+    // Checked now, not at each transfer's start: a bad file would fail every one of them.
+    if let Some(ca) = &args.ca {
+        crate::tls::client_config(Some(ca)).map_err(Failure::usage)?;
+    }
     let opts = RunOptions {
         jobs: jobs as usize,
         timetable,
@@ -97,6 +104,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
             .or(global.give_up_after()?)
             .unwrap_or(Duration::from_secs(24 * 3600)),
         tokens,
+        ca: args.ca,
         clock,
     };
     let store = Store::open(&global.db_path()?).context("opening the state database")?;

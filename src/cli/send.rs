@@ -21,6 +21,7 @@ Examples:
   upload send debian.iso http://server:8080/files/
   upload send debian.iso http://server:8080/files/ --limit 100kbit --token-file ~/.upload-token
   upload send debian.iso http://server:8080/files/ --json
+  upload send debian.iso https://files.example.org/files/ --ca /etc/upload/ca.pem
 
 Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
 server holds; progress is saved after every acknowledged chunk.
@@ -34,7 +35,8 @@ server holds; progress is saved after every acknowledged chunk.
   4   the source is not a regular file
   5   the source changed since its upload began (--restart starts over)
   6   the server could not be reached or kept failing (see --max-retries)
-  7   the server refused the credentials (401/403)
+  7   the server refused the credentials (401/403), or its TLS certificate is not trusted
+      (a private CA needs --ca FILE)
   8   the server refused the size (413)
   9   the server's SHA-256 of the whole file did not match: nothing was published
   10  another upload process is sending this transfer
@@ -65,6 +67,10 @@ pub struct Args {
     /// Read the bearer token from this file (its first line). Or set UPLOAD_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// For https: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 
     /// Give up after this many failed attempts in a row [default: retry forever].
     #[arg(long, value_name = "N")]
@@ -129,7 +135,7 @@ fn token(global: &Global, file: Option<&Path>, url: &str) -> Result<Option<Strin
 /// The exit status a failure maps to.
 fn exit_code(e: &SendError) -> u8 {
     match e {
-        SendError::Url(_) => exit::USAGE,
+        SendError::Url(_) | SendError::Tls(_) => exit::USAGE,
         SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
         SendError::NotAFile { .. } => exit::NOT_A_FILE,
         SendError::SourceChanged { .. } => exit::CHANGED,
@@ -138,7 +144,7 @@ fn exit_code(e: &SendError) -> u8 {
         SendError::Interrupted => exit::INTERRUPTED,
         SendError::Store(_) => exit::FAILURE,
         SendError::Server(c) => match c {
-            ClientError::Auth { .. } => exit::AUTH,
+            ClientError::Auth { .. } | ClientError::Untrusted(_) => exit::AUTH,
             ClientError::TooLarge(_) => exit::TOO_LARGE,
             ClientError::Verification(_) => exit::VERIFY,
             ClientError::BadUrl { .. } => exit::USAGE,
@@ -317,6 +323,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         chunk: args.chunk.map(Size::bytes),
         limit,
         token,
+        ca: args.ca,
         max_retries: args.max_retries,
         restart: args.restart,
         stall_timeout: args.stall_timeout,

@@ -1,6 +1,6 @@
 //! `upload serve --dir DIR`: turns the arguments into a [`server::Config`], refuses to run an
 //! open server on a reachable address, runs the server on its own tokio runtime, and prints the
-//! one line scripts and tests wait for: `listening on http://ADDR/files/`.
+//! one line scripts and tests wait for: `listening on http://ADDR/files/` (https with TLS).
 
 use super::{Failure, Global};
 use crate::server::{self, Config, Server};
@@ -16,12 +16,18 @@ Examples:
   upload serve --dir /srv/uploads --listen 0.0.0.0:8080 --token-file /etc/upload/tokens
   upload serve --dir ./incoming --no-auth                  (loopback only, e.g. behind a proxy)
   upload serve --dir /srv/uploads --token-file tokens --max-size 50GiB --expire-after 3d
+  upload serve --dir /srv/uploads --listen 0.0.0.0:8443 --token-file tokens \
+               --tls-cert /etc/upload/fullchain.pem --tls-key /etc/upload/key.pem
 
 Clients upload to http://HOST:PORT/files/ (tus 1.0.0: creation, creation-with-upload,
 creation-defer-length, checksum, termination, expiration). Unfinished uploads wait in
 DIR/.partial; a finished upload is published in DIR under its metadata filename, reduced to a
 safe base name, once its SHA-256 matches the one declared (metadata sha256 or Repr-Digest).
 Without a declared SHA-256 it is published unverified.
+
+TLS: with --tls-cert FILE and --tls-key FILE (PEM) the server speaks only https, and clients
+upload to https://HOST:PORT/files/ (a client with a private CA passes --ca FILE). The
+certificate must name the host clients use. The files are read once, at start.
 
 Name clashes: a file in DIR is never overwritten. If DIR/NAME exists with identical content,
 the upload counts as delivered there; otherwise it is published as STEM.1.EXT, STEM.2.EXT, ...
@@ -65,11 +71,24 @@ pub struct Args {
     /// Treat an upload whose client sends nothing for this long as interrupted, e.g. 60s.
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
+
+    /// Serve https with this certificate chain (PEM, server certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
     let config = config(&args)?;
     let listen = args.listen;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +99,11 @@ pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
         let shutdown = shutdown_signal()?;
         let server = Server::bind(config, listen).await?;
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{}/files/", server.local_addr())?;
+        writeln!(
+            stdout,
+            "listening on {scheme}://{}/files/",
+            server.local_addr()
+        )?;
         stdout.flush()?;
         drop(stdout);
         server.run(shutdown).await?;
@@ -123,6 +146,18 @@ fn config(args: &Args) -> Result<Config, Failure> {
             "--idle-timeout must be more than 0, e.g. 60s"
         )));
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::server_config(cert, key).map_err(Failure::usage)?)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Failure::usage(anyhow!(
+                "--tls-cert and --tls-key go together, e.g. --tls-cert fullchain.pem --tls-key \
+                 key.pem"
+            )));
+        }
+    };
     Ok(Config {
         dir: args.dir.clone(),
         tokens,
@@ -133,6 +168,7 @@ fn config(args: &Args) -> Result<Config, Failure> {
             .min(args.expire_after / 4)
             .max(Duration::from_secs(1)),
         idle_timeout: args.idle_timeout,
+        tls,
     })
 }
 
@@ -173,6 +209,8 @@ mod tests {
             max_size: None,
             expire_after: Duration::from_secs(7 * 86400),
             idle_timeout: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 

@@ -23,6 +23,11 @@
 //! on the completing PATCH; on a mismatch the data is deleted, the PATCH gets 422 and HEAD 410.
 //! Without either, the upload is published unverified (third-party clients).
 //!
+//! TLS (`Config::tls`): each accepted connection does its handshake in its own task, bounded by
+//! the idle timeout, so a slow or silent client never holds up accepting. A plain-HTTP request
+//! to a TLS port gets a plain 400 that says to use https, instead of a dropped connection that
+//! a client would retry forever.
+//!
 //! Statuses where tus is silent: 431 for metadata over 4 KiB; 408 / 409 / 400 for a body cut
 //! off by the idle timeout / by a newer request for the upload / by a broken connection (the
 //! offset is in the response either way); 503 + Retry-After when a takeover does not get the
@@ -46,6 +51,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -73,6 +79,9 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// A body that sends nothing for this long is treated as interrupted.
     pub idle_timeout: Duration,
+    /// Serve https with this configuration (see [`crate::tls::server_config`]); `None` is
+    /// plain http.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Config {
@@ -89,6 +98,7 @@ impl Config {
             expire_after: Self::DEFAULT_EXPIRE_AFTER,
             sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -180,7 +190,9 @@ impl Server {
         let sweeper = tokio::spawn(sweep(app.clone()));
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
-        tracing::info!(%local_addr, dir = %app.config.dir.display(), "serving");
+        let tls = app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let dir = app.config.dir.display();
+        tracing::info!(%local_addr, %dir, tls = tls.is_some(), "serving");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -189,6 +201,7 @@ impl Server {
                     Ok((stream, peer)) => {
                         let connection = serve_connection(
                             stream,
+                            tls.clone(),
                             router.clone(),
                             stopping.clone(),
                             app.config.idle_timeout,
@@ -233,12 +246,78 @@ async fn drain(connections: &mut JoinSet<()>) {
 
 async fn serve_connection(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: axum::Router,
     mut stopping: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) {
     // Small responses (204s) go out at once instead of waiting on Nagle.
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_http(stream, router, stopping, idle_timeout).await;
+    };
+    let handshake = async {
+        if !starts_with_tls(&stream).await? {
+            refuse_plain_http(stream).await;
+            return Ok(None);
+        }
+        acceptor.accept(stream).await.map(Some)
+    };
+    let stream = tokio::select! {
+        result = tokio::time::timeout(idle_timeout, handshake) => match result {
+            Ok(Ok(Some(stream))) => stream,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        },
+        () = async { drop(stopping.wait_for(|stop| *stop).await) } => return,
+    };
+    serve_http(stream, router, stopping, idle_timeout).await;
+}
+
+/// Whether the client's first byte opens a TLS handshake record (content type 22).
+async fn starts_with_tls(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(first[0] == 0x16),
+    }
+}
+
+/// Answers a plain-HTTP request on the TLS port with a 400 that says what to do, as nginx
+/// does, so the client stops instead of retrying a connection that always drops.
+async fn refuse_plain_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "this server speaks TLS: use an https:// URL\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tracing::debug!("plain HTTP on the TLS port");
+    let mut buf = [0u8; 8192];
+    // Read what the request sent so far: closing with unread data would reset the connection
+    // and could destroy the answer before the client reads it.
+    let _ = stream.read(&mut buf).await;
+    if stream.write_all(response.as_bytes()).await.is_ok() && stream.shutdown().await.is_ok() {
+        let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+}
+
+/// HTTP/1.1 on a connection, plain or TLS, until it ends or the server stops.
+async fn serve_http(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    router: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) {
     let mut builder = http1::Builder::new();
     // A client that never finishes its headers holds a connection for at most this long.
     builder

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct ServeProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// "http", or "https" when it serves TLS.
+    pub scheme: &'static str,
     pub dir: PathBuf,
     /// The server's log (its stderr), shown when a test fails.
     pub log: PathBuf,
@@ -16,7 +18,7 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     /// Starts `cmd` (an `upload` command with `serve` arguments, `--listen` included) and waits
-    /// for its "listening on http://ADDR/files/" line.
+    /// for its "listening on http://ADDR/files/" (or https://) line.
     pub fn start(mut cmd: Command, dir: &Path) -> Self {
         let log = dir.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -42,8 +44,11 @@ impl ServeProcess {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("upload serve printed its address");
-        let addr = line
-            .strip_prefix("listening on http://")
+        let (scheme, rest) = match line.strip_prefix("listening on https://") {
+            Some(rest) => ("https", Some(rest)),
+            None => ("http", line.strip_prefix("listening on http://")),
+        };
+        let addr = rest
             .and_then(|r| r.strip_suffix("/files/"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
@@ -51,13 +56,14 @@ impl ServeProcess {
         ServeProcess {
             child,
             addr,
+            scheme,
             dir: dir.to_path_buf(),
             log,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/files/", self.addr)
+        format!("{}://{}/files/", self.scheme, self.addr)
     }
 
     pub fn kill(&mut self) {
