@@ -5,6 +5,7 @@ mod helper;
 mod estimate;
 mod faults;
 mod interop;
+mod link;
 mod queue;
 mod send;
 mod server;
