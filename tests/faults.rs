@@ -137,6 +137,10 @@ fn a_lost_database_commit_is_recovered_from_the_servers_offset() {
     assert_eq!(sha256_file(&server.dir.join("pl.iso")), sha256_file(&file));
     // Re-sent: at most the chunk the kill interrupted, never the part the database forgot.
     let resent = proxy.patch_body_bytes() - size as u64;
+    eprintln!(
+        "lost database commits: resumed at {}, {resent} bytes re-sent",
+        started["offset"]
+    );
     assert!(
         resent <= 128 * 1024,
         "{resent} bytes re-sent (the server had {server_had})"

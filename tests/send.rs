@@ -201,6 +201,10 @@ fn a_damaged_chunk_is_refused_and_resent() {
         "{ev:?}"
     );
     let done = event(&ev, "done").unwrap();
+    eprintln!(
+        "byte flipped on the wire: {} bytes re-sent",
+        done["resent_bytes"]
+    );
     assert_eq!(done["resent_bytes"], 128 * 1024);
     assert_eq!(proxy.patch_body_bytes(), 512 * 1024 + 128 * 1024);
     assert_eq!(sha256_file(&server.dir.join("c.iso")), sha256_file(&file));
@@ -443,6 +447,7 @@ fn a_silently_dead_connection_is_replaced_within_the_stall_timeout() {
     proxy.freeze_open_connections();
     let status = wait_at_most(child, Duration::from_secs(30));
     let took = frozen_at.elapsed();
+    eprintln!("frozen connection, --stall-timeout 2s: finished {took:?} after the freeze");
     assert!(status.success());
     assert_eq!(
         sha256_file(&server.dir.join("dead.iso")),
