@@ -74,6 +74,8 @@ pub enum ClientError {
     Verification(String),
     #[error("the server has no space left ({0})")]
     InsufficientStorage(StatusCode),
+    #[error("the server has too many uploads from us at once (429){}", .retry_after.map_or(String::new(), |d| format!("; it asks to retry in {d:?}")))]
+    TooManyUploads { retry_after: Option<Duration> },
     #[error("server error {status}: {body}")]
     Server { status: StatusCode, body: String },
     #[error("unexpected response {status} to {method}: {body}")]
@@ -98,6 +100,7 @@ impl ClientError {
             | ClientError::Server { .. }
             | ClientError::OffsetMismatch { .. }
             | ClientError::ChecksumMismatch
+            | ClientError::TooManyUploads { .. }
             | ClientError::Body(_) => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
             ClientError::BadUrl { .. }
@@ -305,6 +308,57 @@ async fn read_body_text(resp: Response<Incoming>) -> String {
     }
 }
 
+/// The error for a status that is not the answer a request hoped for: what every request can
+/// get, classified by [`ClientError::retry`]. `token_sent` picks the 401 hint.
+fn status_error(
+    method: &'static str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+    token_sent: bool,
+) -> ClientError {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Auth {
+            status,
+            hint: if token_sent {
+                ": check the token".into()
+            } else {
+                ": no token was sent; pass --token-file FILE or set UPLOAD_TOKEN".into()
+            },
+        },
+        StatusCode::TOO_MANY_REQUESTS => ClientError::TooManyUploads { retry_after },
+        StatusCode::PAYLOAD_TOO_LARGE => ClientError::TooLarge(if body.is_empty() {
+            "413 Payload Too Large".into()
+        } else {
+            body
+        }),
+        StatusCode::NOT_FOUND | StatusCode::GONE if method != "POST" => ClientError::Gone(status),
+        StatusCode::INSUFFICIENT_STORAGE => ClientError::InsufficientStorage(status),
+        s if s.as_u16() == protocol::STATUS_CHECKSUM_MISMATCH => ClientError::ChecksumMismatch,
+        StatusCode::UNPROCESSABLE_ENTITY => ClientError::Verification(body),
+        s if s.is_server_error() => {
+            // A full disk is a 5xx whose text says so on servers without 507.
+            if body.to_ascii_lowercase().contains("no space") {
+                ClientError::InsufficientStorage(s)
+            } else {
+                ClientError::Server { status: s, body }
+            }
+        }
+        s => ClientError::Unexpected {
+            method,
+            status: s,
+            body,
+        },
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not worth parsing here: servers that throttle
+/// send seconds), capped at 10 minutes so a confused server cannot park an upload for days.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(600)))
+}
+
 impl TusClient {
     pub fn new(endpoint: Url, token: Option<String>) -> Self {
         TusClient {
@@ -469,41 +523,10 @@ impl TusClient {
     /// Maps the statuses every request can get.
     async fn common_error(&self, method: &'static str, resp: Response<Incoming>) -> ClientError {
         let status = resp.status();
+        let retry_after = header_str(resp.headers(), http::header::RETRY_AFTER.as_str())
+            .and_then(parse_retry_after);
         let body = read_body_text(resp).await;
-        match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Auth {
-                status,
-                hint: if self.token.is_none() {
-                    ": no token was sent; pass --token-file FILE or set UPLOAD_TOKEN".into()
-                } else {
-                    ": check the token".into()
-                },
-            },
-            StatusCode::PAYLOAD_TOO_LARGE => ClientError::TooLarge(if body.is_empty() {
-                "413 Payload Too Large".into()
-            } else {
-                body
-            }),
-            StatusCode::NOT_FOUND | StatusCode::GONE if method != "POST" => {
-                ClientError::Gone(status)
-            }
-            StatusCode::INSUFFICIENT_STORAGE => ClientError::InsufficientStorage(status),
-            s if s.as_u16() == protocol::STATUS_CHECKSUM_MISMATCH => ClientError::ChecksumMismatch,
-            StatusCode::UNPROCESSABLE_ENTITY => ClientError::Verification(body),
-            s if s.is_server_error() => {
-                // A full disk is a 5xx whose text says so on servers without 507.
-                if body.to_ascii_lowercase().contains("no space") {
-                    ClientError::InsufficientStorage(s)
-                } else {
-                    ClientError::Server { status: s, body }
-                }
-            }
-            s => ClientError::Unexpected {
-                method,
-                status: s,
-                body,
-            },
-        }
+        status_error(method, status, retry_after, body, self.token.is_some())
     }
 
     /// OPTIONS: which extensions and checksum algorithms the server offers. A server that does
@@ -801,5 +824,33 @@ mod tests {
             ClientError::InsufficientStorage(StatusCode::INSUFFICIENT_STORAGE).retry(),
             Retry::Persistent
         );
+    }
+
+    #[test]
+    fn too_many_requests_is_temporary() {
+        let status = |method, retry_after| {
+            status_error(
+                method,
+                StatusCode::TOO_MANY_REQUESTS,
+                retry_after,
+                "too many uploads".into(),
+                true,
+            )
+        };
+        for method in ["PATCH", "POST"] {
+            let e = status(method, parse_retry_after("5"));
+            assert_eq!(e.retry(), Retry::Temporary, "{method}: {e}");
+            assert!(
+                matches!(e, ClientError::TooManyUploads { retry_after: Some(d) } if d == Duration::from_secs(5)),
+                "{e:?}"
+            );
+        }
+        assert_eq!(status("PATCH", None).retry(), Retry::Temporary);
+        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
+        assert_eq!(parse_retry_after("86400"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // What was there before stays: an unknown 4xx is permanent.
+        let teapot = status_error("PATCH", StatusCode::IM_A_TEAPOT, None, String::new(), true);
+        assert_eq!(teapot.retry(), Retry::Permanent);
     }
 }

@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt as _;
 use upload::protocol::{Algorithm, Checksum, Metadata, format_repr_digest};
-use upload::server::Config;
+use upload::server::{Config, Token};
 
 fn metadata(pairs: &[(&str, &[u8])]) -> String {
     let mut m = Metadata::default();
@@ -754,6 +755,272 @@ async fn zero_length_upload_publishes_an_empty_file() {
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_eq!(reply.header("Upload-Published-As"), Some("empty.txt"));
     assert_eq!(std::fs::read(server.dir.join("empty.txt")).unwrap(), b"");
+}
+
+/// A request with `token` as its bearer token.
+fn with_token(
+    server: &TestServer,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> crate::helper::http::Req {
+    server
+        .req(method, path)
+        .header("Authorization", format!("Bearer {token}"))
+}
+
+/// What a client can see of a reply, but for its `Date`.
+fn seen(reply: &Reply) -> (u16, Vec<(String, String)>, String) {
+    let mut headers: Vec<(String, String)> = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "date")
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+        .collect();
+    headers.sort();
+    (reply.status, headers, reply.body.clone())
+}
+
+fn two_maintainers(env: &Env) -> Config {
+    let mut config = Config::new(env.path("up"));
+    config.tokens = Some(vec![
+        Token::named("tok-a", "alice"),
+        Token::named("tok-b", "bob"),
+    ]);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_dirs_keep_maintainers_apart() {
+    let env = Env::new();
+    let mut config = two_maintainers(&env);
+    config.per_token_dirs = true;
+    let server = TestServer::start(config).await;
+    let a = |method, path| with_token(&server, "tok-a", method, path);
+    let b = |method, path| with_token(&server, "tok-b", method, path);
+    let meta = metadata(&[("filename", b"report.pdf")]);
+    let ours = pattern(10, 21);
+
+    let created = a("POST", "/files/")
+        .header("Upload-Length", 10)
+        .header("Upload-Metadata", &meta)
+        .send()
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let path = created.header("Location").unwrap().to_string();
+    let id = path.rsplit('/').next().unwrap();
+    let info = std::fs::read_to_string(server.dir.join(format!(".partial/{id}.info"))).unwrap();
+    assert!(info.contains("\"owner\":\"alice\""), "{info}");
+    assert!(
+        !info.contains("tok-a"),
+        "the token itself is never stored: {info}"
+    );
+
+    // Alice's body is on its way (stalled) while Bob probes her upload.
+    let mut stalled = stalled_patch(
+        server.addr,
+        &path,
+        &[
+            ("Upload-Offset", "0".into()),
+            ("Authorization", "Bearer tok-a".into()),
+        ],
+        10,
+        &ours[..4],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unknown = "/files/0123456789abcdef0123456789abcdef";
+    for method in ["HEAD", "PATCH", "DELETE"] {
+        let probe = |path| {
+            b(method, path)
+                .header("Upload-Offset", 0)
+                .chunk(b"theirs".to_vec())
+        };
+        let theirs = probe(&path).send().await;
+        let nothing = probe(unknown).send().await;
+        assert_eq!(theirs.status, 404, "{method}: {theirs:?}");
+        assert_eq!(seen(&theirs), seen(&nothing), "{method}: no hint it exists");
+    }
+    // Bob's requests did not take Alice's upload over: her body is still being received.
+    let mut buf = [0u8; 64];
+    let quiet = tokio::time::timeout(Duration::from_millis(500), stalled.read(&mut buf)).await;
+    assert!(quiet.is_err(), "Alice's PATCH was answered: {quiet:?}");
+    drop(stalled);
+
+    let h = a("HEAD", &path).send().await;
+    assert_eq!((h.status, h.offset()), (200, 4), "{h:?}");
+    let done = a("PATCH", &path)
+        .header("Upload-Offset", 4)
+        .chunk(ours[4..].to_vec())
+        .send()
+        .await;
+    assert_eq!(done.status, 204, "{done:?}");
+    assert_eq!(done.header("Upload-Published-As"), Some("report.pdf"));
+    assert_eq!(
+        std::fs::read(server.dir.join("alice/report.pdf")).unwrap(),
+        ours
+    );
+    // Finished, it stays hers.
+    assert_eq!(b("HEAD", &path).send().await.status, 404);
+    assert_eq!(a("HEAD", &path).send().await.status, 200);
+
+    // Bob's file of the same name lands in his directory; Alice's is untouched.
+    let his = pattern(7, 22);
+    let created = b("POST", "/files/")
+        .header("Upload-Length", 7)
+        .header("Upload-Metadata", &meta)
+        .chunk(his.clone())
+        .send()
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.header("Upload-Published-As"), Some("report.pdf"));
+    assert_eq!(
+        std::fs::read(server.dir.join("bob/report.pdf")).unwrap(),
+        his
+    );
+    assert_eq!(
+        std::fs::read(server.dir.join("alice/report.pdf")).unwrap(),
+        ours
+    );
+    assert_eq!(server.published(), ["alice", "bob"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_per_token_dirs_tokens_share_dir() {
+    let env = Env::new();
+    let server = TestServer::start(two_maintainers(&env)).await;
+    let meta = metadata(&[("filename", b"x.bin")]);
+    let upload = |token: &'static str, data: Vec<u8>| {
+        with_token(&server, token, "POST", "/files/")
+            .header("Upload-Length", data.len())
+            .header("Upload-Metadata", &meta)
+            .chunk(data)
+            .send()
+    };
+    let a = upload("tok-a", pattern(5, 23)).await;
+    assert_eq!(a.header("Upload-Published-As"), Some("x.bin"), "{a:?}");
+    let path = a.header("Location").unwrap();
+    assert_eq!(
+        with_token(&server, "tok-b", "HEAD", path)
+            .send()
+            .await
+            .status,
+        200
+    );
+    let b = upload("tok-b", pattern(5, 24)).await;
+    assert_eq!(b.header("Upload-Published-As"), Some("x.1.bin"), "{b:?}");
+    assert_eq!(server.published(), ["x.1.bin", "x.bin"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bodies_per_token_are_capped() {
+    let env = Env::new();
+    let mut config = two_maintainers(&env);
+    config.max_uploads_per_token = 2;
+    let server = &TestServer::start(config).await;
+    let create = |token| async move {
+        let reply = with_token(server, token, "POST", "/files/")
+            .header("Upload-Length", 100)
+            .send()
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        reply.header("Location").unwrap().to_string()
+    };
+    let (first, second, third) = (
+        create("tok-a").await,
+        create("tok-a").await,
+        create("tok-a").await,
+    );
+    let bobs = create("tok-b").await;
+    let stall = |path: String| async move {
+        stalled_patch(
+            server.addr,
+            &path,
+            &[
+                ("Upload-Offset", "0".into()),
+                ("Authorization", "Bearer tok-a".into()),
+            ],
+            100,
+            &[1; 10],
+        )
+        .await
+    };
+    let stalled = stall(first).await;
+    let _also_stalled = stall(second).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let patch_third = || {
+        with_token(server, "tok-a", "PATCH", &third)
+            .header("Upload-Offset", 0)
+            .chunk(vec![3; 100])
+            .send()
+    };
+    let refused = patch_third().await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("Retry-After"), Some("5"));
+    assert_eq!(refused.header("Tus-Resumable"), Some("1.0.0"));
+    let h = with_token(server, "tok-a", "HEAD", &third).send().await;
+    assert_eq!(h.offset(), 0, "the refused body was not read");
+    // Creation-with-upload counts too, and creates nothing when refused.
+    let before = server.partial_files();
+    let refused = with_token(server, "tok-a", "POST", "/files/")
+        .header("Upload-Length", 5)
+        .chunk(vec![5; 5])
+        .send()
+        .await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(server.partial_files(), before);
+    // Another token has its own cap.
+    let reply = with_token(server, "tok-b", "PATCH", &bobs)
+        .header("Upload-Offset", 0)
+        .chunk(vec![4; 100])
+        .send()
+        .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+
+    // A connection that goes away gives its place back.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = patch_third().await;
+        if reply.status == 204 {
+            break;
+        }
+        assert_eq!(reply.status, 429, "{reply:?}");
+        assert!(Instant::now() < deadline, "the count never went down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        with_token(server, "tok-a", "HEAD", &third)
+            .send()
+            .await
+            .offset(),
+        100
+    );
+}
+
+#[test]
+fn serve_checks_the_token_file_and_its_flags() {
+    let env = Env::new();
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["serve", "--no-auth", "--per-token-dirs", "--dir"])
+        .arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
+
+    std::fs::write(env.path("tokens"), "# team\nalpha alice\nbeta ../bob\n").unwrap();
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["serve", "--per-token-dirs", "--token-file"])
+        .arg(env.path("tokens"))
+        .arg("--dir")
+        .arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("../bob"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ Examples:
   upload serve --dir /srv/uploads --token-file tokens --max-size 50GiB --expire-after 3d
   upload serve --dir /srv/uploads --listen 0.0.0.0:8443 --token-file tokens \
                --tls-cert /etc/upload/fullchain.pem --tls-key /etc/upload/key.pem
+  upload serve --dir /srv/uploads --listen 0.0.0.0:8080 --token-file tokens --per-token-dirs
 
 Clients upload to http://HOST:PORT/files/ (tus 1.0.0: creation, creation-with-upload,
 creation-defer-length, checksum, termination, expiration). Unfinished uploads wait in
@@ -33,9 +34,24 @@ Name clashes: a file in DIR is never overwritten. If DIR/NAME exists with identi
 the upload counts as delivered there; otherwise it is published as STEM.1.EXT, STEM.2.EXT, ...
 (e.g. debian.1.iso; the first free one). The response names it in Upload-Published-As.
 
-Token file: one token per line; blank lines and lines starting with # are ignored. Clients send
-Authorization: Bearer TOKEN. Without --token-file, --no-auth is required and only allowed on a
-loopback address.
+Token file: one TOKEN or TOKEN NAME per line; blank lines and lines starting with # are
+ignored. Clients send Authorization: Bearer TOKEN. NAME (letters, digits, -, _ and ., not
+starting with .) is how the server refers to the token, in its records and as its directory; a
+token without one is named token-<first 12 hex digits of its SHA-256>. A bad name, a repeated
+name or a repeated token stops the server at start, naming the line. Without --token-file,
+--no-auth is required and only allowed on a loopback address.
+  # /etc/upload/tokens
+  3f9c0e7a1b2d4c6e8f0a1b2c3d4e5f60 alice
+  9a8b7c6d5e4f30211f2e3d4c5b6a7988 bob
+
+Per-token directories (--per-token-dirs): each token's finished uploads are published in
+DIR/NAME/ instead of DIR, and a token cannot see another token's uploads (HEAD, PATCH and
+DELETE of them answer 404, as for an unknown upload). Uploads started before the flag was on
+belong to no token and answer 404 to everyone; their clients start over.
+
+Concurrent uploads: one token may send at most --max-uploads-per-token bodies at once; one
+more is refused with 429 Too Many Requests and Retry-After: 5 before its body is read, and the
+client retries. Without auth all clients share that cap.
 
 Uploads idle longer than --expire-after are removed. SIGINT or SIGTERM stop the server: it
 stops accepting, lets running requests go on for a few seconds, then keeps what each
@@ -59,6 +75,16 @@ pub struct Args {
     /// Accept uploads without a token; only on a loopback --listen address.
     #[arg(long)]
     pub no_auth: bool,
+
+    /// Publish each token's uploads in DIR/NAME/ and hide them from other tokens (NAME from
+    /// the token file).
+    #[arg(long, requires = "token_file")]
+    pub per_token_dirs: bool,
+
+    /// At most this many uploads sending data at once per token (all clients together
+    /// without auth); more get 429 Too Many Requests.
+    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_UPLOADS_PER_TOKEN)]
+    pub max_uploads_per_token: usize,
 
     /// Refuse uploads larger than this, e.g. 50GiB [default: no limit].
     #[arg(long, value_name = "SIZE")]
@@ -141,6 +167,19 @@ fn config(args: &Args) -> Result<Config, Failure> {
             "--expire-after must be more than 0, e.g. 7d"
         )));
     }
+    // clap's `requires` is not checked when --no-auth (which conflicts with --token-file) is
+    // given, so say it here too.
+    if args.per_token_dirs && tokens.is_none() {
+        return Err(Failure::usage(anyhow!(
+            "--per-token-dirs keeps each token's uploads apart, so it needs --token-file FILE \
+             (one TOKEN NAME per line), not --no-auth"
+        )));
+    }
+    if args.max_uploads_per_token == 0 {
+        return Err(Failure::usage(anyhow!(
+            "--max-uploads-per-token must be at least 1, e.g. 32"
+        )));
+    }
     if args.idle_timeout.is_zero() {
         return Err(Failure::usage(anyhow!(
             "--idle-timeout must be more than 0, e.g. 60s"
@@ -161,6 +200,8 @@ fn config(args: &Args) -> Result<Config, Failure> {
     Ok(Config {
         dir: args.dir.clone(),
         tokens,
+        per_token_dirs: args.per_token_dirs,
+        max_uploads_per_token: args.max_uploads_per_token,
         max_size: args.max_size.map(Size::bytes),
         expire_after: args.expire_after,
         // A short expiry (tests, a scratch server) is pointless if only checked hourly.
@@ -206,6 +247,8 @@ mod tests {
             listen: listen.parse().unwrap(),
             token_file,
             no_auth,
+            per_token_dirs: false,
+            max_uploads_per_token: Config::DEFAULT_MAX_UPLOADS_PER_TOKEN,
             max_size: None,
             expire_after: Duration::from_secs(7 * 86400),
             idle_timeout: Duration::from_secs(60),

@@ -250,9 +250,18 @@ pub(crate) async fn complete(
         .or_else(|| metadata.0.get("name"));
     let wanted = safe_name(wanted.map(Vec::as_slice), &id);
     let length = upload.info.offset;
+    // Per-token directories: the owner's; an upload without one (older than the flag) is
+    // never acquired then, so DIR is only a fallback.
+    let subdir = upload
+        .info
+        .owner
+        .clone()
+        .filter(|_| app.config.per_token_dirs);
     let store = app.uploads.store().clone();
     let publish_id = id.clone();
-    let name = blocking(move || store.publish(&publish_id, &wanted, length, &received)).await?;
+    let name =
+        blocking(move || store.publish(&publish_id, subdir.as_deref(), &wanted, length, &received))
+            .await?;
     upload.info.state = State::Published {
         name: name.clone(),
         sha256: hex::encode(received),

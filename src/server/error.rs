@@ -53,6 +53,8 @@ pub(crate) enum ApiError {
     Interrupted { why: Interruption, offset: u64 },
     #[error("another request holds this upload and did not let go; retry shortly")]
     Busy,
+    #[error("too many uploads sending data at once (at most {max} per token); retry shortly")]
+    TooManyUploads { max: usize },
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
     #[error("internal error: {0}")]
@@ -96,6 +98,7 @@ impl ApiError {
                 Interruption::Broken => StatusCode::BAD_REQUEST,
             },
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             // A full disk is worth its own status: the client can wait instead of hammering.
             ApiError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 StatusCode::INSUFFICIENT_STORAGE
@@ -141,6 +144,10 @@ impl IntoResponse for ApiError {
             ApiError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // Long enough for a chunk to finish on a slow link, short enough not to idle.
+            ApiError::TooManyUploads { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             _ => {}
         }
         // The request body may not have been read to its end: do not try to reuse the
@@ -151,6 +158,7 @@ impl IntoResponse for ApiError {
                 | ApiError::Interrupted { .. }
                 | ApiError::ContentType
                 | ApiError::Busy
+                | ApiError::TooManyUploads { .. }
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -1,6 +1,6 @@
 //! The tus routes: `/files/` (creation) and `/files/{id}` (core: HEAD, PATCH; termination:
 //! DELETE), OPTIONS on both, and what every request passes first (method override, version,
-//! token).
+//! token, which decides who the [`Caller`] is).
 //!
 //! Routes take any method and dispatch on the effective one themselves, because
 //! `X-HTTP-Method-Override` must be applied before routing and axum's layers run after it.
@@ -11,6 +11,7 @@ use super::App;
 use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
+use super::receiving::Receipt;
 use super::storage::{Info, State, now_ms};
 use super::uploads::{Upload, blocking};
 use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
@@ -88,30 +89,65 @@ async fn spawn(app: Arc<App>, target: Target, req: Request) -> Response {
     }
 }
 
+/// Who sent a request, as far as the server cares.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    /// The token's name, recorded as the owner of what it creates; `None` without auth.
+    name: Option<&'a str>,
+    /// Whose bodies count against one cap: the token's index (everyone is 0 without auth).
+    group: usize,
+    /// With per-token directories: the only owner whose uploads this caller can see.
+    scope: Option<&'a str>,
+}
+
+impl<'a> Caller<'a> {
+    /// Checks the token, if the server has any.
+    fn of(app: &'a App, headers: &HeaderMap) -> Result<Caller<'a>, ApiError> {
+        let Some(tokens) = &app.tokens else {
+            return Ok(Caller {
+                name: None,
+                group: 0,
+                scope: None,
+            });
+        };
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let index = tokens.find(authorization).ok_or(ApiError::Unauthorized)?;
+        let name = tokens.name(index);
+        Ok(Caller {
+            name: Some(name),
+            group: index,
+            scope: app.config.per_token_dirs.then_some(name),
+        })
+    }
+
+    /// Counts a body against the cap, or refuses it (429) before it is read.
+    fn start_body(&self, app: &App) -> Result<Receipt, ApiError> {
+        app.receiving
+            .start(self.group)
+            .ok_or(ApiError::TooManyUploads {
+                max: app.receiving.max(),
+            })
+    }
+}
+
 async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response, ApiError> {
     let method = effective_method(&req)?;
     if method == Method::OPTIONS {
         return Ok(options(&app));
     }
     check_version(req.headers())?;
-    if let Some(tokens) = &app.tokens
-        && !tokens.allows(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-        )
-    {
-        return Err(ApiError::Unauthorized);
-    }
+    let caller = Caller::of(&app, req.headers())?;
     let upload = |raw: &str| Id::parse(raw).ok_or(ApiError::NotFound);
     match (target, method) {
-        (Target::Creation, Method::POST) => create(&app, req).await,
+        (Target::Creation, Method::POST) => create(&app, caller, req).await,
         (Target::Creation, _) => Err(ApiError::MethodNotAllowed {
             allow: CREATION_ALLOW,
         }),
-        (Target::Upload(id), Method::HEAD) => head(&app, &upload(&id)?).await,
-        (Target::Upload(id), Method::PATCH) => patch(&app, &upload(&id)?, req).await,
-        (Target::Upload(id), Method::DELETE) => delete(&app, &upload(&id)?).await,
+        (Target::Upload(id), Method::HEAD) => head(&app, caller, &upload(&id)?).await,
+        (Target::Upload(id), Method::PATCH) => patch(&app, caller, &upload(&id)?, req).await,
+        (Target::Upload(id), Method::DELETE) => delete(&app, caller, &upload(&id)?).await,
         (Target::Upload(_), _) => Err(ApiError::MethodNotAllowed {
             allow: UPLOAD_ALLOW,
         }),
@@ -185,7 +221,7 @@ fn options(app: &App) -> Response {
 }
 
 /// creation, creation-defer-length, creation-with-upload.
-async fn create(app: &App, req: Request) -> Result<Response, ApiError> {
+async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers();
     let length = match (
         text(headers, protocol::UPLOAD_LENGTH)?,
@@ -233,6 +269,8 @@ async fn create(app: &App, req: Request) -> Result<Response, ApiError> {
     };
     let with_body = has_upload_body(headers);
     let body_headers = body_headers(headers)?;
+    // Refused before the upload exists: the client retries the whole POST later.
+    let _receipt = with_body.then(|| caller.start_body(app)).transpose()?;
 
     let id = Id::random();
     let now = now_ms();
@@ -242,6 +280,7 @@ async fn create(app: &App, req: Request) -> Result<Response, ApiError> {
         offset: 0,
         metadata: metadata.to_string(),
         expected_sha256,
+        owner: caller.name.map(str::to_string),
         created_ms: now,
         last_activity_ms: now,
         state: State::Partial,
@@ -294,8 +333,8 @@ async fn create(app: &App, req: Request) -> Result<Response, ApiError> {
 }
 
 /// core: HEAD.
-async fn head(app: &App, id: &Id) -> Result<Response, ApiError> {
-    let mut held = app.uploads.acquire(id).await?;
+async fn head(app: &App, caller: Caller<'_>, id: &Id) -> Result<Response, ApiError> {
+    let mut held = app.uploads.acquire(id, caller.scope).await?;
     settle(app, &mut held).await?;
     let upload = held.upload();
     if let Some((declared, received)) = upload.is_failed() {
@@ -321,7 +360,7 @@ async fn head(app: &App, id: &Id) -> Result<Response, ApiError> {
 }
 
 /// core: PATCH, with checksum and the deferred length.
-async fn patch(app: &App, id: &Id, req: Request) -> Result<Response, ApiError> {
+async fn patch(app: &App, caller: Caller<'_>, id: &Id, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers();
     if !has_upload_body(headers) {
         return Err(ApiError::ContentType);
@@ -334,7 +373,7 @@ async fn patch(app: &App, id: &Id, req: Request) -> Result<Response, ApiError> {
         .transpose()?;
     let body_headers = body_headers(headers)?;
 
-    let mut held = app.uploads.acquire(id).await?;
+    let mut held = app.uploads.acquire(id, caller.scope).await?;
     settle(app, &mut held).await?;
     let upload = held.upload();
     if let Some((declared, received)) = upload.is_failed() {
@@ -357,6 +396,10 @@ async fn patch(app: &App, id: &Id, req: Request) -> Result<Response, ApiError> {
         declare_length(app, upload, length).await?;
     }
 
+    // Counted only now that this request has the upload: a stalled earlier PATCH of the same
+    // upload, taken over above, has given its place back (declared after `held`, the receipt
+    // is dropped before the upload is let go).
+    let _receipt = caller.start_body(app)?;
     let published = append(app, &mut held, req.into_body(), body_headers).await?;
     Ok(patched(app, &held.upload().info, published))
 }
@@ -401,8 +444,8 @@ fn patched(app: &App, info: &Info, published: Option<Published>) -> Response {
 }
 
 /// termination. A published file stays: it belongs to `DIR` now; only the record goes.
-async fn delete(app: &App, id: &Id) -> Result<Response, ApiError> {
-    let mut held = app.uploads.acquire(id).await?;
+async fn delete(app: &App, caller: Caller<'_>, id: &Id) -> Result<Response, ApiError> {
+    let mut held = app.uploads.acquire(id, caller.scope).await?;
     app.uploads.remove(&mut held, id).await?;
     tracing::info!(%id, "terminated");
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -9,7 +9,8 @@
 //! - `append`: streaming a body to disk, commit/discard, checksum, whole-file SHA-256, publish;
 //! - `uploads`: the per-upload lock and takeover of a request stuck on a dead link;
 //! - `storage`: the files (`DIR/.partial/<id>.part` and `.info`), crash consistency;
-//! - `names`: ids and safe published names; `auth`: bearer tokens; `error`: statuses.
+//! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
+//!   `receiving`: the cap on bodies received at once; `error`: statuses.
 //!
 //! Publishing and name clashes. A finished upload is hard-linked from its part file to
 //! `DIR/<name>`, where `<name>` is the metadata `filename` (or `name`) reduced to a safe base
@@ -18,6 +19,24 @@
 //! otherwise it is published as `stem.1.ext`, `stem.2.ext`, … (the first free or identical
 //! one). The name used is returned in `Upload-Published-As` (percent-encoded outside printable
 //! ASCII) with the file's `Repr-Digest`. Nothing incomplete ever sits under a final name.
+//!
+//! Per-token directories (`Config::per_token_dirs`, requires tokens): maintainers who share a
+//! server do not see each other's uploads. Each token has a name (see `auth`: `TOKEN NAME` in
+//! the token file, or a default derived from the token's hash); an upload records the name of
+//! the token that created it (the name, never the token) in its info file, and HEAD, PATCH and
+//! DELETE with another token answer 404 exactly as for an unknown id, without asking a request
+//! in progress on it to stop. A finished upload is published in `DIR/<NAME>/` (created when
+//! missing) under the same no-clobber policy, and `Upload-Published-As` names the file within
+//! that directory. Uploads recorded without an owner (created before the flag was on, or
+//! before owners were recorded) are nobody's and answer 404 to everyone while the flag is on.
+//! Without the flag the owner is recorded but not checked, and everything lands in `DIR`.
+//!
+//! Concurrent bodies (`Config::max_uploads_per_token`, see `receiving`): a token may have at
+//! most that many PATCH or creation-with-upload bodies being received at once; one more gets
+//! 429 + Retry-After: 5 before its body is read. Without auth, all clients share one cap (the
+//! server then listens on loopback only, where "a client" is not a useful distinction). A
+//! PATCH counts after it has taken its upload over, so a client resuming after a dead link is
+//! not refused because of its own stalled earlier request.
 //!
 //! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or a `Repr-Digest`
 //! on the completing PATCH; on a mismatch the data is deleted, the PATCH gets 422 and HEAD 410.
@@ -31,17 +50,20 @@
 //! Statuses where tus is silent: 431 for metadata over 4 KiB; 408 / 409 / 400 for a body cut
 //! off by the idle timeout / by a newer request for the upload / by a broken connection (the
 //! offset is in the response either way); 503 + Retry-After when a takeover does not get the
-//! upload within 5 s; 507 on a full disk; 405 + Allow for other methods.
+//! upload within 5 s; 429 + Retry-After over the cap on concurrent bodies; 507 on a full
+//! disk; 405 + Allow for other methods.
 
 mod append;
 mod auth;
 mod error;
 mod handlers;
 mod names;
+mod receiving;
 mod storage;
 mod uploads;
 
-pub use auth::load_token_file;
+pub use auth::{Token, load_token_file};
+pub use names::{Id, safe_name};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -70,7 +92,12 @@ pub struct Config {
     /// Finished uploads land here; unfinished ones in `dir/.partial`.
     pub dir: PathBuf,
     /// Accepted bearer tokens; `None` accepts anyone.
-    pub tokens: Option<Vec<String>>,
+    pub tokens: Option<Vec<Token>>,
+    /// Publish each token's uploads in `dir/<token name>/` and hide them from other tokens
+    /// (see the module doc). Requires `tokens`.
+    pub per_token_dirs: bool,
+    /// How many bodies one token (all clients together without auth) may send at once.
+    pub max_uploads_per_token: usize,
     /// The largest upload accepted (`Tus-Max-Size`).
     pub max_size: Option<u64>,
     /// An upload idle this long is removed (and so is the record of a finished one).
@@ -88,12 +115,15 @@ impl Config {
     pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
     pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_UPLOADS_PER_TOKEN: usize = 32;
 
     /// No auth, no size limit, default timings.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
             tokens: None,
+            per_token_dirs: false,
+            max_uploads_per_token: Self::DEFAULT_MAX_UPLOADS_PER_TOKEN,
             max_size: None,
             expire_after: Self::DEFAULT_EXPIRE_AFTER,
             sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
@@ -126,6 +156,12 @@ pub enum ServerError {
         path.as_ref().map_or("the token list".to_string(), |p| p.display().to_string())
     )]
     NoTokens { path: Option<PathBuf> },
+    #[error("{at}: {why}")]
+    BadToken { at: String, why: String },
+    #[error("per-token directories need tokens: give --token-file FILE")]
+    PerTokenDirsWithoutTokens,
+    #[error("the cap on uploads per token must be at least 1")]
+    NoUploadsAllowed,
 }
 
 /// Shared by every request.
@@ -133,6 +169,7 @@ pub(crate) struct App {
     config: Config,
     tokens: Option<auth::Tokens>,
     uploads: uploads::Uploads,
+    receiving: receiving::Receiving,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -148,6 +185,17 @@ impl Server {
         if config.tokens.as_ref().is_some_and(Vec::is_empty) {
             return Err(ServerError::NoTokens { path: None });
         }
+        if config.per_token_dirs && config.tokens.is_none() {
+            return Err(ServerError::PerTokenDirsWithoutTokens);
+        }
+        if config.max_uploads_per_token == 0 {
+            return Err(ServerError::NoUploadsAllowed);
+        }
+        let tokens = config
+            .tokens
+            .as_deref()
+            .map(auth::Tokens::new)
+            .transpose()?;
         let store = storage::Store::open(&config.dir).map_err(|source| ServerError::Dir {
             path: config.dir.clone(),
             source,
@@ -158,9 +206,11 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
         let app = App {
-            tokens: config.tokens.as_deref().map(auth::Tokens::new),
+            tokens,
             uploads: uploads::Uploads::new(Arc::new(store), config.expire_after),
+            receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
             config,
         };
         Ok(Server {

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! DIR/debian.iso                    published: complete and verified (or unverified, see mod)
+//! DIR/alice/debian.iso              the same with per-token directories, for token `alice`
 //! DIR/.partial/<id>.part            the bytes received so far (may run past the offset)
 //! DIR/.partial/<id>.info            JSON: the committed offset, length, metadata, state
 //! DIR/.partial/<id>.info.tmp        an info file being replaced
@@ -38,6 +39,10 @@ pub struct Info {
     pub metadata: String,
     /// The declared whole-file SHA-256 (hex), from metadata `sha256`.
     pub expected_sha256: Option<String>,
+    /// The name of the token that created the upload (never the token itself). `None` without
+    /// auth, and in info files written before owners were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Unix milliseconds.
     pub created_ms: u64,
     /// Unix milliseconds of the last POST or PATCH: expiry counts from here.
@@ -213,19 +218,42 @@ impl Store {
     }
 
     /// Publishes a complete part file under `name` or, when taken, the first free `stem.N.ext`
-    /// (see the clash policy in the module doc of `server`). Never overwrites: the hard link
+    /// (see the clash policy in the module doc of `server`), in `DIR` or, with `subdir` (a
+    /// token name), in `DIR/<subdir>`, created when missing. Never overwrites: the hard link
     /// fails atomically when the name exists. If a candidate already holds identical content,
-    /// the upload counts as delivered there. Returns the name; the part file is left for the
-    /// caller to remove once the info file records the name.
-    pub fn publish(&self, id: &Id, name: &str, len: u64, sha256: &[u8; 32]) -> io::Result<String> {
+    /// the upload counts as delivered there. Returns the name (within its directory); the part
+    /// file is left for the caller to remove once the info file records the name.
+    pub fn publish(
+        &self,
+        id: &Id,
+        subdir: Option<&str>,
+        name: &str,
+        len: u64,
+        sha256: &[u8; 32],
+    ) -> io::Result<String> {
         let part = self.part_path(id);
         File::open(&part)?.sync_all()?;
+        let dir = match subdir {
+            None => self.dir.clone(),
+            Some(subdir) => {
+                // Token names are checked at start-up; this one came back from an info file.
+                names::check_dir_name(subdir).map_err(|why| {
+                    io::Error::other(format!("owner {subdir:?} in the info file: {why}"))
+                })?;
+                let dir = self.dir.join(subdir);
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir)?;
+                    sync_dir(&self.dir)?;
+                }
+                dir
+            }
+        };
         for n in 0..10_000 {
             let candidate = names::candidate(name, n);
-            let target = self.dir.join(&candidate);
+            let target = dir.join(&candidate);
             match fs::hard_link(&part, &target) {
                 Ok(()) => {
-                    sync_dir(&self.dir)?;
+                    sync_dir(&dir)?;
                     return Ok(candidate);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -313,6 +341,7 @@ mod tests {
             offset: 0,
             metadata: String::new(),
             expected_sha256: None,
+            owner: None,
             created_ms: now_ms(),
             last_activity_ms: now_ms(),
             state: State::Partial,
@@ -336,6 +365,33 @@ mod tests {
     }
 
     #[test]
+    fn info_files_without_an_owner_still_load() {
+        let id = Id::random();
+        let mut info = info(&id);
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(!json.contains("owner"), "{json}");
+        assert_eq!(serde_json::from_str::<Info>(&json).unwrap(), info);
+        info.owner = Some("alice".into());
+        let json = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<Info>(&json).unwrap(), info);
+    }
+
+    #[test]
+    fn publishing_in_a_token_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Id::random();
+        store.create(&info(&id), &id).unwrap();
+        store.open_part(&id, 0).unwrap().write_all(b"data").unwrap();
+        let sha: [u8; 32] = Sha256::digest(b"data").into();
+        let name = store.publish(&id, Some("alice"), "x.iso", 4, &sha).unwrap();
+        assert_eq!(name, "x.iso");
+        assert_eq!(fs::read(dir.path().join("alice/x.iso")).unwrap(), b"data");
+        assert!(!dir.path().join("x.iso").exists());
+        assert!(store.publish(&id, Some(".."), "y.iso", 4, &sha).is_err());
+    }
+
+    #[test]
     fn publishing_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -345,7 +401,7 @@ mod tests {
             store.open_part(&id, 0).unwrap().write_all(data).unwrap();
             let sha: [u8; 32] = Sha256::digest(data).into();
             let name = store
-                .publish(&id, "x.iso", data.len() as u64, &sha)
+                .publish(&id, None, "x.iso", data.len() as u64, &sha)
                 .unwrap();
             store.remove(&id).unwrap();
             name

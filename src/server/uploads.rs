@@ -7,6 +7,11 @@
 //! "locked": it bumps the slot's takeover counter, which the running PATCH selects against its
 //! body frames; that PATCH stops, commits or discards its partial body, and lets go.
 //!
+//! With per-token directories a request may only see its own token's uploads. Someone else's
+//! upload is `NotFound`, and that is decided before any takeover: a request must not be able
+//! to interrupt (or, by its timing, detect) another token's upload in progress. The slot
+//! remembers the owner once the upload is loaded, so this needs no lock.
+//!
 //! The state here is small (the info and a SHA-256 state, about 100 bytes) and the disk stays
 //! the truth: an upload not yet touched since start is loaded on first use.
 
@@ -15,7 +20,7 @@ use super::names::Id;
 use super::storage::{Info, State, Store};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
@@ -49,6 +54,9 @@ struct Slot {
     entry: Arc<AsyncMutex<Entry>>,
     /// Bumped by every request that wants the upload while someone else holds it.
     takeover: watch::Sender<u64>,
+    /// The upload's owner (`Info::owner`), set when it is first loaded or created. It never
+    /// changes, so checking it needs no lock on the entry.
+    owner: OnceLock<Option<String>>,
 }
 
 /// Exclusive use of one upload for the length of a request.
@@ -100,6 +108,7 @@ impl Uploads {
                 Arc::new(Slot {
                     entry: Arc::new(AsyncMutex::new(Entry::Unloaded)),
                     takeover: watch::Sender::new(0),
+                    owner: OnceLock::new(),
                 })
             })
             .clone()
@@ -110,6 +119,7 @@ impl Uploads {
     pub async fn insert(&self, upload: Upload) -> Held {
         let slot = self.slot(&upload.id.clone());
         let mut guard = slot.entry.clone().lock_owned().await;
+        let _ = slot.owner.set(upload.info.owner.clone());
         *guard = Entry::Loaded(upload);
         Held {
             guard,
@@ -118,15 +128,26 @@ impl Uploads {
     }
 
     /// Takes an upload for a request, taking it over from a request still holding it.
-    /// Unknown, removed and expired uploads are `NotFound`.
-    pub async fn acquire(&self, id: &Id) -> Result<Held, ApiError> {
+    /// Unknown, removed and expired uploads are `NotFound`, and so, with `owner`, are uploads
+    /// that `owner` did not create (see the module doc).
+    pub async fn acquire(&self, id: &Id, owner: Option<&str>) -> Result<Held, ApiError> {
+        let visible = |o: &Option<String>| owner.is_none_or(|name| o.as_deref() == Some(name));
         let slot = self.slot(id);
+        if slot.owner.get().is_some_and(|o| !visible(o)) {
+            return Err(ApiError::NotFound);
+        }
         let guard = match slot.entry.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => take_over(&slot).await?,
         };
         match self.ready(id, &slot, guard).await? {
-            Ready::Held(held) => Ok(held),
+            Ready::Held(mut held) => {
+                if visible(&held.upload().info.owner) {
+                    Ok(held)
+                } else {
+                    Err(ApiError::NotFound)
+                }
+            }
             Ready::Missing | Ready::Expired => Err(ApiError::NotFound),
         }
     }
@@ -142,11 +163,14 @@ impl Uploads {
             let store = self.store.clone();
             let load_id = id.clone();
             *guard = match blocking(move || store.load(&load_id)).await? {
-                Some(info) => Entry::Loaded(Upload {
-                    id: id.clone(),
-                    info,
-                    sha: None,
-                }),
+                Some(info) => {
+                    let _ = slot.owner.set(info.owner.clone());
+                    Entry::Loaded(Upload {
+                        id: id.clone(),
+                        info,
+                        sha: None,
+                    })
+                }
                 None => Entry::Gone,
             };
         }
