@@ -317,6 +317,10 @@ fn retry_delay(e: &ClientError, failures: u32, down_for: Duration) -> Duration {
         ClientError::ChecksumMismatch | ClientError::OffsetMismatch { .. } if failures <= 3 => {
             Duration::ZERO
         }
+        // The server said when to come back; jitter so a crowd does not return at once.
+        ClientError::TooManyUploads {
+            retry_after: Some(after),
+        } => after.mul_f64(jitter()).min(Duration::from_secs(600)),
         // The connection died silently: reconnect at once, the attempt probes the link.
         ClientError::Stalled(_) | ClientError::Http(_) if failures == 1 => Duration::ZERO,
         ClientError::Connect { .. } | ClientError::Stalled(_) | ClientError::Http(_)
@@ -1229,6 +1233,14 @@ mod tests {
         assert!(early <= Duration::from_secs(1), "{early:?}");
         let late = retry_delay(&refused, 20, Duration::from_secs(3600));
         assert!(late >= Duration::from_secs(30), "{late:?}");
+        let busy = ClientError::TooManyUploads {
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        let d = retry_delay(&busy, 1, Duration::ZERO);
+        assert!(
+            d >= Duration::from_millis(3750) && d <= Duration::from_millis(6250),
+            "{d:?}"
+        );
         let stalled = ClientError::Stalled(Duration::from_secs(10));
         assert_eq!(retry_delay(&stalled, 1, Duration::ZERO), Duration::ZERO);
         let server = ClientError::Server {

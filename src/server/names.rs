@@ -1,9 +1,12 @@
-//! Names: upload ids, and the file name a finished upload is published under.
+//! Names: upload ids, the file name a finished upload is published under, and the names of
+//! tokens (their directories with per-token directories).
 //!
-//! Both come from the network, so both are reduced to something that cannot escape `DIR` or
-//! surprise whoever lists it: an id is exactly 32 lowercase hex digits (anything else is a 404
-//! before the filesystem is touched), and a published name is a plain base name (see
-//! [`safe_name`]). Pure functions, so the nasty cases are unit-tested in a table.
+//! Ids and file names come from the network, so both are reduced to something that cannot
+//! escape `DIR` or surprise whoever lists it: an id is exactly 32 lowercase hex digits
+//! (anything else is a 404 before the filesystem is touched), and a published name is a plain
+//! base name (see [`safe_name`]). Token names come from the operator's token file and are
+//! refused, not repaired, when unsafe (see [`check_dir_name`]). Pure functions, so the nasty
+//! cases are unit-tested in a table.
 
 use std::fmt;
 
@@ -14,6 +17,9 @@ const MAX_NAME_BYTES: usize = 200;
 /// An extension longer than this is not kept when a name must be cut: it is more likely part of
 /// the name than a type (`report.final-version-for-review`).
 const MAX_EXTENSION_BYTES: usize = 16;
+
+/// The longest token name, in bytes.
+const MAX_DIR_NAME_BYTES: usize = 64;
 
 /// An upload id: 128 random bits as 32 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,7 +57,11 @@ pub fn safe_name(requested: Option<&[u8]>, id: &Id) -> String {
     let text = String::from_utf8_lossy(requested);
     let last = text.rsplit(['/', '\\']).next().unwrap_or_default();
     let clean: String = last.chars().filter(|c| !c.is_control()).collect();
-    let name = clean.trim().trim_start_matches('.').trim_start();
+    // Dots and white space together: stripping one then the other left " . .x" as ".x", a
+    // hidden file (found by fuzz/fuzz_targets/safe_name.rs).
+    let name = clean
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_end();
     if name.is_empty() {
         return fallback();
     }
@@ -63,10 +73,11 @@ fn truncate_keeping_extension(name: &str, max: usize) -> String {
         return name.to_string();
     }
     let (stem, ext) = split_extension(name);
+    // A cut can end in white space; the promise is a name without surrounding spaces.
     if ext.len() <= MAX_EXTENSION_BYTES {
-        format!("{}{ext}", cut(stem, max - ext.len()))
+        format!("{}{ext}", cut(stem, max - ext.len()).trim_end())
     } else {
-        cut(name, max).to_string()
+        cut(name, max).trim_end().to_string()
     }
 }
 
@@ -86,6 +97,27 @@ fn split_extension(name: &str) -> (&str, &str) {
         Some(i) if i > 0 => name.split_at(i),
         _ => (name, ""),
     }
+}
+
+/// Whether `name` may name a token and so a directory in `DIR`: 1 to 64 ASCII letters,
+/// digits, `-`, `_` and `.`, not starting with `.` (never `.`, `..`, `.partial` or hidden).
+/// `Err` says what is wrong, for the operator.
+pub fn check_dir_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_DIR_NAME_BYTES {
+        return Err(format!("a name has 1 to {MAX_DIR_NAME_BYTES} characters"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{bad:?} is not allowed in a name: use letters, digits, -, _ and ."
+        ));
+    }
+    if name.starts_with('.') {
+        return Err("a name cannot start with a dot".into());
+    }
+    Ok(())
 }
 
 /// The clash policy's candidates, in order: `name`, then `stem.1.ext`, `stem.2.ext`, ….
@@ -123,6 +155,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_name_does_not_end_in_a_space() {
+        let id = Id::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let name = format!("{} b", "a".repeat(199));
+        assert_eq!(safe_name(Some(name.as_bytes()), &id), "a".repeat(199));
+    }
+
+    #[test]
     fn safe_names() {
         let long = "a".repeat(300);
         let long_iso = format!("{}.iso", "b".repeat(300));
@@ -136,6 +175,8 @@ mod tests {
             (b".", "upload-0123456789abcdef0123456789abcdef"),
             (b".hidden", "hidden"),
             (b"...and dots", "and dots"),
+            (b" . .x", "x"),
+            (b". . .hidden.iso", "hidden.iso"),
             (b"", "upload-0123456789abcdef0123456789abcdef"),
             (b"   ", "upload-0123456789abcdef0123456789abcdef"),
             (b"dir/", "upload-0123456789abcdef0123456789abcdef"),
@@ -165,6 +206,19 @@ mod tests {
 
         let cut = safe_name(Some(long_utf8.as_bytes()), &id());
         assert!(cut.len() <= 200 && cut.ends_with("é.iso"), "{cut}");
+    }
+
+    #[test]
+    fn dir_names_are_strict() {
+        for good in ["alice", "ci-runner_2", "team.ops", "A1", &"x".repeat(64)] {
+            assert_eq!(check_dir_name(good), Ok(()), "{good:?}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "", ".", "..", ".partial", "a/b", "a\\b", "a b", "é", "a\0", &long,
+        ] {
+            assert!(check_dir_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
