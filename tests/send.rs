@@ -523,3 +523,28 @@ fn a_throttled_send_is_smooth_on_the_wire() {
         "a 1-s window carried {worst} B/s for {rate}"
     );
 }
+
+/// Whoever reads `--json` may go away (a closed pipe): the upload goes on and succeeds.
+#[test]
+fn a_closed_stdout_does_not_stop_an_upload() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("pipe.iso", 512 * 1024);
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(server.url())
+        .args(["--json", "--limit", "4Mbit", "--chunk", "64KiB"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = wait_at_most(child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        sha256_file(&server.dir.join("pipe.iso")),
+        sha256_file(&file)
+    );
+}

@@ -192,6 +192,18 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     init_logging(cli.verbose, cli.log_format, &cli.command);
+    if !matches!(
+        cli.command,
+        Command::Send(_) | Command::Run(_) | Command::Serve(_)
+    ) {
+        // `upload status | head` ends quietly, as Unix tools do, instead of panicking on the
+        // closed pipe. Long-running commands keep Rust's default (ignore SIGPIPE) and ignore
+        // write errors on their output: a vanished reader must not stop an upload.
+        // SAFETY: restoring a signal's default disposition before any thread writes output.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let global = Global {
         db: cli.db,
         config: cli.config,

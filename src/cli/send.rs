@@ -112,6 +112,19 @@ pub fn read_token_file(f: &Path) -> Result<String, Failure> {
     Ok(token.to_string())
 }
 
+/// A line on stdout. A reader that went away (a closed pipe) must not stop an upload that
+/// runs unattended, so write errors are ignored instead of panicking as `println!` does.
+fn say_out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// A line on stderr, likewise.
+fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// The token from `--token-file`, else `UPLOAD_TOKEN`, else the config file's for the host.
 fn token(global: &Global, file: Option<&Path>, url: &str) -> Result<Option<String>, Failure> {
     if let Some(f) = file {
@@ -181,7 +194,7 @@ impl Display {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => say_err(text),
         }
     }
 
@@ -237,11 +250,11 @@ impl Display {
                         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
                         if due || offset == size {
                             *last = Some(Instant::now());
-                            eprintln!(
+                            say_err(&format!(
                                 "{} of {} confirmed  {msg}",
                                 format_size(*offset),
                                 format_size(*size)
-                            );
+                            ));
                         }
                     }
                 }
@@ -255,14 +268,14 @@ impl Display {
                     .as_deref()
                     .map(|n| format!(" as {n}"))
                     .unwrap_or_default();
-                eprintln!(
+                say_err(&format!(
                     "done: {} published{name}, sha256 {} ({} sent in {}, {} re-sent)",
                     format_size(s.size),
                     s.sha256,
                     format_size(s.bytes_sent),
                     format_duration(Duration::from_secs_f64(s.seconds)),
                     format_size(s.resent_bytes)
-                );
+                ));
             }
         }
     }
@@ -335,7 +348,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let display = Display::new();
     let events = move |e: Event| {
         if json {
-            println!("{}", json_event(&e));
+            say_out(&json_event(&e).to_string());
         } else {
             display.event(&e);
         }
@@ -355,9 +368,9 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         Err(e) => {
             let code = exit_code(&e);
             if json {
-                println!(
-                    "{}",
-                    json!({"event": "error", "message": e.to_string(), "exit_code": code})
+                say_out(
+                    &json!({"event": "error", "message": e.to_string(), "exit_code": code})
+                        .to_string(),
                 );
             }
             Err(Failure::new(code, e))
