@@ -548,3 +548,22 @@ fn a_closed_stdout_does_not_stop_an_upload() {
         sha256_file(&file)
     );
 }
+
+/// Without --chunk and --limit the chunk size follows the confirmed rate: it starts at
+/// 256 KiB and at most quadruples per chunk, so a slow link never stakes a huge chunk on one
+/// request, and a fast one soon sends large ones.
+#[test]
+fn unthrottled_chunks_start_small_and_grow() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("ramp.iso", 8 << 20);
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let offsets: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    let k = 1024;
+    assert_eq!(offsets, vec![256 * k, 1280 * k, 5376 * k, 8192 * k]);
+}
