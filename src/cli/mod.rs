@@ -126,7 +126,7 @@ pub enum Command {
     Estimate(estimate::Args),
 
     /// Upload a file to a tus server: chunked, checksummed, resumable; rerun to resume.
-    #[command(after_help = send::AFTER_HELP)]
+    #[command(after_help = send::after_help())]
     Send(send::Args),
 
     /// Receive uploads: a tus 1.0 server that publishes only complete, verified files.
@@ -324,6 +324,24 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_documents_every_exit_status() {
+        let readme = include_str!("../../README.md");
+        let codes = |text: &str, prefix: &str| -> Vec<u8> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect()
+        };
+        let in_help = codes(exit::TABLE, "  ");
+        assert_eq!(in_help.len(), 13, "{in_help:?}");
+        assert_eq!(
+            codes(readme, "| "),
+            in_help,
+            "README's exit table differs from --help's"
+        );
     }
 
     #[test]

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const AFTER_HELP: &str = concat!(
-    "\
+const EXAMPLES: &str = "\
 Examples:
   upload send debian.iso http://server:8080/files/
   upload send debian.iso http://server:8080/files/ --limit 100kbit --token-file ~/.upload-token
@@ -25,24 +24,12 @@ Examples:
 
 Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
 server holds; progress is saved after every acknowledged chunk.
+";
 
-",
-    "Exit status:
-  0   done: the file is on the server, verified
-  1   other failure (e.g. the state database cannot be opened)
-  2   bad arguments (size, rate, time, URL)
-  3   the source file is missing or unreadable
-  4   the source is not a regular file
-  5   the source changed since its upload began (--restart starts over)
-  6   the server could not be reached or kept failing (see --max-retries)
-  7   the server refused the credentials (401/403), or its TLS certificate is not trusted
-      (a private CA needs --ca FILE)
-  8   the server refused the size (413)
-  9   the server's SHA-256 of the whole file did not match: nothing was published
-  10  another upload process is sending this transfer
-  11  the server broke the tus protocol, or the upload vanished from it
-  130 interrupted: progress is saved, rerun the same command to continue"
-);
+/// Examples, then the exit statuses (one table, in `exit`, for help and README alike).
+pub fn after_help() -> String {
+    format!("{EXAMPLES}\n{}", super::exit::TABLE)
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +39,8 @@ pub struct Args {
     /// The server's tus creation URL, e.g. http://server:8080/files/
     pub url: String,
 
-    /// Bytes per request [default: about 20 s at --limit; 64 MiB unlimited], e.g. 1MiB.
+    /// Bytes per request, e.g. 1MiB [default: about 20 s at --limit; without a limit it starts
+    /// at 256 KiB and follows the confirmed rate].
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
 
