@@ -26,6 +26,11 @@ fn slowlink() -> PathBuf {
 
 impl Lab {
     fn up(rate: &str, latency: &str) -> Lab {
+        assert!(
+            slowlink().exists(),
+            "{} is missing: these tests need the linklab checkout beside the repository (shared/)",
+            slowlink().display()
+        );
         let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
         let lab = Lab {
             prefix: format!("ut{}x{n}", std::process::id() % 10000),
