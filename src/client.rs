@@ -60,6 +60,8 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("the connection moved no data for {0:?}: the link looks dead")]
     Stalled(Duration),
+    #[error("the server cut the request off ({status}): {body}")]
+    CutOff { status: StatusCode, body: String },
     #[error("the server refused the credentials ({status}){hint}")]
     Auth { status: StatusCode, hint: String },
     #[error("the server refused the size: {0}")]
@@ -97,6 +99,7 @@ impl ClientError {
             | ClientError::Http(_)
             | ClientError::Timeout(_)
             | ClientError::Stalled(_)
+            | ClientError::CutOff { .. }
             | ClientError::Server { .. }
             | ClientError::OffsetMismatch { .. }
             | ClientError::ChecksumMismatch
@@ -525,7 +528,18 @@ impl TusClient {
         let status = resp.status();
         let retry_after = header_str(resp.headers(), http::header::RETRY_AFTER.as_str())
             .and_then(parse_retry_after);
+        // A server that cut a body off (idle timeout, broken stream) says where the upload
+        // stands: that is an interruption to resume from, not a refusal.
+        let cut_off = method == "PATCH"
+            && matches!(
+                status,
+                StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST
+            )
+            && resp.headers().contains_key(protocol::UPLOAD_OFFSET);
         let body = read_body_text(resp).await;
+        if cut_off || status == StatusCode::REQUEST_TIMEOUT {
+            return ClientError::CutOff { status, body };
+        }
         status_error(method, status, retry_after, body, self.token.is_some())
     }
 

@@ -233,3 +233,90 @@ fn a_full_server_disk_is_reported_and_survived() {
         sha256_file(&file)
     );
 }
+
+fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// A laptop lid closed mid-chunk: the server's idle timeout cuts the body off (408). When the
+/// client wakes, that is an interruption to resume from, not a refusal.
+#[test]
+fn a_client_suspended_past_the_servers_idle_timeout_resumes() {
+    let env = Env::new();
+    let server = env.serve(&["--idle-timeout", "1s"]);
+    let file = env.file("lid.iso", 1 << 20);
+    let child = spawn_send(
+        &env,
+        &file,
+        &server.url(),
+        &["--limit", "2Mbit", "--chunk", "256KiB"],
+    );
+    wait_for_offset(&env, 0);
+    signal(&child, "-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, "-CONT");
+    let (code, _, stderr) = finish(child, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sha256_file(&server.dir.join("lid.iso")), sha256_file(&file));
+}
+
+/// A sender whose lock was taken over while it was suspended stops (exit 10) instead of
+/// fighting the new owner for the upload.
+#[test]
+fn a_sender_that_lost_its_lock_stops() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("lock.iso", 2 << 20);
+    let child = spawn_send(
+        &env,
+        &file,
+        &server.url(),
+        &["--limit", "1Mbit", "--chunk", "64KiB"],
+    );
+    wait_for_offset(&env, 0);
+    signal(&child, "-STOP");
+    // What a second process does when this one's heartbeat looks stale.
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE transfers SET lock_owner = '1@elsewhere', lock_heartbeat = strftime('%s','now')",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    signal(&child, "-CONT");
+    let (code, _, stderr) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, Some(10), "{stderr}");
+    assert!(stderr.contains("1@elsewhere"), "{stderr}");
+}
+
+/// Ctrl-C: exit 130, the lock released and the transfer back in the queue, progress kept.
+#[test]
+fn an_interrupted_send_releases_its_transfer() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("int.iso", 2 << 20);
+    let child = spawn_send(
+        &env,
+        &file,
+        &server.url(),
+        &["--limit", "2Mbit", "--chunk", "64KiB"],
+    );
+    wait_for_offset(&env, 0);
+    signal(&child, "-INT");
+    let (code, _, _) = finish(child, Duration::from_secs(10));
+    assert_eq!(code, Some(130));
+    let (_, stdout, _) = run(env.upload().args(["status", "--json"]));
+    let v: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v[0]["state"], "queued", "{}", v[0]);
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    let owner: Option<String> = db
+        .query_row("SELECT lock_owner FROM transfers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(owner, None);
+}
