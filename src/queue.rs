@@ -396,7 +396,8 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running 
     tracing::info!(id, name = t.name, "starting");
     let task = tokio::spawn(async move {
         let events = move |e: Event| log_event(id, &e);
-        send::send(s, so, th, &events).await
+        // The daemon stops a transfer by dropping this task; it tidies up the row itself.
+        send::send(s, so, th, &events, std::future::pending()).await
     });
     Running {
         task,

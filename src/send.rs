@@ -227,6 +227,9 @@ impl WireCount {
 
 const READ_BUF: usize = 1 << 20;
 
+/// The smallest chunk: a zero-byte PATCH would never move the offset.
+const MIN_CHUNK: u64 = 1;
+
 /// The first chunk of a transfer whose speed is not known yet: 16 s at 128 kbit/s, a
 /// millisecond on loopback; the next ones follow the measured rate.
 const ADAPTIVE_FIRST_CHUNK: u64 = 256 * 1024;
@@ -404,12 +407,14 @@ struct Transfer_ {
 }
 
 /// Sends a file. `events` receives progress; `throttle` is the process' shared limiter
-/// (`Throttle::new(opts.limit)` for a lone transfer).
+/// (`Throttle::new(opts.limit)` for a lone transfer). When `shutdown` resolves the transfer
+/// stops, is unlocked and goes back to the queue ([`SendError::Interrupted`]).
 pub async fn send(
     store: Store,
     opts: SendOptions,
     throttle: Throttle,
     events: &(dyn Fn(Event) + Send + Sync),
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let endpoint = parse_endpoint(&opts.url).map_err(SendError::Url)?;
@@ -428,12 +433,15 @@ pub async fn send(
     let chunk = opts
         .chunk
         .unwrap_or_else(|| chunk_size_for(opts.limit))
-        .max(1);
+        .max(MIN_CHUNK);
 
     let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
     let owner = lock_owner();
     acquire_lock(&store, row.id, &owner).await?;
     // Aborted on every way out, including this future being dropped (a scheduler stopping it).
+    // A lock taken over by another process (ours looked stale, e.g. this one was suspended)
+    // ends this transfer: two senders would take the upload from each other forever.
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel::<Option<String>>(None);
     let heartbeat = {
         let store = store.clone();
         let owner = owner.clone();
@@ -442,11 +450,26 @@ pub async fn send(
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let (s, o) = (store.clone(), owner.clone());
-                if let Err(e) = blocking(move || s.heartbeat(id, &o)).await {
-                    tracing::warn!("lock heartbeat: {e}");
+                match blocking(move || s.heartbeat(id, &o)).await {
+                    Ok(()) => {}
+                    Err(StoreError::LockLost { holder, .. }) => {
+                        let _ = lost_tx.send(Some(holder.unwrap_or_else(|| "nobody".into())));
+                        return;
+                    }
+                    Err(e) => tracing::warn!("lock heartbeat: {e}"),
                 }
             }
         }))
+    };
+    let lock_lost = async move {
+        loop {
+            if lost_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if let Some(holder) = lost_rx.borrow().clone() {
+                return holder;
+            }
+        }
     };
 
     let mut t = Transfer_ {
@@ -476,20 +499,26 @@ pub async fn send(
         base_resent: row.resent_bytes,
         row,
     };
-    let result = t.run(&opts, &name, events, started).await;
+    let result = tokio::select! {
+        r = t.run(&opts, &name, events, started) => r,
+        () = shutdown => Err(SendError::Interrupted),
+        holder = lock_lost => Err(SendError::Busy { owner: holder }),
+    };
     drop(heartbeat);
     let (s, id, o) = (store.clone(), t.row.id, owner);
+    // Only releases the lock if it is still ours.
     let _ = blocking(move || s.unlock(id, &o)).await;
-    match &result {
-        Ok(_) => {}
-        Err(e) => {
-            let (s, id, msg) = (store.clone(), t.row.id, e.to_string());
-            let state = match e {
-                SendError::Interrupted => TransferState::Queued,
-                _ => TransferState::Failed,
-            };
-            let _ = blocking(move || s.set_state(id, state, Some(&msg))).await;
-        }
+    let state = match &result {
+        Ok(_) => None,
+        // Progress is in the database; the next run continues.
+        Err(SendError::Interrupted) => Some(TransferState::Queued),
+        // Another process has it now: its state is its own.
+        Err(SendError::Busy { .. }) => None,
+        Err(_) => Some(TransferState::Failed),
+    };
+    if let (Some(state), Err(e)) = (state, &result) {
+        let (s, id, msg) = (store.clone(), t.row.id, e.to_string());
+        let _ = blocking(move || s.set_state(id, state, Some(&msg))).await;
     }
     result
 }
@@ -587,9 +616,13 @@ async fn acquire_lock(store: &Store, id: i64, owner: &str) -> Result<(), SendErr
     match got {
         Ok(()) => Ok(()),
         Err(holder) if owner_is_dead(&holder) => {
-            let (s, o) = (store.clone(), owner.to_string());
-            blocking(move || s.take_lock(id, &o)).await?;
-            Ok(())
+            let (s, o, h) = (store.clone(), owner.to_string(), holder.clone());
+            if blocking(move || s.take_lock(id, &o, &h)).await? {
+                Ok(())
+            } else {
+                // Another process took the dead lock first.
+                Err(SendError::Busy { owner: holder })
+            }
         }
         Err(holder) => Err(SendError::Busy { owner: holder }),
     }
@@ -766,7 +799,7 @@ impl Transfer_ {
     /// re-sent the whole 2 MiB file).
     fn chunk_target(&self) -> u64 {
         if !self.adaptive_chunk {
-            return self.row.chunk_size;
+            return self.row.chunk_size.max(MIN_CHUNK);
         }
         let measured = (self.rate_bps > 0.0)
             .then(|| Rate::from_bits_per_second(self.rate_bps).ok())

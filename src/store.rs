@@ -565,18 +565,18 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Takes the lock whoever holds it: for a holder known to be dead (same host, its process
-    /// is gone), whose heartbeat may still look fresh.
-    pub fn take_lock(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+    /// Takes the lock from a holder known to be dead (same host, its process is gone), whose
+    /// heartbeat may still look fresh.
+    /// Returns false when the lock is no longer `dead_holder`'s (someone else took it first):
+    /// a compare-and-swap, so two processes taking over the same dead lock cannot both win.
+    pub fn take_lock(&self, id: i64, owner: &str, dead_holder: &str) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp();
         let n = self.conn().execute(
-            "UPDATE transfers SET lock_owner = ?2, lock_heartbeat = ?3 WHERE id = ?1",
-            params![id, owner, now],
+            "UPDATE transfers SET lock_owner = ?2, lock_heartbeat = ?3 \
+             WHERE id = ?1 AND lock_owner IS ?4",
+            params![id, owner, now, dead_holder],
         )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Refresh `owner`'s lock. Fails with [`StoreError::LockLost`] when someone

@@ -227,6 +227,7 @@ fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
 }
 
 fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
+    super::send::check_chunk(a.chunk)?;
     let meta = std::fs::metadata(&a.file).map_err(|e| {
         Failure::new(
             exit::SOURCE,

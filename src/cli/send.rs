@@ -309,7 +309,18 @@ fn json_event(e: &Event) -> serde_json::Value {
     }
 }
 
+/// A chunk of 0 bytes can never move an upload forward.
+pub fn check_chunk(chunk: Option<Size>) -> Result<(), Failure> {
+    if chunk.is_some_and(|c| c.bytes() == 0) {
+        return Err(Failure::usage(anyhow!(
+            "--chunk must be more than 0 bytes, e.g. --chunk 1MiB"
+        )));
+    }
+    Ok(())
+}
+
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    check_chunk(args.chunk)?;
     let token = token(global, args.token_file.as_deref(), &args.url)?;
     let limit = match args.limit {
         Some(l) => Some(l),
@@ -344,10 +355,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let throttle = Throttle::new(opts.limit);
-        tokio::select! {
-            r = send::send(store, opts, throttle, &events) => r,
-            () = shutdown_signal() => Err(SendError::Interrupted),
-        }
+        send::send(store, opts, throttle, &events, shutdown_signal()).await
     });
     // Do not wait for blocked reads or lingering connections on the way out.
     runtime.shutdown_timeout(Duration::from_millis(200));
