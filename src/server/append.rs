@@ -82,7 +82,13 @@ pub(crate) async fn append(
     }
     let sha = match &upload.sha {
         Some(sha) => sha.clone(),
-        None => rebuild_sha(app, &id, start).await?,
+        None => {
+            // Kept at once, not only on commit: hashing a multi-GB part file can outlast the
+            // client's patience, and a discarded body must not make the next one hash again.
+            let sha = rebuild_sha(app, &id, start).await?;
+            held.upload().sha = Some(sha.clone());
+            sha
+        }
     };
     let checksum = headers.checksum.as_ref().map(|c| c.algorithm.hasher());
     let store = app.uploads.store().clone();
