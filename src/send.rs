@@ -798,6 +798,12 @@ impl Transfer_ {
     /// outage threw away up to 70 minutes of sending (measured by bench_link.py: a 60 s cut
     /// re-sent the whole 2 MiB file).
     fn chunk_target(&self) -> u64 {
+        self.chunk_target_after(self.last_chunk)
+    }
+
+    /// [`Self::chunk_target`] once a chunk of `last` bytes is acknowledged: what the read-ahead
+    /// of the next chunk must guess, or it is hashed twice while the size ramps up.
+    fn chunk_target_after(&self, last: u64) -> u64 {
         if !self.adaptive_chunk {
             return self.row.chunk_size.max(MIN_CHUNK);
         }
@@ -807,7 +813,7 @@ impl Transfer_ {
         let Some(rate) = measured else {
             return ADAPTIVE_FIRST_CHUNK;
         };
-        chunk_size_for(Some(rate)).min(self.last_chunk.max(ADAPTIVE_FIRST_CHUNK) * 4)
+        chunk_size_for(Some(rate)).min(last.max(ADAPTIVE_FIRST_CHUNK) * 4)
     }
 
     fn upload_url(&self) -> Result<Url, StepError> {
@@ -1089,7 +1095,7 @@ impl Transfer_ {
             // Hash the next chunk while this one is on the wire: unthrottled, hashing would
             // otherwise halve the speed.
             let next = offset + len;
-            let next_len = self.chunk_target().min(size - next);
+            let next_len = self.chunk_target_after(len).min(size - next);
             let (path, alg, h) = (self.path.clone(), self.checksum, hasher_after.clone());
             self.prefetch = Some(Prefetch {
                 offset: next,
