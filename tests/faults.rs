@@ -2,7 +2,7 @@
 //! ends with the published file's SHA-256 equal to the source's, and bounds the bytes re-sent.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, run, sha256_file};
+use crate::helper::{Env, json_events, run, sha256_file, signal, wait_at_most};
 use serde_json::Value;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -20,27 +20,12 @@ fn spawn_send(env: &Env, file: &std::path::Path, url: &str, args: &[&str]) -> Ch
         .unwrap()
 }
 
-fn finish(child: Child, limit: Duration) -> (Option<i32>, Vec<Value>, String) {
-    let deadline = Instant::now() + limit;
-    let mut child = child;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("send still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn finish(mut child: Child, limit: Duration) -> (Option<i32>, Vec<Value>, String) {
+    wait_at_most(&mut child, limit);
     let out = child.wait_with_output().unwrap();
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
     (
         out.status.code(),
-        events,
+        json_events(&String::from_utf8_lossy(&out.stdout)),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -234,15 +219,6 @@ fn a_full_server_disk_is_reported_and_survived() {
     );
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 /// A laptop lid closed mid-chunk: the server's idle timeout cuts the body off (408). When the
 /// client wakes, that is an interruption to resume from, not a refusal.
 #[test]
@@ -257,9 +233,9 @@ fn a_client_suspended_past_the_servers_idle_timeout_resumes() {
         &["--limit", "2Mbit", "--chunk", "256KiB"],
     );
     wait_for_offset(&env, 0);
-    signal(&child, "-STOP");
+    signal(child.id(), "-STOP");
     std::thread::sleep(Duration::from_secs(3));
-    signal(&child, "-CONT");
+    signal(child.id(), "-CONT");
     let (code, _, stderr) = finish(child, Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(sha256_file(&server.dir.join("lid.iso")), sha256_file(&file));
@@ -279,7 +255,7 @@ fn a_sender_that_lost_its_lock_stops() {
         &["--limit", "1Mbit", "--chunk", "64KiB"],
     );
     wait_for_offset(&env, 0);
-    signal(&child, "-STOP");
+    signal(child.id(), "-STOP");
     // What a second process does when this one's heartbeat looks stale.
     let db = rusqlite::Connection::open(env.db()).unwrap();
     db.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -289,7 +265,7 @@ fn a_sender_that_lost_its_lock_stops() {
     )
     .unwrap();
     drop(db);
-    signal(&child, "-CONT");
+    signal(child.id(), "-CONT");
     let (code, _, stderr) = finish(child, Duration::from_secs(30));
     assert_eq!(code, Some(10), "{stderr}");
     assert!(stderr.contains("1@elsewhere"), "{stderr}");
@@ -308,7 +284,7 @@ fn an_interrupted_send_releases_its_transfer() {
         &["--limit", "2Mbit", "--chunk", "64KiB"],
     );
     wait_for_offset(&env, 0);
-    signal(&child, "-INT");
+    signal(child.id(), "-INT");
     let (code, _, _) = finish(child, Duration::from_secs(10));
     assert_eq!(code, Some(130));
     let (_, stdout, _) = run(env.upload().args(["status", "--json"]));

@@ -3,7 +3,7 @@
 //! @tus/server with @tus/file-store. Needs Node.js and npm; fails (never skips) without them.
 
 use crate::helper::node::{NodeProcess, TusNodeServer, node, run_within};
-use crate::helper::{Env, sha256_file};
+use crate::helper::{Env, event, json_events as events, sha256_file};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -44,17 +44,6 @@ fn names(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-fn events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn event<'a>(all: &'a [Value], name: &str) -> Option<&'a Value> {
-    all.iter().find(|e| e["event"] == name)
 }
 
 fn send_cmd(env: &Env, file: &Path, url: &str, extra: &[&str]) -> Command {

@@ -2,7 +2,7 @@
 //! the clock under test control, one budget shared by weight, kills and concurrent access.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, run, sha256_file};
+use crate::helper::{Env, run, sha256_file, signal};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -93,12 +93,7 @@ impl Runner {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        signal(self.child.id(), sig);
     }
 }
 

@@ -2,24 +2,12 @@
 //! after kills and restarts, damaged chunks, changed sources, auth, and the error statuses.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, pattern, run, sha256_file};
+use crate::helper::{Env, event, json_events, kill9, pattern, run, sha256_file, wait_at_most};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// The JSON events a finished `send --json` printed.
-fn events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn event<'a>(all: &'a [Value], name: &str) -> Option<&'a Value> {
-    all.iter().find(|e| e["event"] == name)
-}
 
 fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
     let (out, stdout, stderr) = run(env
@@ -29,7 +17,7 @@ fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<
         .arg(url)
         .arg("--json")
         .args(extra));
-    (out.status.code(), events(&stdout), stderr)
+    (out.status.code(), json_events(&stdout), stderr)
 }
 
 /// Starts `send --json` and returns once it reported confirmed progress beyond `min_offset`.
@@ -65,26 +53,6 @@ fn send_until_progress(
     }
     kill9(&mut child);
     panic!("no progress beyond {min_offset} within 30 s");
-}
-
-/// Waits for the child, killing it (and failing) if it runs past `limit`.
-fn wait_at_most(mut child: Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            kill9(&mut child);
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill9(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -449,10 +417,10 @@ fn a_silently_dead_connection_is_replaced_within_the_stall_timeout() {
         "--stall-timeout",
         "2s",
     ];
-    let child = send_until_progress(&env, &file, &proxy.url(), &args, 0);
+    let mut child = send_until_progress(&env, &file, &proxy.url(), &args, 0);
     let frozen_at = Instant::now();
     proxy.freeze_open_connections();
-    let status = wait_at_most(child, Duration::from_secs(30));
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
     let took = frozen_at.elapsed();
     eprintln!("frozen connection, --stall-timeout 2s: finished {took:?} after the freeze");
     assert!(status.success());
@@ -541,7 +509,7 @@ fn a_closed_stdout_does_not_stop_an_upload() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let status = wait_at_most(child, Duration::from_secs(30));
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     assert_eq!(
         sha256_file(&server.dir.join("pipe.iso")),

@@ -98,3 +98,49 @@ impl Env {
     }
 }
 pub mod node;
+
+/// The JSON objects among a command's output lines (`--json` events, log lines).
+pub fn json_events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The first event named `name`.
+pub fn event<'a>(all: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    all.iter().find(|e| e["event"] == name)
+}
+
+/// Waits for the child, killing it (and failing the test) if it runs past `limit`.
+pub fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            kill9(child);
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+pub fn kill9(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends a signal (`-STOP`, `-TERM`, ...) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
