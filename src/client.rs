@@ -15,7 +15,7 @@
 use crate::protocol::{self, Algorithm, Checksum, Metadata};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -735,11 +735,6 @@ fn tls_error(e: std::io::Error, addr: &str) -> ClientError {
             source: e,
         },
     }
-}
-
-/// A body that is already in memory (creation-with-upload of tiny files, tests).
-pub fn full_body(data: Bytes) -> BoxBody<Bytes, std::io::Error> {
-    Full::new(data).map_err(|never| match never {}).boxed()
 }
 
 fn host_header(url: &Url) -> HeaderValue {

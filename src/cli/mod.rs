@@ -148,7 +148,7 @@ pub enum Command {
     Limit(queue::LimitArgs),
 
     /// Show the configuration in force: the file read, each setting and where it comes from.
-    #[command(after_help = config::AFTER_HELP)]
+    #[command(after_help = config::after_help())]
     Config(config::Args),
 }
 
