@@ -12,7 +12,8 @@ Parts (--only, comma-separated; default all):
             and the client's CPU seconds (/proc/PID/stat utime+stime).
   speed     a --size file (deterministic random bytes) sha256-verified end to end:
             (a) upload send -> upload serve, (b) curl POST + one streamed PATCH -> upload
-            serve, (c) rsync -> rsync daemon (if rsync is installed); wall time, GiB/s, CPU
+            serve, (b2) the same while `openssl dgst -sha256` hashes the file beside it: the
+            floor for any client that hashes what it sends, (c) rsync -> rsync daemon (if rsync is installed); wall time, GiB/s, CPU
             s/GiB of client and server. Then the client's peak RSS (VmHWM) sending an
             --rss-size sparse file.
   server    upload serve beside @tus/server (tests/interop/tus_server.mjs): (a) curl POST +
@@ -602,6 +603,31 @@ def curl_to(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_: Path
     return row(what, size, r["wall"], r["cpu"], server_cpu, ok, http_status=r["status"])
 
 
+def hashing_floor(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_: Path,
+                  name: str) -> dict:
+    """The floor for any client that SHA-256s what it sends: curl's PATCH while `openssl dgst
+    -sha256` (SHA-NI, the fastest SHA-256 here) hashes the same file in a second process:
+    perfect overlap, no extra copy. Wall time is until both are done."""
+    what = "floor: curl PATCH + openssl sha256 beside it"
+    loc, upload_id = tus_create(server.url, size, name)
+    log(f"{what}: openssl dgst -sha256 {src} & curl -X PATCH -T {src} {loc}")
+    cpu0 = server.cpu()
+    t0 = time.monotonic()
+    hasher = subprocess.Popen(["openssl", "dgst", "-sha256", "-r", str(src)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    r = curl_patch(loc, src, ctx.args.timeout)
+    _, hash_cpu, _ = wait_rusage(hasher, ctx.args.timeout)
+    wall = time.monotonic() - t0
+    digest = hasher.stdout.read().decode().split(" ")[0]
+    time.sleep(0.3)
+    server_cpu = server.cpu() - cpu0
+    out = published(dir_, name, upload_id)
+    ok = digest == sha and out is not None and sha256_file(out) == sha
+    if r["exit"] != 0 or r["status"] not in ("204", "200"):
+        ctx.note(f"{what}: curl exit {r['exit']}, HTTP {r['status']}: {r['stderr']}")
+    return row(what, size, wall, r["cpu"] + hash_cpu, server_cpu, ok, http_status=r["status"])
+
+
 def part_speed(ctx: Ctx) -> dict:
     a = ctx.args
     d = ctx.dir("speed")
@@ -641,6 +667,19 @@ def part_speed(ctx: Ctx) -> dict:
         if server:
             server.stop()
         shutil.rmtree(d / "ours-b", ignore_errors=True)
+    # (b2) the same, with the client's SHA-256 done beside it by openssl: a hashing client's floor
+    if shutil.which("openssl"):
+        server = None
+        try:
+            sdir = d / "ours-f"
+            server = start_ours(a.bin, sdir, d, "speed-server-f")
+            rows.append(hashing_floor(ctx, server, src, a.size, sha, sdir, src.name))
+        finally:
+            if server:
+                server.stop()
+            shutil.rmtree(d / "ours-f", ignore_errors=True)
+    else:
+        ctx.note("speed (b2): openssl is not installed; no floor for a hashing client")
     # (c) rsync -> rsync daemon
     if shutil.which("rsync"):
         rows.append(rsync_run(ctx, src, sha, d))
