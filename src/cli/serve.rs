@@ -53,6 +53,10 @@ Concurrent uploads: one token may send at most --max-uploads-per-token bodies at
 more is refused with 429 Too Many Requests and Retry-After: 5 before its body is read, and the
 client retries. Without auth all clients share that cap.
 
+Browsers: a web page on another origin may upload (tus-js-client) only with --cors-origin
+ORIGIN, e.g. --cors-origin https://uploads.example.org (repeatable; * allows any page, still
+subject to the token). Tokens travel in Authorization, never in cookies.
+
 Uploads idle longer than --expire-after are removed. SIGINT or SIGTERM stop the server: it
 stops accepting, lets running requests go on for a few seconds, then keeps what each
 interrupted upload received (or discards it when it carried a checksum) and exits 0.";
@@ -105,6 +109,11 @@ pub struct Args {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Let web pages from this origin upload from a browser (tus-js-client), e.g.
+    /// https://uploads.example.org; repeat for more, or * for any [default: none].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
@@ -210,6 +219,8 @@ fn config(args: &Args) -> Result<Config, Failure> {
             .max(Duration::from_secs(1)),
         idle_timeout: args.idle_timeout,
         tls,
+        cors: server::Cors::from_origins(&args.cors_origins)
+            .map_err(|e| Failure::usage(anyhow!(e)))?,
     })
 }
 
@@ -254,6 +265,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             tls_cert: None,
             tls_key: None,
+            cors_origins: Vec::new(),
         }
     }
 

@@ -49,6 +49,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         // Bodies are streamed to disk, never collected; the size limit is the upload's length.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(tus_resumable))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::cors::layer,
+        ))
         .with_state(app)
 }
 

@@ -10,7 +10,8 @@
 //! - `uploads`: the per-upload lock and takeover of a request stuck on a dead link;
 //! - `storage`: the files (`DIR/.partial/<id>.part` and `.info`), crash consistency;
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
-//!   `receiving`: the cap on bodies received at once; `error`: statuses.
+//!   `receiving`: the cap on bodies received at once; `cors`: browser clients from other
+//!   origins; `error`: statuses.
 //!
 //! Publishing and name clashes. A finished upload is hard-linked from its part file to
 //! `DIR/<name>`, where `<name>` is the metadata `filename` (or `name`) reduced to a safe base
@@ -55,6 +56,7 @@
 
 mod append;
 mod auth;
+mod cors;
 mod error;
 mod handlers;
 mod names;
@@ -63,6 +65,7 @@ mod storage;
 mod uploads;
 
 pub use auth::{Token, load_token_file};
+pub use cors::{BadOrigin, Cors};
 pub use names::{Id, safe_name};
 
 use hyper::server::conn::http1;
@@ -109,6 +112,8 @@ pub struct Config {
     /// Serve https with this configuration (see [`crate::tls::server_config`]); `None` is
     /// plain http.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which web origins may call the server from a browser (see `cors`).
+    pub cors: Cors,
 }
 
 impl Config {
@@ -129,6 +134,7 @@ impl Config {
             sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             tls: None,
+            cors: Cors::Off,
         }
     }
 }
