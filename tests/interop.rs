@@ -1,6 +1,7 @@
 //! Interoperability with the official Node.js tus implementations (tests/interop, pinned in its
 //! package-lock.json): tus-js-client against `upload serve`, and `upload send` against
-//! @tus/server with @tus/file-store. Needs Node.js and npm; fails (never skips) without them.
+//! @tus/server with @tus/file-store, and tus-js-client's browser build in headless Chromium
+//! on another origin (CORS). Needs Node.js, npm and Chromium; fails (never skips) without them.
 
 use crate::helper::node::{NodeProcess, TusNodeServer, node, run_within};
 use crate::helper::{Env, event, json_events as events, sha256_file};
@@ -245,4 +246,76 @@ fn our_client_resumes_on_tus_node_server() {
         sha256_file(&file),
         "stored bytes differ"
     );
+}
+
+/// Runs browser_upload.mjs: headless Chromium on a page at `page_port` uploading `size` bytes
+/// with tus-js-client's browser build; returns its one JSON line.
+fn browser_upload(endpoint: &str, page_port: u16, size: usize, token: Option<&str>) -> Value {
+    let mut cmd = node("browser_upload.mjs");
+    cmd.args(["--page-port", &page_port.to_string(), endpoint])
+        .arg(size.to_string())
+        .args(["--timeout", "35"]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let (out, stdout, stderr) = run_within(&mut cmd, LIMIT);
+    assert!(
+        out.status.success(),
+        "browser_upload.mjs failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}\n{stderr}"))
+}
+
+/// The page's bytes: byte i is (31 i + i / 1024) mod 251, as browser_upload.mjs builds them.
+fn page_bytes(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| ((31 * i + i / 1024) % 251) as u8)
+        .collect()
+}
+
+/// A real browser (headless Chromium, from Debian's `chromium`) on another origin: with that
+/// origin allowed, tus-js-client creates, stops after one chunk, resumes with a HEAD and
+/// finishes, every request a CORS request with a token; with it not allowed, the browser
+/// withholds the first answer and nothing is stored.
+#[test]
+fn a_browser_page_uploads_and_resumes_from_another_origin() {
+    let env = Env::new();
+    let page_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let tokens = env.path("tokens");
+    std::fs::write(&tokens, "tok-browser alice\n").unwrap();
+    let size = 300_000;
+
+    let server = env.serve(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--cors-origin",
+        &origin,
+    ]);
+    let r = browser_upload(&server.url(), page_port, size, Some("tok-browser"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["resumed_from"], 65536, "{r}");
+    let published = server.dir.join("from-browser.bin");
+    assert_eq!(
+        std::fs::read(&published).expect("published"),
+        page_bytes(size)
+    );
+    drop(server);
+
+    // The same page, a server that allows another origin.
+    std::fs::remove_file(&published).unwrap();
+    let server = env.serve(&["--cors-origin", "https://uploads.example.org"]);
+    let r = browser_upload(&server.url(), page_port, size, None);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed to create upload")),
+        "{r}"
+    );
+    assert!(!published.exists());
 }
