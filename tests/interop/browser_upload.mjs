@@ -87,10 +87,25 @@ let browser = null
 let profile = null
 
 function finish(result, code) {
-  if (browser) browser.kill('SIGKILL')
-  if (profile) rmSync(profile, { recursive: true, force: true })
   if (result) console.log(JSON.stringify(result))
-  process.exit(code)
+  const cleanUp = () => {
+    try {
+      if (profile) rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
+    } catch (e) {
+      console.error(`leaving ${profile}: ${e.message}`)
+    }
+    process.exit(code)
+  }
+  if (!browser) return cleanUp()
+  // Chromium is a group of processes (browser, renderer, GPU, ...): kill the group and wait,
+  // or they are still writing into the profile while it is removed.
+  browser.removeAllListeners('exit')
+  browser.on('exit', cleanUp)
+  try {
+    process.kill(-browser.pid, 'SIGKILL')
+  } catch {
+    cleanUp()
+  }
 }
 
 const server = http.createServer((req, res) => {
@@ -119,7 +134,7 @@ server.listen(pagePort, '127.0.0.1', () => {
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     `--user-data-dir=${profile}`, `http://127.0.0.1:${pagePort}/?${query}`,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] })
+  ], { stdio: ['ignore', 'ignore', 'pipe'], detached: true })
   let stderr = ''
   browser.stderr.on('data', (d) => { stderr += d })
   browser.on('error', (e) => {
