@@ -23,7 +23,7 @@ use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, ext, meta};
 use crate::store::{LinkSample, NewTransfer, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -1200,14 +1200,25 @@ fn produce(
     let end = offset + len;
     while at < end {
         let piece = (throttle.piece() as u64).min(end - at) as usize;
-        let mut buf = BytesMut::zeroed(piece);
-        if let Err(e) = file.read_exact(&mut buf) {
+        // Read into spare capacity: no zero-fill of a buffer the read overwrites anyway.
+        let mut buf = Vec::with_capacity(piece);
+        let read = (&mut file).take(piece as u64).read_to_end(&mut buf);
+        if let Err(e) = read.and_then(|n| {
+            if n == piece {
+                Ok(())
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than when the upload began",
+                ))
+            }
+        }) {
             let _ = tx.blocking_send(Err(e));
             return;
         }
         // Sleeping here is fine: this thread exists to feed this one chunk.
         runtime.block_on(throttle.acquire(piece));
-        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return;
         }
         wire.record(at, piece as u64);
