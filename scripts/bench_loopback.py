@@ -13,9 +13,10 @@ Parts (--only, comma-separated; default all):
   speed     a --size file (deterministic random bytes) sha256-verified end to end:
             (a) upload send -> upload serve, (b) curl POST + one streamed PATCH -> upload
             serve, (b2) the same while `openssl dgst -sha256` hashes the file beside it: the
-            floor for any client that hashes what it sends, (c) rsync -> rsync daemon (if rsync is installed); wall time, GiB/s, CPU
-            s/GiB of client and server. Then the client's peak RSS (VmHWM) sending an
-            --rss-size sparse file.
+            floor for any client that hashes what it sends, (c) rsync -> rsync daemon (if
+            rsync is installed); wall time, GiB/s, CPU s/GiB of client and server; --repeat
+            interleaved rounds, the median shown. Then the client's peak RSS (VmHWM) sending
+            an --rss-size sparse file.
   server    upload serve beside @tus/server (tests/interop/tus_server.mjs): (a) curl POST +
             one streamed PATCH of --size; (b) --slow-count concurrent uploads of --slow-size
             each paced at --slow-rate by a Python tus client; server CPU and peak RSS.
@@ -628,18 +629,21 @@ def hashing_floor(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_
     return row(what, size, wall, r["cpu"] + hash_cpu, server_cpu, ok, http_status=r["status"])
 
 
-def part_speed(ctx: Ctx) -> dict:
-    a = ctx.args
-    d = ctx.dir("speed")
-    src = d / "speed-src.bin"
-    log(f"speed: writing {a.size} deterministic random bytes to {src}")
-    sha = make_file(src, a.size, seed=1)
-    rows = []
-    # (a) upload send -> upload serve
+def with_server(ctx: Ctx, d: Path, tag: str, measure) -> dict:
+    """A fresh `upload serve` in d/tag for one measurement, removed afterwards."""
     server = None
+    sdir = d / tag
     try:
-        sdir = d / "ours-a"
-        server = start_ours(a.bin, sdir, d, "speed-server-a")
+        server = start_ours(ctx.args.bin, sdir, d, f"speed-server-{tag}")
+        return measure(server, sdir)
+    finally:
+        if server:
+            server.stop()
+        shutil.rmtree(sdir, ignore_errors=True)
+
+
+def speed_ours(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
+    def measure(server: Server, sdir: Path) -> dict:
         r = run_send(ctx, src, server, "speed-send", sample_rss=True)
         time.sleep(0.3)
         server_cpu = server.cpu()
@@ -648,47 +652,62 @@ def part_speed(ctx: Ctx) -> dict:
               and out is not None and sha256_file(out) == sha)
         if r["exit"] != 0:
             ctx.note(f"speed (a): upload send exited {r['exit']}")
-        rows.append(row("upload send -> upload serve", a.size, r["wall"], r["cpu"], server_cpu, ok,
-                        client_peak_rss_MiB=round((r["hwm_sampled"] or 0) / MIB, 1),
-                        server_peak_rss_MiB=round(proc_mem(server.proc.pid)["VmHWM"] / MIB, 1)))
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(d / "ours-a", ignore_errors=True)
-    # (b) curl -> upload serve
-    server = None
-    try:
-        sdir = d / "ours-b"
-        server = start_ours(a.bin, sdir, d, "speed-server-b")
-        r = curl_to(ctx, server, src, a.size, sha, sdir, src.name, "curl PATCH -> upload serve")
+        return row("upload send -> upload serve", ctx.args.size, r["wall"], r["cpu"], server_cpu,
+                   ok, client_peak_rss_MiB=round((r["hwm_sampled"] or 0) / MIB, 1),
+                   server_peak_rss_MiB=round(proc_mem(server.proc.pid)["VmHWM"] / MIB, 1))
+    return with_server(ctx, d, "ours-a", measure)
+
+
+def speed_curl(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
+    def measure(server: Server, sdir: Path) -> dict:
+        r = curl_to(ctx, server, src, ctx.args.size, sha, sdir, src.name,
+                    "curl PATCH -> upload serve")
         r["server_peak_rss_MiB"] = round(proc_mem(server.proc.pid)["VmHWM"] / MIB, 1)
-        rows.append(r)
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(d / "ours-b", ignore_errors=True)
-    # (b2) the same, with the client's SHA-256 done beside it by openssl: a hashing client's floor
+        return r
+    return with_server(ctx, d, "ours-b", measure)
+
+
+def speed_floor(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
+    return with_server(ctx, d, "ours-f", lambda server, sdir: hashing_floor(
+        ctx, server, src, ctx.args.size, sha, sdir, src.name))
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The run with the median wall time, with every run's wall time beside it."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    best = dict(ordered[(len(ordered) - 1) // 2])
+    best["runs_wall_s"] = [r["wall_s"] for r in runs]
+    best["sha256_verified"] = all(r["sha256_verified"] for r in runs)
+    return best
+
+
+def part_speed(ctx: Ctx) -> dict:
+    a = ctx.args
+    d = ctx.dir("speed")
+    src = d / "speed-src.bin"
+    log(f"speed: writing {a.size} deterministic random bytes to {src}")
+    sha = make_file(src, a.size, seed=1)
+    # (a) ours, (b) curl, (b2) curl with openssl hashing beside it, (c) rsync: interleaved,
+    # --repeat rounds, so a noisy neighbour on the shared cores hits every case alike.
+    cases = [("a", speed_ours), ("b", speed_curl)]
     if shutil.which("openssl"):
-        server = None
-        try:
-            sdir = d / "ours-f"
-            server = start_ours(a.bin, sdir, d, "speed-server-f")
-            rows.append(hashing_floor(ctx, server, src, a.size, sha, sdir, src.name))
-        finally:
-            if server:
-                server.stop()
-            shutil.rmtree(d / "ours-f", ignore_errors=True)
+        cases.append(("b2", speed_floor))
     else:
         ctx.note("speed (b2): openssl is not installed; no floor for a hashing client")
-    # (c) rsync -> rsync daemon
     if shutil.which("rsync"):
-        rows.append(rsync_run(ctx, src, sha, d))
+        cases.append(("c", lambda ctx, d, src, sha: rsync_run(ctx, src, sha, d)))
     else:
         ctx.note("speed (c): rsync is not installed (apt-get install -y rsync); no anchor")
+    runs: dict[str, list[dict]] = {tag: [] for tag, _ in cases}
+    for round_ in range(a.repeat):
+        for tag, case in cases:
+            runs[tag].append(case(ctx, d, src, sha))
+        log(f"speed: round {round_ + 1}/{a.repeat} done")
+    rows = [median_row(runs[tag]) for tag, _ in cases]
     rss = rss_run(ctx, d)
     src.unlink(missing_ok=True)
     shutil.rmtree(d, ignore_errors=True)
-    return {"size": a.size, "rows": rows, "rss": rss}
+    return {"size": a.size, "repeat": a.repeat, "rows": rows, "rss": rss}
 
 
 def free_port() -> int:
@@ -879,12 +898,14 @@ def human(report: dict) -> str:
                         v["min_1s_window_ratio"], v["longest_silence_s"], v["recv_calls"],
                         v["cpu_s"]] for k, v in t["clients"].items()])]
     if s := report.get("speed"):
-        out += ["", f"SPEED  {s['size'] / GIB:g} GiB, sha256 checked end to end",
+        out += ["", f"SPEED  {s['size'] / GIB:g} GiB, sha256 checked end to end; the median "
+                    f"of {s['repeat']} interleaved rounds (every round's wall time at the end)",
                 table(["path", "wall s", "GiB/s", "MB/s", "client CPU s/GiB",
-                       "server CPU s/GiB", "verified"],
+                       "server CPU s/GiB", "verified", "rounds, wall s"],
                       [[r["what"], r["wall_s"], r["GiB_per_s"], r["MB_per_s"],
                         r["client_cpu_s_per_GiB"], r["server_cpu_s_per_GiB"],
-                        r["sha256_verified"]] for r in s["rows"]])]
+                        r["sha256_verified"], " ".join(str(w) for w in r["runs_wall_s"])]
+                       for r in s["rows"]])]
         if rss := s.get("rss"):
             out.append(f"client peak RSS sending {rss['bytes'] / GIB:g} GiB: "
                        f"{rss['client_peak_rss_MiB']} MiB (wants < 32 MiB); server "
@@ -942,6 +963,9 @@ def main() -> int:
     p.add_argument("--rss-size", type=parse_size, default=4 * GIB,
                    help="sparse file for the client's peak RSS (default 4GiB)")
     p.add_argument("--chunk", help="pass --chunk SIZE to upload send in the speed part")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="speed part: rounds of every case, interleaved; the median is shown "
+                        "(default 3)")
     p.add_argument("--slow-count", type=int, default=50, help="concurrent slow uploads (50)")
     p.add_argument("--slow-size", type=parse_size, default=2 * MIB, help="each (2MiB)")
     p.add_argument("--slow-rate", type=parse_byte_rate, default=32 * KIB,
