@@ -68,6 +68,10 @@ pub enum ClientError {
     TooLarge(String),
     #[error("the upload is gone from the server ({0}): it expired or was deleted")]
     Gone(StatusCode),
+    /// [`ClientError::Gone`] on an upload the server answered for earlier: asking again
+    /// (HEAD) tells whether to start over.
+    #[error("the upload vanished from the server ({0}) since it last answered; asking again")]
+    Vanished(StatusCode),
     #[error("the server is at offset {}, not {ours}", server.map_or("unknown".to_string(), |s| s.to_string()))]
     OffsetMismatch { server: Option<u64>, ours: u64 },
     #[error("the server rejected a chunk's checksum (460): it was damaged on the way")]
@@ -102,6 +106,7 @@ impl ClientError {
             | ClientError::CutOff { .. }
             | ClientError::Server { .. }
             | ClientError::OffsetMismatch { .. }
+            | ClientError::Vanished(_)
             | ClientError::ChecksumMismatch
             | ClientError::TooManyUploads { .. }
             | ClientError::Body(_) => Retry::Temporary,

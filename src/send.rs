@@ -321,7 +321,11 @@ fn retry_delay(e: &ClientError, failures: u32, down_for: Duration) -> Duration {
     let jitter = || rand::random::<f64>() * 0.5 + 0.75;
     match e {
         // A damaged chunk or a moved offset is not the link being down: retry now.
-        ClientError::ChecksumMismatch | ClientError::OffsetMismatch { .. } if failures <= 3 => {
+        ClientError::ChecksumMismatch
+        | ClientError::OffsetMismatch { .. }
+        | ClientError::Vanished(_)
+            if failures <= 3 =>
+        {
             Duration::ZERO
         }
         // The server said when to come back; jitter so a crowd does not return at once.
@@ -401,6 +405,12 @@ struct Transfer_ {
     adaptive_chunk: bool,
     /// The size of the last acknowledged chunk.
     last_chunk: u64,
+    /// The server answered for the current upload URL (a HEAD or an acknowledged PATCH). A
+    /// 404 to a PATCH on such a URL means the upload vanished since (expired during a long
+    /// pause, deleted), and a HEAD sorts it out; on a URL that never answered, it means the
+    /// server's Location does not lead back to it (a proxy's path prefix), and starting over
+    /// would only create uploads that cannot be reached, forever.
+    url_answered: bool,
     /// The database's byte counters when this process began.
     base_sent: u64,
     base_resent: u64,
@@ -495,6 +505,7 @@ pub async fn send(
         rate_bps: 0.0,
         adaptive_chunk: opts.chunk.is_none() && opts.limit.is_none(),
         last_chunk: 0,
+        url_answered: false,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
         row,
@@ -915,6 +926,7 @@ impl Transfer_ {
                     md.insert(meta::SHA256, hex::encode(Sha256::digest(b"")).into_bytes());
                 }
                 let url = self.client.create(size, &md).await?;
+                self.url_answered = false;
                 let (s, id, u) = (self.store.clone(), self.row.id, url.to_string());
                 blocking(move || s.set_upload_url(id, Some(&u))).await?;
                 self.row.upload_url = Some(url.to_string());
@@ -928,7 +940,10 @@ impl Transfer_ {
             }
             let url = self.upload_url()?;
             let info = match self.client.head(&url).await {
-                Ok(info) => info,
+                Ok(info) => {
+                    self.url_answered = true;
+                    info
+                }
                 Err(ClientError::Gone(status)) => {
                     events(Event::Notice(format!(
                         "the server no longer has the earlier upload ({status}: expired or \
@@ -1133,6 +1148,16 @@ impl Transfer_ {
                 self.check_identity().await?;
                 return Err(StepError::Net(ClientError::ChecksumMismatch));
             }
+            Err(ClientError::Gone(status)) if self.url_answered => {
+                return Err(StepError::Net(ClientError::Vanished(status)));
+            }
+            Err(ClientError::Gone(status)) => {
+                return Err(StepError::Net(ClientError::Protocol(format!(
+                    "the server created the upload at {url} but answers {status} there: its \
+                     Location does not lead back to it (behind a reverse proxy that adds a path \
+                     prefix, the server must be told the public URL)"
+                ))));
+            }
             Err(e) => return Err(e.into()),
         };
         if outcome.offset != offset + len {
@@ -1141,6 +1166,7 @@ impl Transfer_ {
                 ours: offset + len,
             }));
         }
+        self.url_answered = true;
         self.sending_time += began.elapsed();
         self.confirmed_here += len;
         self.last_chunk = len;

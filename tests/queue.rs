@@ -231,6 +231,49 @@ fn a_timetable_pause_holds_a_running_transfer_and_the_next_slot_resumes_it() {
     );
 }
 
+/// The upload is deleted on the server while the transfer waits out a pause slot (as the
+/// server's expiry would after a long one): the first PATCH after the pause gets 404, and the
+/// transfer asks again, learns it is gone, starts over and delivers the file.
+#[test]
+fn an_upload_that_vanishes_during_a_pause_is_started_over() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let size = 256 * 1024;
+    let file = env.file("gone.iso", size);
+    let id = add(&env, &file, &server.url(), &["--chunk", "32KiB"]);
+    // 3 s at 256 kbit/s, then a 5 s pause.
+    let mut runner = Runner::start(
+        &env,
+        &["--timetable", "00:00,256kbit 07:00,pause 07:00:05,256kbit"],
+        Some("2026-01-01T06:59:57+00:00"),
+    );
+    std::thread::sleep(Duration::from_millis(4500));
+    let url = by_id(&status(&env), id)["upload_url"]
+        .as_str()
+        .expect("an upload URL by now")
+        .to_string();
+    let path = url.trim_start_matches(&format!("http://{}", server.addr));
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        conn,
+        "DELETE {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+
+    assert!(runner.wait(Duration::from_secs(40)).success());
+    let t = by_id(&status(&env), id);
+    assert_eq!(t["state"], "done", "{t}");
+    assert_ne!(t["upload_url"], url.as_str(), "{t}");
+    assert_eq!(
+        sha256_file(&server.dir.join("gone.iso")),
+        sha256_file(&file)
+    );
+}
+
 /// Two transfers share one budget by priority weight (2:1), measured on the wire over 30 s;
 /// `upload limit` then changes the budget without dropping a connection.
 #[test]

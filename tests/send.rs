@@ -90,6 +90,35 @@ fn a_full_upload_arrives_identical_and_teaches_estimate() {
     assert_eq!(event(&ev, "done").unwrap()["published_as"], "image.iso");
 }
 
+/// A server whose `Location` does not lead back to it (a proxy's path prefix it was told
+/// about wrongly): the sender stops with a clear error after one creation, instead of creating
+/// uploads it cannot reach, forever.
+#[test]
+fn a_location_that_does_not_lead_back_stops_after_one_creation() {
+    let env = Env::new();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("http://{listen}/tus/files/");
+    let server = env.serve_on(&listen, &["--public-url", &public]);
+    let file = env.file("lost.bin", 100_000);
+    let (code, _, stderr) = send(&env, &file, &server.url(), &["--max-retries", "3"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("Location does not lead back"), "{stderr}");
+    let created = std::fs::read_dir(server.dir.join(".partial"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "info")
+        })
+        .count();
+    assert_eq!(created, 1, "uploads created");
+}
+
 #[test]
 fn empty_and_one_byte_files() {
     let env = Env::new();

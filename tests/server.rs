@@ -80,6 +80,23 @@ async fn options_advertises_the_extensions_without_auth() {
     }
 }
 
+/// Behind a proxy that maps the server under /tus/, Location names the public URL, and the
+/// proxied path (`/files/<id>`) is what the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_follows_the_public_url() {
+    let env = Env::new();
+    let mut config = Config::new(env.path("up"));
+    config.public_url = Some("https://example.org/tus/files/".parse().unwrap());
+    let server = TestServer::start(config).await;
+    let location = create(&server, 3, &[]).await;
+    let id = location
+        .strip_prefix("https://example.org/tus/files/")
+        .unwrap_or_else(|| panic!("Location {location}"));
+    assert_eq!(id.len(), 32, "{location}");
+    assert_eq!(head(&server, &format!("/files/{id}")).await.status, 200);
+    server.stop().await;
+}
+
 /// A browser page on an allowed origin can preflight, create, resume and read what tus-js-client
 /// needs; another origin gets the same answers without CORS headers, which the browser withholds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,6 +337,31 @@ async fn creation_with_upload() {
     assert_eq!(reply.offset(), 0);
     let path = reply.header("Location").unwrap().to_string();
     assert_eq!(head(&server, &path).await.offset(), 0);
+}
+
+/// A deferred-length upload that already holds more than a `max_size` lowered since: more
+/// data is refused with 413, not accepted without limit (or a panic on the subtraction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_size_refuses_more_on_a_deferred_upload() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let reply = server
+        .req("POST", "/files/")
+        .header("Upload-Defer-Length", 1)
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let path = reply.header("Location").unwrap().to_string();
+    assert_eq!(patch(&server, &path, 0, &[7u8; 8]).await.status, 204);
+    server.stop().await;
+
+    let mut config = Config::new(env.path("up"));
+    config.max_size = Some(5);
+    let server = TestServer::start(config).await;
+    let reply = patch(&server, &path, 8, &[7u8; 1]).await;
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert_eq!(head(&server, &path).await.offset(), 8);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1128,6 +1170,22 @@ fn serve_checks_the_token_file_and_its_flags() {
         .arg(env.path("up")));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--token-file"), "{stderr}");
+
+    for bad in [
+        "example.org/tus/files/",
+        "ftp://example.org/",
+        "https://example.org/?a=1",
+    ] {
+        let (out, _, stderr) = run(env
+            .upload()
+            .args(["serve", "--no-auth", "--public-url", bad, "--dir"])
+            .arg(env.path("up")));
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(bad) && stderr.contains("e.g. https://example.org/tus/files/"),
+            "{stderr}"
+        );
+    }
 
     let (out, _, stderr) = run(env
         .upload()

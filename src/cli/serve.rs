@@ -53,6 +53,10 @@ Concurrent uploads: one token may send at most --max-uploads-per-token bodies at
 more is refused with 429 Too Many Requests and Retry-After: 5 before its body is read, and the
 client retries. Without auth all clients share that cap.
 
+Behind a reverse proxy that maps the server under another path (e.g. nginx location /tus/ ->
+http://127.0.0.1:8080/), give --public-url https://example.org/tus/files/: new uploads'
+Location is built on it, so clients come back through the proxy.
+
 Browsers: a web page on another origin may upload (tus-js-client) only with --cors-origin
 ORIGIN, e.g. --cors-origin https://uploads.example.org (repeatable; * allows any page, still
 subject to the token). Tokens travel in Authorization, never in cookies.
@@ -114,6 +118,11 @@ pub struct Args {
     /// https://uploads.example.org; repeat for more, or * for any [default: none].
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+
+    /// Behind a reverse proxy that maps this server under another path: the URL clients use
+    /// for /files/, e.g. https://example.org/tus/files/ (new uploads' Location is built on it).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
@@ -221,7 +230,30 @@ fn config(args: &Args) -> Result<Config, Failure> {
         tls,
         cors: server::Cors::from_origins(&args.cors_origins)
             .map_err(|e| Failure::usage(anyhow!(e)))?,
+        public_url: args.public_url.as_deref().map(public_url).transpose()?,
     })
+}
+
+/// `--public-url`: an http(s) URL without query or fragment, kept with a trailing `/`.
+fn public_url(text: &str) -> Result<url::Url, Failure> {
+    let bad = |why: &str| {
+        Failure::usage(anyhow!(
+            "--public-url \"{text}\" {why}; expected the URL clients use for this server's \
+             /files/, e.g. https://example.org/tus/files/"
+        ))
+    };
+    let mut url = url::Url::parse(text).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("is not an http or https URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("has a query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
 
 /// Resolves at the first SIGINT or SIGTERM. The handlers are installed now, not on first poll.
@@ -266,6 +298,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             cors_origins: Vec::new(),
+            public_url: None,
         }
     }
 

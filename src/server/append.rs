@@ -74,7 +74,10 @@ pub(crate) async fn append(
         .length
         .or(app.config.max_size)
         .unwrap_or(u64::MAX);
-    let room = limit - start;
+    // A deferred-length upload may already hold more than a --max-size lowered since.
+    let room = limit
+        .checked_sub(start)
+        .ok_or_else(|| too_large(start, headers.content_length.unwrap_or(0), limit))?;
     if let Some(n) = headers.content_length
         && n > room
     {

@@ -324,7 +324,11 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
     let upload = held.upload();
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
-    set(h, header::LOCATION.as_str(), &format!("/files/{id}"));
+    let location = match &app.config.public_url {
+        Some(base) => format!("{base}{id}"),
+        None => format!("/files/{id}"),
+    };
+    set(h, header::LOCATION.as_str(), &location);
     h.insert(
         protocol::UPLOAD_OFFSET,
         HeaderValue::from(upload.info.offset),

@@ -114,6 +114,10 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Which web origins may call the server from a browser (see `cors`).
     pub cors: Cors,
+    /// Where clients reach `/files/` when a reverse proxy maps the server under another path
+    /// (ending in `/`); `Location` then names it, so clients come back through the proxy.
+    /// `None`: `Location: /files/<id>`, relative to whatever host the client used.
+    pub public_url: Option<url::Url>,
 }
 
 impl Config {
@@ -135,6 +139,7 @@ impl Config {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             tls: None,
             cors: Cors::Off,
+            public_url: None,
         }
     }
 }
