@@ -181,6 +181,14 @@ impl Identity {
         }
     }
 
+    /// Everything but the change time is the same.
+    fn same_but_ctime(&self, now: &Identity) -> bool {
+        Identity {
+            ctime_ns: now.ctime_ns,
+            ..*self
+        } == *now
+    }
+
     /// What differs, in words, or `None`.
     fn difference(&self, now: &Identity) -> Option<String> {
         if self.size != now.size {
@@ -643,6 +651,10 @@ async fn acquire_lock(store: &Store, id: i64, owner: &str) -> Result<(), SendErr
 enum StepError {
     Stop(SendError),
     Net(ClientError),
+    /// Only the source's change time moved (chmod, chown, a hard link, an xattr, or an edit
+    /// that put the modification time back): prove what was uploaded again by content, from
+    /// the server's offset, before sending more.
+    Recheck,
 }
 
 impl From<SendError> for StepError {
@@ -732,6 +744,7 @@ impl Transfer_ {
                     failing_since = None;
                 }
                 Err(StepError::Stop(e)) => return Err(e),
+                Err(StepError::Recheck) => synced = false,
                 Err(StepError::Net(e)) => {
                     let retry = e.retry();
                     if retry == Retry::Permanent {
@@ -836,8 +849,10 @@ impl Transfer_ {
         })
     }
 
-    /// Stats the source and fails if it is not the file the upload began with.
-    async fn check_identity(&self) -> Result<(), StepError> {
+    /// Stats the source and fails if it is not the file the upload began with. When only its
+    /// change time moved, adopts it and asks for the uploaded part to be proved again
+    /// ([`StepError::Recheck`]): a chmod must not end a transfer, an edit must not slip by.
+    async fn check_identity(&mut self) -> Result<(), StepError> {
         let path = self.path.clone();
         let meta = blocking(move || std::fs::metadata(&path))
             .await
@@ -845,8 +860,20 @@ impl Transfer_ {
                 path: self.path.clone(),
                 source: e,
             })?;
-        match self.identity.difference(&Identity::of(&meta)) {
+        let now = Identity::of(&meta);
+        match self.identity.difference(&now) {
             None => Ok(()),
+            Some(_) if self.identity.same_but_ctime(&now) => {
+                tracing::info!(path = %self.path.display(), "the source's change time moved; \
+                               proving the uploaded part by content again");
+                self.identity = now;
+                // Forget the hash state and the read-ahead: both came from reads before the
+                // change. The row keeps the digest of the acknowledged prefix, which
+                // `reconcile` checks against the file as it is now.
+                self.pos = None;
+                self.prefetch = None;
+                Err(StepError::Recheck)
+            }
             Some(what) => Err(StepError::Stop(SendError::SourceChanged {
                 path: self.path.clone(),
                 what,

@@ -250,6 +250,38 @@ fn an_edit_that_restores_the_mtime_is_caught() {
     assert_eq!(sha256_file(&server.dir.join("s.iso")), sha256_file(&file));
 }
 
+/// While a transfer runs: a chmod (only the change time moves) does not end it, and the part
+/// already sent is proved again by content; an edit of that part that puts the mtime back is
+/// caught by the same proof.
+#[test]
+fn a_chmod_mid_transfer_goes_on_but_a_hidden_edit_stops_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let args = ["--limit", "128KiB/s", "--chunk", "64KiB"];
+
+    let file = env.file("chmod.iso", 512 * 1024);
+    let mut child = send_until_progress(&env, &file, &server.url(), &args, 64 * 1024);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        sha256_file(&server.dir.join("chmod.iso")),
+        sha256_file(&file)
+    );
+
+    let file = env.file("edit.iso", 512 * 1024);
+    let mut child = send_until_progress(&env, &file, &server.url(), &args, 64 * 1024);
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"!", 10).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(5));
+    assert!(!server.dir.join("edit.iso").exists());
+}
+
 #[test]
 fn a_changed_size_is_caught() {
     let env = Env::new();
