@@ -2,7 +2,7 @@
 //! ends with the published file's SHA-256 equal to the source's, and bounds the bytes re-sent.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, json_events, run, sha256_file, signal, wait_at_most};
+use crate::helper::{Env, json_events, run, signal, wait_at_most};
 use serde_json::Value;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ fn the_server_killed_mid_chunk_again_and_again() {
     assert_eq!(code, Some(0), "{stderr}");
     let retries = ev.iter().filter(|e| e["event"] == "retry").count();
     assert!(retries >= 3, "{retries} retries for 3 server deaths");
-    assert_eq!(sha256_file(&server.dir.join("srv.iso")), sha256_file(&file));
+    server.assert_delivered("srv.iso", &file);
     // Each death costs at most the chunk in flight.
     let resent = proxy.patch_body_bytes() - size as u64;
     eprintln!("server killed 3 times: {resent} bytes re-sent");
@@ -119,7 +119,7 @@ fn a_lost_database_commit_is_recovered_from_the_servers_offset() {
         started["offset"].as_u64().unwrap() >= 512 * 1024,
         "{started}"
     );
-    assert_eq!(sha256_file(&server.dir.join("pl.iso")), sha256_file(&file));
+    server.assert_delivered("pl.iso", &file);
     // Re-sent: at most the chunk the kill interrupted, never the part the database forgot.
     let resent = proxy.patch_body_bytes() - size as u64;
     eprintln!(
@@ -213,10 +213,7 @@ fn a_full_server_disk_is_reported_and_survived() {
         .args(["--chunk", "256KiB", "--json"]));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("\"resumed\":true"), "{stdout}");
-    assert_eq!(
-        sha256_file(&server.dir.join("full.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("full.iso", &file);
 }
 
 /// A laptop lid closed mid-chunk: the server's idle timeout cuts the body off (408). When the
@@ -238,7 +235,7 @@ fn a_client_suspended_past_the_servers_idle_timeout_resumes() {
     signal(child.id(), "-CONT");
     let (code, _, stderr) = finish(child, Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(sha256_file(&server.dir.join("lid.iso")), sha256_file(&file));
+    server.assert_delivered("lid.iso", &file);
 }
 
 /// A sender whose lock was taken over while it was suspended stops (exit 10) instead of

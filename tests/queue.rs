@@ -2,7 +2,7 @@
 //! the clock under test control, one budget shared by weight, kills and concurrent access.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, run, sha256_file, signal};
+use crate::helper::{Env, run, signal};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -149,10 +149,7 @@ fn priority_then_deadline_then_age() {
     for t in status(&env) {
         assert_eq!(t["state"], "done", "{t}");
     }
-    assert_eq!(
-        sha256_file(&server.dir.join("urgent.bin")),
-        sha256_file(&env.path("urgent.bin"))
-    );
+    server.assert_delivered("urgent.bin", &env.path("urgent.bin"));
 }
 
 #[test]
@@ -225,10 +222,7 @@ fn a_timetable_pause_holds_a_running_transfer_and_the_next_slot_resumes_it() {
         size as u64,
         "a chunk was cut by the pause and resent"
     );
-    assert_eq!(
-        sha256_file(&server.dir.join("night.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("night.iso", &file);
 }
 
 /// The upload is deleted on the server while the transfer waits out a pause slot (as the
@@ -268,10 +262,7 @@ fn an_upload_that_vanishes_during_a_pause_is_started_over() {
     let t = by_id(&status(&env), id);
     assert_eq!(t["state"], "done", "{t}");
     assert_ne!(t["upload_url"], url.as_str(), "{t}");
-    assert_eq!(
-        sha256_file(&server.dir.join("gone.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("gone.iso", &file);
 }
 
 /// Two transfers share one budget by priority weight (2:1), measured on the wire over 30 s;
@@ -364,7 +355,7 @@ fn run_killed_with_sigkill_resumes_every_transfer() {
         "{resumed:?}"
     );
     for (f, name) in [(&fa, "a.iso"), (&fb, "b.iso")] {
-        assert_eq!(sha256_file(&server.dir.join(name)), sha256_file(f));
+        server.assert_delivered(name, f);
     }
     // At most the chunk in flight per transfer is sent again.
     assert!(proxy.patch_body_bytes() <= 1024 * 1024 + 2 * 32 * 1024);

@@ -155,7 +155,7 @@ fn resumes_after_the_client_is_killed() {
         started["offset"].as_u64().unwrap() >= 256 * 1024,
         "{started}"
     );
-    assert_eq!(sha256_file(&server.dir.join("big.iso")), sha256_file(&file));
+    server.assert_delivered("big.iso", &file);
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn resumes_after_the_server_restarts() {
         out.status.success(),
         "client failed after the server came back"
     );
-    assert_eq!(sha256_file(&server.dir.join("img.iso")), sha256_file(&file));
+    server.assert_delivered("img.iso", &file);
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn a_damaged_chunk_is_refused_and_resent() {
     );
     assert_eq!(done["resent_bytes"], 128 * 1024);
     assert_eq!(proxy.patch_body_bytes(), 512 * 1024 + 128 * 1024);
-    assert_eq!(sha256_file(&server.dir.join("c.iso")), sha256_file(&file));
+    server.assert_delivered("c.iso", &file);
 }
 
 /// Kills the client, then edits the source before the rerun.
@@ -247,7 +247,7 @@ fn an_edit_that_restores_the_mtime_is_caught() {
     // --restart uploads the new version from the beginning.
     let (code, _, stderr) = send(&env, &file, &server.url(), &["--restart"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(sha256_file(&server.dir.join("s.iso")), sha256_file(&file));
+    server.assert_delivered("s.iso", &file);
 }
 
 /// While a transfer runs: a chmod (only the change time moves) does not end it, and the part
@@ -265,10 +265,7 @@ fn a_chmod_mid_transfer_goes_on_but_a_hidden_edit_stops_it() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let status = wait_at_most(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
-    assert_eq!(
-        sha256_file(&server.dir.join("chmod.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("chmod.iso", &file);
 
     let file = env.file("edit.iso", 512 * 1024);
     let mut child = send_until_progress(&env, &file, &server.url(), &args, 64 * 1024);
@@ -451,7 +448,7 @@ fn random_kills_resend_at_most_a_chunk_each() {
     let (code, ev, stderr) = send(&env, &file, &proxy.url(), &["--chunk", "64KiB"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(event(&ev, "done").is_some());
-    assert_eq!(sha256_file(&server.dir.join("k.iso")), sha256_file(&file));
+    server.assert_delivered("k.iso", &file);
     let on_wire = proxy.patch_body_bytes();
     let resent = on_wire - size as u64;
     eprintln!("{kills} kills: {on_wire} PATCH body bytes on the wire for {size}, {resent} re-sent");
@@ -485,10 +482,7 @@ fn a_silently_dead_connection_is_replaced_within_the_stall_timeout() {
     let took = frozen_at.elapsed();
     eprintln!("frozen connection, --stall-timeout 2s: finished {took:?} after the freeze");
     assert!(status.success());
-    assert_eq!(
-        sha256_file(&server.dir.join("dead.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("dead.iso", &file);
     // 2 MiB at 8 Mbit/s is about 2 s of sending; the stall costs 2 s more, plus a reconnect.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(
@@ -572,10 +566,7 @@ fn a_closed_stdout_does_not_stop_an_upload() {
     drop(child.stdout.take());
     let status = wait_at_most(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
-    assert_eq!(
-        sha256_file(&server.dir.join("pipe.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("pipe.iso", &file);
 }
 
 /// Without --chunk and --limit the chunk size follows the confirmed rate: it starts at

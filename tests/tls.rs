@@ -178,10 +178,7 @@ fn an_upload_over_tls_with_a_private_ca_arrives_identical() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(event(&ev, "done").unwrap()["sha256"], sha256_file(&file));
-    assert_eq!(
-        sha256_file(&server.dir.join("image.iso")),
-        sha256_file(&file)
-    );
+    server.assert_delivered("image.iso", &file);
     // The certificate names the address too.
     let small = env.file("small.bin", 1000);
     let (code, _, stderr) = send(
@@ -191,10 +188,7 @@ fn an_upload_over_tls_with_a_private_ca_arrives_identical() {
         &["--ca", ca],
     );
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        sha256_file(&server.dir.join("small.bin")),
-        sha256_file(&small)
-    );
+    server.assert_delivered("small.bin", &small);
 }
 
 #[test]
@@ -301,5 +295,5 @@ fn a_tls_upload_resumes_after_kill_9_of_either_end() {
         out.status.success(),
         "the client failed after the server came back"
     );
-    assert_eq!(sha256_file(&server.dir.join("big.iso")), sha256_file(&file));
+    server.assert_delivered("big.iso", &file);
 }

@@ -66,6 +66,22 @@ impl ServeProcess {
         format!("{}://{}/files/", self.scheme, self.addr)
     }
 
+    /// Asserts that `name` is published in the server's directory with `source`'s content.
+    pub fn assert_delivered(&self, name: &str, source: &Path) {
+        let published = self.dir.join(name);
+        assert!(
+            published.is_file(),
+            "{name} is not published in {}",
+            self.dir.display()
+        );
+        assert_eq!(
+            super::sha256_file(&published),
+            super::sha256_file(source),
+            "{name} differs from {}",
+            source.display()
+        );
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
