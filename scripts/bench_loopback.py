@@ -590,43 +590,29 @@ def row(name: str, size: int, wall: float, client_cpu: float | None, server_cpu:
 
 
 def curl_to(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_: Path,
-            name: str, what: str) -> dict:
+            name: str, what: str, beside: list[str] | None = None) -> dict:
+    """POST, then curl's one PATCH of the whole file. With `beside`, that command (printing
+    the file's SHA-256 first on its stdout) runs alongside as part of the client: its CPU
+    counts, the wall time runs until both are done, and its digest must match."""
     loc, upload_id = tus_create(server.url, size, name)
-    log(f"{what}: curl -X PATCH -T {src} {loc}")
+    log(f"{what}: {' '.join(beside) + ' & ' if beside else ''}curl -X PATCH -T {src} {loc}")
     cpu0 = server.cpu()
+    t0 = time.monotonic()
+    helper = subprocess.Popen(beside, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL) if beside else None
     r = curl_patch(loc, src, ctx.args.timeout)
+    wall, cpu, digest_ok = r["wall"], r["cpu"], True
+    if helper:
+        _, helper_cpu, _ = wait_rusage(helper, ctx.args.timeout)
+        wall, cpu = time.monotonic() - t0, cpu + helper_cpu
+        digest_ok = helper.stdout.read().decode().split(" ")[0] == sha
     time.sleep(0.3)  # let the server finish publishing before reading its CPU
     server_cpu = server.cpu() - cpu0
     out = published(dir_, name, upload_id)
-    ok = out is not None and sha256_file(out) == sha
+    ok = digest_ok and out is not None and sha256_file(out) == sha
     if r["exit"] != 0 or r["status"] not in ("204", "200"):
         ctx.note(f"{what}: curl exit {r['exit']}, HTTP {r['status']}: {r['stderr']}")
-    return row(what, size, r["wall"], r["cpu"], server_cpu, ok, http_status=r["status"])
-
-
-def hashing_floor(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_: Path,
-                  name: str) -> dict:
-    """The floor for any client that SHA-256s what it sends: curl's PATCH while `openssl dgst
-    -sha256` (SHA-NI, the fastest SHA-256 here) hashes the same file in a second process:
-    perfect overlap, no extra copy. Wall time is until both are done."""
-    what = "floor: curl PATCH + openssl sha256 beside it"
-    loc, upload_id = tus_create(server.url, size, name)
-    log(f"{what}: openssl dgst -sha256 {src} & curl -X PATCH -T {src} {loc}")
-    cpu0 = server.cpu()
-    t0 = time.monotonic()
-    hasher = subprocess.Popen(["openssl", "dgst", "-sha256", "-r", str(src)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    r = curl_patch(loc, src, ctx.args.timeout)
-    _, hash_cpu, _ = wait_rusage(hasher, ctx.args.timeout)
-    wall = time.monotonic() - t0
-    digest = hasher.stdout.read().decode().split(" ")[0]
-    time.sleep(0.3)
-    server_cpu = server.cpu() - cpu0
-    out = published(dir_, name, upload_id)
-    ok = digest == sha and out is not None and sha256_file(out) == sha
-    if r["exit"] != 0 or r["status"] not in ("204", "200"):
-        ctx.note(f"{what}: curl exit {r['exit']}, HTTP {r['status']}: {r['stderr']}")
-    return row(what, size, wall, r["cpu"] + hash_cpu, server_cpu, ok, http_status=r["status"])
+    return row(what, size, wall, cpu, server_cpu, ok, http_status=r["status"])
 
 
 def with_server(ctx: Ctx, d: Path, tag: str, measure) -> dict:
@@ -668,8 +654,13 @@ def speed_curl(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
 
 
 def speed_floor(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
-    return with_server(ctx, d, "ours-f", lambda server, sdir: hashing_floor(
-        ctx, server, src, ctx.args.size, sha, sdir, src.name))
+    """The floor for any client that SHA-256s what it sends: curl's PATCH while `openssl dgst
+    -sha256` (SHA-NI, the fastest SHA-256 here) hashes the same file in a second process:
+    perfect overlap, no extra copy."""
+    return with_server(ctx, d, "ours-f", lambda server, sdir: curl_to(
+        ctx, server, src, ctx.args.size, sha, sdir, src.name,
+        "floor: curl PATCH + openssl sha256 beside it",
+        beside=["openssl", "dgst", "-sha256", "-r", str(src)]))
 
 
 def median_row(runs: list[dict]) -> dict:
