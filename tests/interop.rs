@@ -309,6 +309,12 @@ fn a_browser_page_uploads_and_resumes_from_another_origin() {
     // The same page, a server that allows another origin.
     std::fs::remove_file(&published).unwrap();
     let server = env.serve(&["--cors-origin", "https://uploads.example.org"]);
+    let records = || {
+        std::fs::read_dir(server.dir.join(".partial"))
+            .unwrap()
+            .count()
+    };
+    let before = records();
     let r = browser_upload(&server.url(), page_port, size, None);
     assert_eq!(r["ok"], false, "{r}");
     assert!(
@@ -318,4 +324,5 @@ fn a_browser_page_uploads_and_resumes_from_another_origin() {
         "{r}"
     );
     assert!(!published.exists());
+    assert_eq!(records(), before, "the refused page created an upload");
 }

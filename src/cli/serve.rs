@@ -284,6 +284,14 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failur
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_public_url_gets_its_trailing_slash() {
+        let url = public_url("https://example.org/tus/files").unwrap();
+        assert_eq!(url.as_str(), "https://example.org/tus/files/");
+        let url = public_url("http://10.0.0.1:8080/files/").unwrap();
+        assert_eq!(url.as_str(), "http://10.0.0.1:8080/files/");
+    }
+
     fn args(listen: &str, token_file: Option<PathBuf>, no_auth: bool) -> Args {
         Args {
             dir: PathBuf::from("/srv/uploads"),
