@@ -107,6 +107,15 @@ impl fmt::Display for Window {
     }
 }
 
+/// The one timestamp format of every `--json` output (status, queue list, estimate, send and
+/// run events): RFC 3339 in UTC to the second, `2026-01-04T01:10:00Z`. One format, so a script
+/// parses every command's output the same way; UTC, so it sorts as text and never depends on
+/// the zone of the machine that printed it.
+pub fn json_time<Tz: TimeZone>(t: &DateTime<Tz>) -> String {
+    t.with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// `H:MM`, `HH:MM` or `HH:MM:SS`, 24-hour.
 pub fn parse_clock(s: &str) -> Option<NaiveTime> {
     let s = s.trim();
@@ -738,6 +747,19 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         parse_local_time(s, &Utc, Utc::now()).unwrap()
+    }
+
+    #[test]
+    fn json_time_is_utc_to_the_second_whatever_the_zone() {
+        let plus2 = FixedOffset::east_opt(2 * 3600).unwrap();
+        let t = parse_local_time(
+            "2026-01-04 03:10:59",
+            &plus2,
+            Utc::now().with_timezone(&plus2),
+        )
+        .unwrap();
+        assert_eq!(json_time(&t), "2026-01-04T01:10:59Z");
+        assert_eq!(json_time(&t.with_timezone(&Utc)), "2026-01-04T01:10:59Z");
     }
 
     #[test]
