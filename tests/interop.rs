@@ -1,7 +1,9 @@
 //! Interoperability with the official Node.js tus implementations (tests/interop, pinned in its
 //! package-lock.json): tus-js-client against `upload serve`, and `upload send` against
 //! @tus/server with @tus/file-store, and tus-js-client's browser build in headless Chromium
-//! on another origin (CORS). Needs Node.js, npm and Chromium; fails (never skips) without them.
+//! on another origin (CORS). Needs Node.js, npm and Chromium, so a plain `cargo test` leaves these
+//! out (`#[ignore]`) and `cargo test -- --include-ignored` runs them; run, they fail (never skip)
+//! without them.
 
 use crate::helper::node::{NodeProcess, TusNodeServer, node, run_within};
 use crate::helper::{Env, event, json_events as events, sha256_file};
@@ -80,6 +82,7 @@ fn stored_upload(store: &Path) -> (PathBuf, Value) {
 }
 
 #[test]
+#[ignore = "needs Node.js 20.19+ and npm (cargo test -- --include-ignored)"]
 fn tus_js_client_uploads_to_our_server() {
     let env = Env::new();
     let file = env.file("three-mib.bin", 3 * MIB);
@@ -106,6 +109,7 @@ fn tus_js_client_uploads_to_our_server() {
 }
 
 #[test]
+#[ignore = "needs Node.js 20.19+ and npm (cargo test -- --include-ignored)"]
 fn tus_js_client_resumes_on_our_server() {
     let env = Env::new();
     let file = env.file("resume-me.bin", 3 * MIB);
@@ -153,6 +157,7 @@ fn tus_js_client_resumes_on_our_server() {
 }
 
 #[test]
+#[ignore = "needs Node.js 20.19+ and npm (cargo test -- --include-ignored)"]
 fn our_client_uploads_to_tus_node_server() {
     let env = Env::new();
     let file = env.file("to-node.bin", 3 * MIB + 12345);
@@ -179,6 +184,7 @@ fn our_client_uploads_to_tus_node_server() {
 }
 
 #[test]
+#[ignore = "needs Node.js 20.19+ and npm (cargo test -- --include-ignored)"]
 fn our_client_resumes_on_tus_node_server() {
     let env = Env::new();
     let file = env.file("slow-to-node.bin", 2 * MIB);
@@ -279,6 +285,7 @@ fn page_bytes(size: usize) -> Vec<u8> {
 /// finishes, every request a CORS request with a token; with it not allowed, the browser
 /// withholds the first answer and nothing is stored.
 #[test]
+#[ignore = "needs Node.js 20.19+, npm and Chromium (cargo test -- --include-ignored)"]
 fn a_browser_page_uploads_and_resumes_from_another_origin() {
     let env = Env::new();
     let page_port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,8 +1,9 @@
 //! The fault suite's shaped-link cases in their short form: a real uplink shaped by the kernel
-//! (`../shared/linklab/slowlink`: client, modem and server network namespaces, tc tbf), cut
-//! silently or made lossy. Small files and fast rates keep them inside CI's budget; the long
-//! runs (128 kbit/s, 60 s outages) are `scripts/bench_link.py`. Needs root and iptables, as CI
-//! has (.ci/run installs iptables).
+//! (the project's lab, `scripts/linklab/slowlink`: client, modem and server network namespaces,
+//! tc tbf), cut silently or made lossy. Small files and fast rates keep them inside CI's budget;
+//! the long runs (128 kbit/s, 60 s outages) are `scripts/bench_link.py`. They need root,
+//! network namespaces and iptables, so a plain `cargo test` skips them and
+//! `cargo test -- --include-ignored` runs them (.ci/run installs iptables and runs them).
 
 use crate::helper::{Env, sha256_file};
 use serde_json::Value;
@@ -20,15 +21,18 @@ struct Lab {
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
+/// Why these tests run only when asked for.
+const NEEDS: &str = "needs root, network namespaces and iptables (cargo test -- --include-ignored)";
+
 fn slowlink() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/linklab/slowlink")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/linklab/slowlink")
 }
 
 impl Lab {
     fn up(rate: &str, latency: &str) -> Lab {
         assert!(
             slowlink().exists(),
-            "{} is missing: these tests need the linklab checkout beside the repository (shared/)",
+            "{} is missing from this checkout",
             slowlink().display()
         );
         let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
@@ -40,10 +44,10 @@ impl Lab {
             .cmd()
             .args(["up", "--rate", rate, "--latency", latency])
             .output()
-            .expect("run slowlink (needs ../shared/linklab)");
+            .unwrap_or_else(|e| panic!("run {}: {e}", slowlink().display()));
         assert!(
             out.status.success(),
-            "slowlink up failed (root and iptables needed): {}",
+            "slowlink up failed: this test {NEEDS}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         lab
@@ -178,6 +182,7 @@ fn wait_event(
 /// The link goes silent (no FIN, no RST) mid-chunk and comes back: the transfer continues by
 /// itself within seconds of the return, not after TCP's minute of backoff.
 #[test]
+#[ignore = "needs root, network namespaces and iptables (cargo test -- --include-ignored)"]
 fn a_silent_cut_mid_chunk_heals_by_itself() {
     let env = Env::new();
     let lab = Lab::up("2mbit", "200ms");
@@ -230,6 +235,7 @@ fn a_silent_cut_mid_chunk_heals_by_itself() {
 /// 5 % of packets lost each way for the whole transfer: it completes, and the goodput is
 /// what TCP can do on such a link.
 #[test]
+#[ignore = "needs root, network namespaces and iptables (cargo test -- --include-ignored)"]
 fn five_percent_packet_loss_completes() {
     let env = Env::new();
     let lab = Lab::up("4mbit", "200ms");

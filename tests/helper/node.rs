@@ -1,7 +1,8 @@
 //! Node.js for the interop tests: installs `tests/interop` (the official tus client and server,
 //! pinned in its package-lock.json) once, runs its scripts with deadlines, and kills them on drop.
 //!
-//! Node.js and npm are required: without them these tests fail, they are never skipped.
+//! The tests that use it are `#[ignore]`d in a plain `cargo test`; run (`--include-ignored`),
+//! they need Node.js and npm: without them they fail, they are never skipped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
