@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""bench_link.py - measure `upload send`/`upload serve` over a slow uplink in the linklab.
+"""bench_link.py - measure `upload send`/`upload serve` over a slow uplink in the project's lab.
 
 Runs our client in the lab's client namespace against our server in its server namespace
-(REPO/../shared/linklab: slowlink, bench.py, probe.py, anchor-servers), over a
-128 kbit/s uplink with a 500 ms modem buffer, and compares it with the lab's anchors.
+(scripts/linklab: slowlink, anchors, anchor_bench.py, probe.py), over a 128 kbit/s uplink with
+a 500 ms modem buffer, and compares it with established tools timed on the same link.
 
 cases (all by default; pick some with --only NAME, repeatable):
   goodput      4 MiB unthrottled: goodput as % of the link rate (target >= 95 %),
-               beside bench.py anchors (--anchors, default rsync)
+               beside anchor_bench.py tools (--anchors, default rsync)
   probe        --limit 12KiB/s upload; TCP connect time of other traffic idle and
-               during the upload (target median <= 1 ms), beside bench.py curl-dav and
-               rsync --limit 12 --probe (--probe-anchors)
+               during the upload (target median <= 1 ms), beside anchor_bench.py curl-dav
+               and rsync --limit 12 --probe (--probe-anchors)
   outage       2 MiB unthrottled; a silent cut of --cut-seconds (60) mid-transfer:
                time from restore until the server receives data again (target <= 3 s),
                the client's retry events, connection attempts (tcpdump, if installed)
@@ -25,63 +25,44 @@ namespace every 100 ms: the part file only grows in 1 MiB writes, and interface 
 also count packets the cut drops.
 
 Prints a table; with --json one JSON object instead. Needs root, iptables, python3; the
-anchors need what anchor-servers needs (rsync rclone openssh-server openssh-client curl).
+anchors need what scripts/linklab/anchors needs (Debian: rsync rclone openssh-server
+openssh-client curl); tcpdump and ethtool are used when installed.
 
 examples:
   sudo scripts/bench_link.py                          # all four cases, ~20 min
   sudo scripts/bench_link.py --only outage --cut-seconds 30 --json
-  sudo scripts/bench_link.py --only goodput --anchors raw,rsync --bin /tmp/wt/target/release/upload
+  sudo scripts/bench_link.py --only goodput --anchors raw,rsync --bin ../other/target/release/upload
 environment: SLOWLINK_PREFIX (default upl), SLOWLINK_NET (default 10.77.9).
 """
 import argparse
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-LAB = os.path.join(os.path.dirname(REPO), "shared", "linklab")
+from benchlib import KIB, MIB, log, make_file, parse_size, probe_lines, sha256_file, table
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+REPO = os.path.dirname(HERE)
+LAB = os.path.join(HERE, "linklab")
 SLOWLINK = os.path.join(LAB, "slowlink")
 RATE_BPS = 128000
 PORT = 8090  # our server; anchors use 2222 8873 8080 9000
 PROBE_PORT = 8181  # the tiny listener probed while our client runs
-KiB, MiB = 1024, 1024 * 1024
 CASES = ("goodput", "probe", "outage", "silent-kill")
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
-def make_file(path, size):
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
+def source(work, name, size):
+    """A fresh random source file in the case's work dir; its path."""
+    path = os.path.join(work, name)
+    make_file(path, size, seed=int.from_bytes(os.urandom(4), "big"))
     return path
-
-
-def conn_stats(xs):
-    """like bench.py's stats(): -1 = failed."""
-    ok = sorted(x for x in xs if x >= 0)
-    if not ok:
-        return {"n": len(xs), "failed": len(xs)}
-    return {"n": len(xs), "failed": len(xs) - len(ok), "median_ms": round(statistics.median(ok), 1),
-            "p95_ms": round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 1), "max_ms": round(ok[-1], 1)}
 
 
 class Lab:
@@ -127,12 +108,12 @@ class Lab:
                               text=True, timeout=timeout).stdout
 
     def anchors(self):
-        subprocess.run([os.path.join(LAB, "anchor-servers"), "start"], env=self.env, check=True,
+        subprocess.run([os.path.join(LAB, "anchors"), "start"], env=self.env, check=True,
                        capture_output=True, timeout=60)
 
     def bench(self, tool, path, *opts, timeout=900):
-        """one bench.py run; its JSON object, or {"error": ...}."""
-        argv = [sys.executable, os.path.join(LAB, "bench.py"), tool, path, *opts]
+        """one anchor_bench.py run; its JSON object, or {"error": ...}."""
+        argv = [sys.executable, os.path.join(LAB, "anchor_bench.py"), tool, path, *opts]
         log("anchor: " + " ".join(argv[1:]))
         try:
             p = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -221,7 +202,7 @@ class Ours:
 
     def published(self, path):
         p = os.path.join(self.dir, os.path.basename(path))
-        return sha256(p) if os.path.exists(p) else None
+        return sha256_file(p) if os.path.exists(p) else None
 
 
 class Client:
@@ -290,7 +271,7 @@ def server_interruptions(ours):
 
 def case_goodput(a, lab, work):
     size = a.goodput_size
-    src = make_file(os.path.join(work, "goodput.bin"), size)
+    src = source(work, "goodput.bin", size)
     ours = Ours(lab, work, a.bin)
     ours.start_server()
     rx = RxSampler(lab, PORT)
@@ -317,7 +298,7 @@ def case_goodput(a, lab, work):
             res["started_to_last_progress_s"] = round(t_last - t_start, 2)
             res["goodput_started_pct"] = pct((size - ev_start["offset"]) * 8 / (t_last - t_start))
         res["progress_events"] = len(progress)
-    # server side, like bench.py's data_phase_s: first byte to the last growth seen (the
+    # server side, like anchor_bench.py's data_phase_s: first byte to the last growth seen (the
     # connection may close before a sample shows the very last bytes)
     t_first_rx = rx.first_at_least(1)
     top = max((b for _, b in rx.samples), default=0)
@@ -328,7 +309,7 @@ def case_goodput(a, lab, work):
         res["goodput_server_pct"] = pct(top * 8 / (t_top - t_first_rx))
     done = c.last("done")[1] or {}
     res["resent_bytes"] = done.get("resent_bytes")
-    res["sha256_ok"] = done.get("sha256") == sha256(src) == ours.published(src)
+    res["sha256_ok"] = done.get("sha256") == sha256_file(src) == ours.published(src)
     anchors = {}
     if a.anchors:
         lab.anchors()
@@ -352,19 +333,13 @@ def probe_run(lab, work, tag):
 
 
 def probe_stats(path, t_start, t_end):
-    idle, busy = [], []
-    for line in open(path):
-        ts, conn, req = (float(x) for x in line.split())
-        if ts < t_start:
-            idle.append(conn)
-        elif t_start + 3 <= ts <= t_end:
-            busy.append(conn)
-    return {"idle": conn_stats(idle), "busy": conn_stats(busy)}
+    """TCP connect times of other traffic: {"idle": ..., "busy": ...} (benchlib.latency_stats)."""
+    return {k: v["connect"] for k, v in probe_lines(path, t_start, t_end).items()}
 
 
 def case_probe(a, lab, work):
     size = a.probe_size
-    src = make_file(os.path.join(work, "probe.bin"), size)
+    src = source(work, "probe.bin", size)
     ours = Ours(lab, work, a.bin)
     ours.start_server()
     listener = lab.popen("server", [sys.executable, "-m", "http.server", str(PROBE_PORT), "--bind",
@@ -379,7 +354,7 @@ def case_probe(a, lab, work):
         time.sleep(a.idle)
         t_start = time.time()
         c = ours.client(src, "--limit", "12KiB/s")
-        rc = c.wait(timeout=size / (12 * KiB) * 2 + 120)
+        rc = c.wait(timeout=size / (12 * KIB) * 2 + 120)
         t_end = time.time()
         time.sleep(2)
     finally:
@@ -391,7 +366,7 @@ def case_probe(a, lab, work):
     done = c.last("done")[1] or {}
     res = {"bytes": size, "rc": rc, "argv": c.argv, "wall_s": round(c.t1 - c.t0, 2),
            "probe_connect": probe_stats(probe_file, t_start, t_end),
-           "sha256_ok": done.get("sha256") == sha256(src) == ours.published(src)}
+           "sha256_ok": done.get("sha256") == sha256_file(src) == ours.published(src)}
     anchors = {}
     if a.probe_anchors:
         lab.anchors()
@@ -415,7 +390,7 @@ class Tcpdump:
         self.client_ip = lab.cli
         self.path = os.path.join(work, "tcpdump.txt")
         if shutil.which("tcpdump"):
-            self.p = lab.popen("client", ["tcpdump", "-l", "-n", "-tt", "-i", "sl0",
+            self.p = lab.popen("client", ["tcpdump", "-l", "-n", "-tt", "-i", "lab0",
                                           f"tcp port {PORT} and (tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)"],
                                stdout=open(self.path, "w"), stderr=subprocess.DEVNULL)
 
@@ -439,7 +414,7 @@ class Tcpdump:
 
 def case_outage(a, lab, work):
     size = a.outage_size
-    src = make_file(os.path.join(work, "outage.bin"), size)
+    src = source(work, "outage.bin", size)
     ours = Ours(lab, work, a.bin)
     ours.start_server()
     rx = RxSampler(lab, PORT)
@@ -485,7 +460,7 @@ def case_outage(a, lab, work):
     done = c.last("done")[1] or {}
     res["bytes_sent"], res["resent_bytes"] = done.get("bytes_sent"), done.get("resent_bytes")
     res["server_interruptions"] = server_interruptions(ours)
-    res["sha256_ok"] = done.get("sha256") == sha256(src) == ours.published(src)
+    res["sha256_ok"] = done.get("sha256") == sha256_file(src) == ours.published(src)
     res["target"] = "data flows <= 3 s after restore"
     flow = res["data_flows_after_restore_s"]
     res["pass"] = bool(res["sha256_ok"] and flow is not None and flow <= 3.0)
@@ -494,7 +469,7 @@ def case_outage(a, lab, work):
 
 def case_silent_kill(a, lab, work):
     size, chunk = a.kill_size, a.kill_chunk
-    src = make_file(os.path.join(work, "silentkill.bin"), size)
+    src = source(work, "silentkill.bin", size)
     ours = Ours(lab, work, a.bin)
     ours.start_server()
     rx = RxSampler(lab, PORT)
@@ -533,18 +508,11 @@ def case_silent_kill(a, lab, work):
                              "delay_s": round(e["delay_seconds"], 2)} for t, e in c2.of("retry")]
     if st and done:
         res["resent_beyond_lacking"] = done["bytes_sent"] - (size - st["offset"])
-    res["sha256_ok"] = done.get("sha256") == sha256(src) == ours.published(src)
+    res["sha256_ok"] = done.get("sha256") == sha256_file(src) == ours.published(src)
     res["target"] = f"re-sent <= one chunk ({parse_size(chunk)} bytes)"
     extra = res.get("resent_beyond_lacking")
     res["pass"] = bool(rc == 0 and res["sha256_ok"] and extra is not None and extra <= parse_size(chunk))
     return res
-
-
-def parse_size(s):
-    m = re.fullmatch(r"(\d+)\s*(|KiB|MiB|k|K)", s)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size like 64KiB or 1MiB, not {s}")
-    return int(m.group(1)) * {"": 1, "KiB": KiB, "k": KiB, "K": KiB, "MiB": MiB}[m.group(2)]
 
 
 # ---------------------------------------------------------------- output
@@ -553,7 +521,7 @@ def fmt_ms(s):
     return "-" if not s or "median_ms" not in s else f"{s['median_ms']}/{s['p95_ms']} ms"
 
 
-def table(results):
+def report(results):
     rows = []
     for name, r in results.items():
         if "error" in r and "pass" not in r:
@@ -593,8 +561,7 @@ def table(results):
             rows.append((name, verdict, f"re-sent beyond lacking {r.get('resent_beyond_lacking')} B "
                          f"(chunk {r.get('chunk')}); rerun from {r.get('rerun_started_offset')}, "
                          f"rc {r.get('rc')}, {r.get('rerun_wall_s')} s; sha {r.get('sha256_ok')}"))
-    w = max(len(x[0]) for x in rows)
-    return "\n".join(f"{a:<{w}}  {b:<6}  {c}" for a, b, c in rows)
+    return table(["case", "", "figures"], [list(r) for r in rows])
 
 
 def main():
@@ -604,16 +571,16 @@ def main():
                     help="the upload binary (default REPO/target/release/upload)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--keep", action="store_true", help="leave the lab up after each case")
-    ap.add_argument("--anchors", default="rsync", help="bench.py tools beside goodput, comma-separated ('' = none)")
-    ap.add_argument("--probe-anchors", default="curl-dav,rsync", help="bench.py tools beside probe ('' = none)")
+    ap.add_argument("--anchors", default="rsync", help="anchor_bench.py tools beside goodput, comma-separated ('' = none)")
+    ap.add_argument("--probe-anchors", default="curl-dav,rsync", help="anchor_bench.py tools beside probe ('' = none)")
     ap.add_argument("--chunk", help="--chunk for goodput and outage (default: the client's)")
     ap.add_argument("--cut-seconds", type=float, default=60, help="outage length (default 60)")
     ap.add_argument("--cut-at", type=float, default=0.4, help="outage: cut once this share of the file arrived")
     ap.add_argument("--idle", type=float, default=10, help="probe: idle seconds before the upload")
-    ap.add_argument("--goodput-size", type=parse_size, default=4 * MiB)
-    ap.add_argument("--probe-size", type=parse_size, default=512 * KiB)
-    ap.add_argument("--outage-size", type=parse_size, default=2 * MiB)
-    ap.add_argument("--kill-size", type=parse_size, default=1 * MiB)
+    ap.add_argument("--goodput-size", type=parse_size, default=4 * MIB)
+    ap.add_argument("--probe-size", type=parse_size, default=512 * KIB)
+    ap.add_argument("--outage-size", type=parse_size, default=2 * MIB)
+    ap.add_argument("--kill-size", type=parse_size, default=1 * MIB)
     ap.add_argument("--kill-chunk", default="64KiB", help="silent-kill: --chunk (default 64KiB)")
     ap.add_argument("--kill-gap", type=float, default=2, help="silent-kill: seconds cut after the kill")
     a = ap.parse_args()
@@ -652,7 +619,7 @@ def main():
         print(json.dumps(out))
     else:
         print(f"binary {a.bin} (commit {commit or '?'}), lab {env['SLOWLINK_PREFIX']}")
-        print(table(results))
+        print(report(results))
     return 0 if all(r.get("pass") for r in results.values()) else 1
 
 

@@ -26,10 +26,11 @@ CPU of a process we started and reaped comes from wait4() (its own and its reape
 utime+stime, as /proc/PID/stat would say at exit); of a running server from /proc/PID/stat
 deltas (utime+stime+cutime+cstime, so rsync's forked workers count).
 
-Build the binary from a separate worktree so edits in progress do not break a run:
-  git -C /work/main worktree add --detach /tmp/benchtree main
-  (cd /tmp/benchtree && CARGO_TARGET_DIR=/tmp/benchtree/target cargo build --release)
-  scripts/bench_loopback.py --bin /tmp/benchtree/target/release/upload --json
+The binary is $UPLOAD_BIN, else target/release/upload of this checkout. Build it from a
+separate worktree so edits in progress do not break a run:
+  git worktree add --detach ../benchtree HEAD
+  (cd ../benchtree && cargo build --release)
+  scripts/bench_loopback.py --bin ../benchtree/target/release/upload --json
 """
 
 from __future__ import annotations
@@ -53,40 +54,14 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from benchlib import (GIB, KIB, MIB, log, make_file, parse_byte_rate, parse_size, proc_cpu,
+                      sha256_file, stop_process, table)
+
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-GIB = 1 << 30
-MIB = 1 << 20
-KIB = 1 << 10
-UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": KIB, "m": 10**6, "mb": 10**6, "mib": MIB,
-         "g": 10**9, "gb": 10**9, "gib": GIB}
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GiB, 512MiB, 2097152)")
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
-
-
-def parse_byte_rate(text: str) -> int:
-    """Bytes per second, e.g. 16KiB/s or 32KiB."""
-    return parse_size(text.removesuffix("/s"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Processes: CPU and memory from /proc
-
-
-def proc_cpu(pid: int, children: bool = False) -> float:
-    """utime+stime (and cutime+cstime with children) in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
 
 
 def proc_mem(pid: int) -> dict[str, int]:
@@ -147,20 +122,6 @@ def wait_rusage(p: subprocess.Popen, timeout: float) -> tuple[int, float, int]:
         time.sleep(0.01)
 
 
-def stop_process(p: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = 5) -> None:
-    """Ends a process we started (by its pid), escalating to SIGKILL."""
-    if p is None or p.returncode is not None:
-        return
-    try:
-        p.send_signal(sig)
-        p.wait(grace)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 class Server:
     """A server process that prints `listening on http://HOST:PORT/files/` when ready."""
 
@@ -212,27 +173,6 @@ def start_node(interop: Path, dir_: Path, tmp: Path, name: str) -> Server:
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def make_file(path: Path, size: int, seed: int = 1) -> str:
-    """Writes `size` deterministic pseudo-random bytes; returns their sha256 (hex)."""
-    rng, h = random.Random(seed), hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            block = rng.randbytes(min(left, 4 * MIB))
-            h.update(block)
-            f.write(block)
-            left -= len(block)
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MIB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_zeros(size: int) -> str:
@@ -484,10 +424,6 @@ class Ctx:
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"note: {text}", file=sys.stderr)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def part_throttle(ctx: Ctx) -> dict:
@@ -869,14 +805,6 @@ def part_server(ctx: Ctx) -> dict:
 # Output
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[("-" if v is None else str(v)) for v in r] for r in [headers] + rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def human(report: dict) -> str:
     out = [f"upload loopback benchmark  commit {report['commit']}  binary {report['bin']}",
            f"load before: {report['load_before']}   workdir: {report['workdir']}"]
@@ -933,10 +861,7 @@ def commit_of(bin_: str) -> str:
 
 
 def main() -> int:
-    default_bin = os.environ.get("UPLOAD_BIN") or next(
-        (str(p) for p in (Path("/tmp/benchtree/target/release/upload"),
-                          REPO / "target/release/upload") if p.exists()),
-        str(REPO / "target/release/upload"))
+    default_bin = os.environ.get("UPLOAD_BIN") or str(REPO / "target/release/upload")
     shm = Path("/dev/shm")
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0],
