@@ -351,6 +351,9 @@ def case_probe(a, lab, work):
         time.sleep(0.2)
     probe, probe_file = probe_run(lab, work, "ours")
     try:
+        ready = time.monotonic() + 20  # idle time counts from the probe's first line
+        while os.path.getsize(probe_file) == 0 and time.monotonic() < ready:
+            time.sleep(0.05)
         time.sleep(a.idle)
         t_start = time.time()
         c = ours.client(src, "--limit", "12KiB/s")

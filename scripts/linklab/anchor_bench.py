@@ -154,6 +154,11 @@ def main() -> int:
         probe = subprocess.Popen([SLOWLINK, "exec", "client", sys.executable,
                                   os.path.join(HERE, "probe.py"), lab["LAB_SRV"], "8080", "0.5"],
                                  stdout=open(probe_out, "w"))
+        # The idle period starts with the probe's first line: on a loaded machine starting
+        # Python inside the namespace can take seconds, which left no idle samples at all.
+        ready = time.monotonic() + 20
+        while os.path.getsize(probe_out) == 0 and time.monotonic() < ready:
+            time.sleep(0.05)
         time.sleep(a.idle)
 
     drops0 = tbf_drops() if link else None
