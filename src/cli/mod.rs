@@ -184,10 +184,26 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            eprintln!("error: {}", error_text(&f.error));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once. Many errors (ours, and std's wrapped
+/// by other crates) already show their source in their own message and return it from
+/// `source()` as well; anyhow's `{:#}` then printed it twice ("File exists (os error 17): File
+/// exists (os error 17)"). A cause whose text is already on the line adds nothing.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !cause.is_empty() && !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -341,6 +357,33 @@ mod tests {
             codes(readme, "| "),
             in_help,
             "README's exit table differs from --help's"
+        );
+    }
+
+    /// A source shown in its wrapper's message and returned by `source()` is printed once; a
+    /// source the wrapper does not show still is.
+    #[test]
+    fn each_cause_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open \"x\": {source}")]
+        struct Shown {
+            #[source]
+            source: std::io::Error,
+        }
+        let os = || std::io::Error::from_raw_os_error(20);
+        let shown =
+            anyhow::Error::new(Shown { source: os() }).context("opening the state database");
+        let text = error_text(&shown);
+        let once = os().to_string();
+        assert_eq!(text.matches(&once).count(), 1, "{text}");
+        assert_eq!(
+            text,
+            format!("opening the state database: cannot open \"x\": {once}")
+        );
+        let hidden = anyhow::Error::new(os()).context("reading the token file");
+        assert_eq!(
+            error_text(&hidden),
+            format!("reading the token file: {once}")
         );
     }
 
