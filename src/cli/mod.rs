@@ -184,7 +184,12 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
-            eprintln!("error: {}", error_text(&f.error));
+            // An interruption is what the user asked for, not an error: it says how to go on.
+            if f.code == exit::INTERRUPTED {
+                eprintln!("{}", error_text(&f.error));
+            } else {
+                eprintln!("error: {}", error_text(&f.error));
+            }
             ExitCode::from(f.code)
         }
     }
