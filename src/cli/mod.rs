@@ -4,6 +4,7 @@
 //! Exit statuses are part of the interface (scripts and the scheduler read them); see
 //! [`exit`].
 
+mod completions;
 mod config;
 mod estimate;
 mod queue;
@@ -50,7 +51,7 @@ pub mod exit {
 Exit status:
   0   done: the file is on the server, verified
   1   other failure (e.g. the state database cannot be opened)
-  2   bad arguments (size, rate, time, URL)
+  2   bad arguments (size, rate, time, URL), or no tus endpoint at the URL (404)
   3   the source file is missing or unreadable
   4   the source is not a regular file
   5   the source changed since its upload began (--restart starts over)
@@ -110,12 +111,24 @@ fn init_logging(verbose: u8, format: LogFormat, command: &Command) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    let builder = builder.with_timer(LogTime);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
     };
+}
+
+/// Log times in the one format of every JSON output (`schedule::json_time`: RFC 3339 UTC to
+/// the second), instead of tracing's microseconds: `run --log-format json` and `send --json`
+/// read alike.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&crate::schedule::json_time(&chrono::Utc::now()))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +163,14 @@ pub enum Command {
     /// Show the configuration in force: the file read, each setting and where it comes from.
     #[command(after_help = config::after_help())]
     Config(config::Args),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = completions::COMPLETIONS_HELP)]
+    Completions(completions::CompletionsArgs),
+
+    /// Print the manual page (roff) of upload, or of one command, on stdout.
+    #[command(after_help = completions::MAN_HELP)]
+    Man(completions::ManArgs),
 }
 
 /// An error on its way out, with the exit status it maps to.
@@ -239,6 +260,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(args) => queue::status(&global, args),
         Command::Limit(args) => queue::limit(&global, args),
         Command::Config(args) => config::run(&global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
