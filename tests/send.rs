@@ -750,3 +750,32 @@ fn progress_shows_percent_and_the_limits_unit_from_the_start() {
         );
     }
 }
+
+/// A server that comes up after the first attempts: one retry line, then one line that the
+/// outage is over and how long it lasted, then the upload as usual.
+#[test]
+fn the_end_of_an_outage_is_reported_once() {
+    let env = Env::new();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = env.file("late.iso", 100_000);
+    let url = format!("http://{addr}/files/");
+    let (mut child, lines) = send_plain(&env, &file, &url, &[]);
+    let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.starts_with("retry 1 in "), "{first}");
+    std::thread::sleep(Duration::from_secs(2));
+    let server = env.serve_on(&addr.to_string(), &[]);
+    assert!(wait_at_most(&mut child, Duration::from_secs(30)).success());
+    let rest: Vec<String> = lines.iter().collect();
+    let retries = rest.iter().filter(|l| l.starts_with("retry ")).count();
+    assert_eq!(retries, 0, "{rest:?}");
+    let back: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.starts_with("sending again after "))
+        .collect();
+    assert_eq!(back.len(), 1, "{rest:?}");
+    assert!(back[0].contains(" failed attempts over "), "{rest:?}");
+    server.assert_delivered("late.iso", &file);
+}

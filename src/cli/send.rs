@@ -271,7 +271,13 @@ impl View {
 
 /// A retry worth a line in plain output.
 fn retry_line(r: &RetryReport) -> String {
-    let mut line = format!("retry {} in {}", r.attempts, format_duration(r.delay));
+    // The half-second probes of a dead link would all read "in 0 s".
+    let delay = if r.delay < Duration::from_secs(1) {
+        format!("{:.1} s", r.delay.as_secs_f64())
+    } else {
+        format_duration(r.delay)
+    };
+    let mut line = format!("retry {} in {delay}", r.attempts);
     if r.attempts > 1 {
         line.push_str(&format!(
             " (failing for {})",
@@ -314,13 +320,15 @@ impl Display {
             bar.set_style(ProgressStyle::with_template("{wide_msg}").expect("valid template"));
             let (redraw, view) = (bar.clone(), view.clone());
             std::thread::spawn(move || {
-                while !redraw.is_finished() {
+                loop {
                     std::thread::sleep(REDRAW);
-                    let text = view
-                        .lock()
-                        .expect("display lock")
-                        .status_text(Instant::now());
-                    redraw.set_message(text);
+                    // Under the view's lock, which finishing the bar also takes: a redraw
+                    // after the bar was cleared would draw it again.
+                    let view = view.lock().expect("display lock");
+                    if redraw.is_finished() {
+                        return;
+                    }
+                    redraw.set_message(view.status_text(Instant::now()));
                 }
             });
             bar
@@ -343,10 +351,22 @@ impl Display {
         }
     }
 
-    /// The bar stops; what was drawn stays, and the next line goes below it.
+    /// The bar goes; the error or interruption line that follows says where things stand.
     fn stop(&self) {
+        let _view = self.view.lock().expect("display lock");
         if let Some(bar) = &self.bar {
-            bar.abandon();
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Ends an outage, if there was one, with a line that says how long it lasted.
+    fn recovered(&self, v: &mut View, now: Instant) {
+        if let Some(r) = v.outage.recovered(now) {
+            self.line(&format!(
+                "sending again after {} failed attempts over {}",
+                r.attempts,
+                format_duration(r.lasted)
+            ));
         }
     }
 
@@ -369,6 +389,8 @@ impl Display {
                 v.size = *size;
                 v.offset = *offset;
                 v.started_at = Some(now);
+                // The server answered: an outage before the first contact is over.
+                self.recovered(&mut v, now);
                 if let Some(bar) = &self.bar {
                     bar.set_style(
                         // A fixed width: a bar that shrinks and grows with the text beside it
@@ -422,13 +444,7 @@ impl Display {
                 v.offset = *offset;
                 v.size = *size;
                 v.measured = Some((*rate_bps, *eta_seconds, now));
-                if let Some(r) = v.outage.recovered(now) {
-                    self.line(&format!(
-                        "sending again after {} failed attempts over {}",
-                        r.attempts,
-                        format_duration(r.lasted)
-                    ));
-                }
+                self.recovered(&mut v, now);
                 if self.bar.is_some() {
                     self.redraw(&v);
                 } else {
