@@ -246,8 +246,7 @@ impl View {
             f.percent,
             format_size(self.offset),
             format_size(self.size),
-            f.rate_bps
-                .map_or_else(|| "? /s".into(), |r| format_rate(r, self.unit)),
+            format_rate(f.rate_bps.unwrap_or(f64::NAN), self.unit),
             f.eta_seconds.map_or_else(
                 || "?".into(),
                 |s| format_duration(Duration::from_secs_f64(s))
