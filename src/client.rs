@@ -44,6 +44,15 @@ pub enum Retry {
 pub enum ClientError {
     #[error("invalid upload URL \"{url}\": {why}; expected e.g. http://server:8080/files/")]
     BadUrl { url: String, why: String },
+    /// The URL reaches a server but no tus endpoint (404 to OPTIONS or the creation POST):
+    /// a wrong path, most often a missing `/files/`. Retrying cannot help; `hint` names the
+    /// endpoint that does answer, when one of the likely ones does.
+    #[error("no tus upload endpoint at {url} ({status}){hint}")]
+    NoEndpoint {
+        url: String,
+        status: StatusCode,
+        hint: String,
+    },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -112,6 +121,7 @@ impl ClientError {
             | ClientError::Body(_) => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
             ClientError::BadUrl { .. }
+            | ClientError::NoEndpoint { .. }
             | ClientError::Untrusted(_)
             | ClientError::Tls(_)
             | ClientError::Auth { .. }
@@ -299,6 +309,30 @@ pub fn parse_endpoint(url: &str) -> Result<Url, ClientError> {
         return Err(bad("it has no host"));
     }
     Ok(parsed)
+}
+
+/// Where the creation endpoint probably is when `url` is not it: `upload serve`'s `/files/`
+/// under the given path (a proxy's prefix, `http://host/tus` -> `http://host/tus/files/`), then
+/// at the root (`http://host:8080` -> `http://host:8080/files/`); an upload's URL pasted for the
+/// endpoint is cut back to its `/files/`. Most likely first.
+pub fn likely_endpoints(url: &Url) -> Vec<Url> {
+    let path = url.path().trim_end_matches('/');
+    let mut out: Vec<Url> = Vec::new();
+    for base in [path, ""] {
+        let mut candidate = url.clone();
+        candidate.set_query(None);
+        candidate.set_fragment(None);
+        // An upload's own URL (`/files/ID`) pasted for the endpoint: cut it back.
+        let stem = match base.find("/files/") {
+            Some(i) => &base[..i],
+            None => base.strip_suffix("/files").unwrap_or(base),
+        };
+        candidate.set_path(&format!("{stem}/files/"));
+        if candidate.path() != url.path() && !out.contains(&candidate) {
+            out.push(candidate);
+        }
+    }
+    out
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -558,6 +592,12 @@ impl TusClient {
             .expect("valid request");
         let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
         let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            // Nothing at this path; a server without OPTIONS would say 405, not 404. Saying
+            // so now keeps "no checksum extension" notes from hiding the real problem.
+            let _ = read_body_text(resp).await;
+            return Err(self.no_endpoint(status).await);
+        }
         if !status.is_success() {
             if status.is_server_error() || status == StatusCode::UNAUTHORIZED {
                 return Err(self.common_error("OPTIONS", resp).await);
@@ -580,6 +620,44 @@ impl TusClient {
         Ok(caps)
     }
 
+    /// The error for a creation URL that answers 404: asks the likely endpoints
+    /// ([`likely_endpoints`]) whether they speak tus, and names the first that does, or else
+    /// the most likely one.
+    async fn no_endpoint(&mut self, status: StatusCode) -> ClientError {
+        let url = self.endpoint.to_string();
+        let candidates = likely_endpoints(&self.endpoint);
+        let mut found = None;
+        for candidate in &candidates {
+            if self.speaks_tus(candidate).await {
+                found = Some(candidate.clone());
+                break;
+            }
+        }
+        let hint = match (found, candidates.first()) {
+            (Some(c), _) => format!("; a tus server answers at {c}: use that URL"),
+            (None, Some(c)) => format!("; is the path right? `upload serve` receives at {c}"),
+            (None, None) => String::new(),
+        };
+        ClientError::NoEndpoint { url, status, hint }
+    }
+
+    /// Whether `url` answers OPTIONS as a tus endpoint does (success and `Tus-Version`).
+    async fn speaks_tus(&mut self, url: &Url) -> bool {
+        let req = self
+            .request(Method::OPTIONS, url)
+            .body(Self::empty())
+            .expect("valid request");
+        match self.send(req, Some(REQUEST_TIMEOUT)).await {
+            Ok(resp) => {
+                let yes = resp.status().is_success()
+                    && resp.headers().contains_key(protocol::TUS_VERSION_HEADER);
+                let _ = read_body_text(resp).await;
+                yes
+            }
+            Err(_) => false,
+        }
+    }
+
     /// POST: creates an upload of `length` bytes and returns its URL.
     pub async fn create(&mut self, length: u64, metadata: &Metadata) -> Result<Url, ClientError> {
         let endpoint = self.endpoint.clone();
@@ -597,6 +675,10 @@ impl TusClient {
                 Some(REQUEST_TIMEOUT),
             )
             .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            let _ = read_body_text(resp).await;
+            return Err(self.no_endpoint(StatusCode::NOT_FOUND).await);
+        }
         if resp.status() != StatusCode::CREATED {
             return Err(self.common_error("POST", resp).await);
         }
@@ -858,6 +940,28 @@ mod tests {
             let e = parse_endpoint(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn likely_endpoints_add_the_missing_files_path() {
+        let likely = |u: &str| -> Vec<String> {
+            likely_endpoints(&Url::parse(u).unwrap())
+                .iter()
+                .map(Url::to_string)
+                .collect()
+        };
+        assert_eq!(likely("http://h:8080"), ["http://h:8080/files/"]);
+        assert_eq!(likely("http://h:8080/"), ["http://h:8080/files/"]);
+        assert_eq!(
+            likely("https://h/tus/"),
+            ["https://h/tus/files/", "https://h/files/"]
+        );
+        assert_eq!(likely("http://h/files/x?y"), ["http://h/files/"]);
+        assert_eq!(likely("http://h/files/"), Vec::<String>::new());
+        assert_eq!(
+            likely("http://h/up/files"),
+            ["http://h/up/files/", "http://h/files/"]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod estimate;
+pub mod outage;
 pub mod protocol;
 pub mod queue;
 pub mod schedule;

@@ -15,6 +15,7 @@
 //! Finish times follow the timetable ([`outlook`]): the queue is played forward in order
 //! through the slots' rates, `off` slots at the link's measured (or assumed) rate.
 
+use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::{Store, StoreError, Transfer, TransferState};
@@ -185,7 +186,11 @@ fn budget_now<Tz: chrono::TimeZone>(
     (budget, closes_in)
 }
 
-fn log_event(id: i64, e: &Event) {
+/// Logs a transfer's events; retries folded by `outage` (one line per attempt was thousands a
+/// night while a server was down).
+fn log_event(id: i64, e: &Event, outage: &std::sync::Mutex<Outage>) {
+    let now = std::time::Instant::now();
+    let mut outage = outage.lock().expect("outage lock");
     match e {
         Event::Started {
             size,
@@ -199,12 +204,22 @@ fn log_event(id: i64, e: &Event) {
             size,
             rate_bps,
             ..
-        } => tracing::debug!(id, offset, size, rate_bps, "confirmed"),
+        } => {
+            if let Some(r) = outage.recovered(now) {
+                tracing::info!(id, attempts = r.attempts, lasted = ?r.lasted, "sending again");
+            }
+            tracing::debug!(id, offset, size, rate_bps, "confirmed")
+        }
         Event::Retry {
             attempt,
             delay,
             error,
-        } => tracing::warn!(id, attempt, ?delay, "retrying: {error}"),
+        } => {
+            if let Some(r) = outage.retry(now, *attempt, *delay, error) {
+                let failing_for = r.failing_for;
+                tracing::warn!(id, attempt, ?delay, ?failing_for, "retrying: {error}");
+            }
+        }
         Event::Done(s) => tracing::info!(
             id,
             sha256 = s.sha256,
@@ -395,7 +410,8 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running 
     let (s, th, id) = (store.clone(), throttle.clone(), t.id);
     tracing::info!(id, name = t.name, "starting");
     let task = tokio::spawn(async move {
-        let events = move |e: Event| log_event(id, &e);
+        let outage = std::sync::Mutex::new(Outage::new());
+        let events = move |e: Event| log_event(id, &e, &outage);
         // The daemon stops a transfer by dropping this task; it tidies up the row itself.
         send::send(s, so, th, &events, std::future::pending()).await
     });

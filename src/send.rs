@@ -762,7 +762,8 @@ impl Transfer_ {
                     }
                     // A damaged chunk or a moved offset is not the link being down: retry now.
                     let delay = retry_delay(&e, failures, down_for);
-                    tracing::warn!(attempt = failures, ?delay, "{e}");
+                    // Debug only: the caller renders the Retry event, folded (crate::outage).
+                    tracing::debug!(attempt = failures, ?delay, "{e}");
                     events(Event::Retry {
                         attempt: failures,
                         delay,

@@ -435,16 +435,75 @@ pub fn format_byte_rate(bytes_per_second: f64) -> String {
     }
 }
 
+/// Human form of an observed speed of `bits_per_second`, in `unit`: bytes as
+/// [`format_byte_rate`] ("15.6 KiB/s"), bits with SI prefixes and one decimal
+/// ("250.3 kbit/s", "1.5 Mbit/s", "800 bit/s"), a fixed shape that does not
+/// jump about in a progress display as [`Rate`]'s exact `Display` would.
+pub fn format_rate(bits_per_second: f64, unit: RateUnit) -> String {
+    let v = bits_per_second;
+    if unit == RateUnit::Bytes {
+        return format_byte_rate(v / 8.0);
+    }
+    if !v.is_finite() {
+        return "? bit/s".to_owned();
+    }
+    if v <= 0.0 {
+        return "0 bit/s".to_owned();
+    }
+    if v.round() < 1000.0 {
+        return format!("{v:.0} bit/s");
+    }
+    let mut i = 1;
+    loop {
+        let tenths = (v / 1000f64.powi(i as i32) * 10.0).round();
+        // 999.96 kbit/s would show as "1000.0 kbit/s": step up to "1.0 Mbit/s".
+        if tenths >= 10000.0 && i + 1 < RATE_UNITS.len() {
+            i += 1;
+            continue;
+        }
+        return format!("{:.1} {}", tenths / 10.0, RATE_UNITS[i]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Rates
 // ---------------------------------------------------------------------------
 
 /// A link or transfer rate, stored as bits per second (a link is sold in bits).
 /// Always finite and more than 0, also when deserialized.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, serde::Serialize, serde::Deserialize)]
+///
+/// It remembers whether it was written in bits or in bytes ([`Rate::unit`]), so that
+/// speeds measured against it are shown the way the user thinks of it (`--limit 256kbit`
+/// reads "250.3 kbit/s", `--limit 16KiB/s` "15.9 KiB/s"). The unit is presentation only:
+/// it takes no part in comparisons, and is not serialized.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "RawRate")]
 pub struct Rate {
     bits_per_second: f64,
+    #[serde(skip)]
+    unit: RateUnit,
+}
+
+/// How a rate was written: in bits per second (`128kbit`) or bytes per second (`16KiB/s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateUnit {
+    /// As links are sold; the form of [`Rate`]'s `Display`.
+    #[default]
+    Bits,
+    /// As file sizes are counted.
+    Bytes,
+}
+
+impl PartialEq for Rate {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits_per_second == other.bits_per_second
+    }
+}
+
+impl PartialOrd for Rate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.bits_per_second.partial_cmp(&other.bits_per_second)
+    }
 }
 
 /// Same shape as [`Rate`]; deserializing through it keeps the invariant.
@@ -468,6 +527,7 @@ impl Rate {
         if bps.is_finite() && bps > 0.0 {
             Ok(Rate {
                 bits_per_second: bps,
+                unit: RateUnit::Bits,
             })
         } else {
             Err(invalid_rate(&format!("{bps} bit/s"), RATE_PROBLEM))
@@ -481,6 +541,7 @@ impl Rate {
         if bits.is_finite() && bits > 0.0 {
             Ok(Rate {
                 bits_per_second: bits,
+                unit: RateUnit::Bytes,
             })
         } else {
             Err(invalid_rate(&format!("{bps} B/s"), RATE_PROBLEM))
@@ -493,6 +554,11 @@ impl Rate {
 
     pub fn bytes_per_second(self) -> f64 {
         self.bits_per_second / 8.0
+    }
+
+    /// Whether it was written in bits or bytes per second.
+    pub fn unit(self) -> RateUnit {
+        self.unit
     }
 }
 
@@ -659,7 +725,16 @@ pub fn parse_rate(s: &str) -> Result<Rate, UnitError> {
     if value.is_infinite() {
         return Err(invalid_rate(s, "it is too large"));
     }
-    Rate::from_bits_per_second(value).map_err(|_| invalid_rate(s, "a rate must be more than 0"))
+    let rate = Rate::from_bits_per_second(value)
+        .map_err(|_| invalid_rate(s, "a rate must be more than 0"))?;
+    Ok(Rate {
+        unit: if is_bytes {
+            RateUnit::Bytes
+        } else {
+            RateUnit::Bits
+        },
+        ..rate
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1085,6 +1160,30 @@ mod tests {
         assert_eq!(format_byte_rate(1023.7), "1.0 KiB/s");
         assert_eq!(format_byte_rate(0.0), "0 B/s");
         assert_eq!(format_byte_rate(f64::NAN), "? B/s");
+    }
+
+    /// A rate keeps the unit it was written in, for display only: `--limit 256kbit` shows
+    /// speeds in kbit/s, `--limit 16KiB/s` in KiB/s, and the two kinds still compare equal.
+    #[test]
+    fn rates_remember_their_unit_for_display_only() {
+        let bits = parse_rate("256kbit").unwrap();
+        let bytes = parse_rate("16KiB/s").unwrap();
+        assert_eq!(bits.unit(), RateUnit::Bits);
+        assert_eq!(bytes.unit(), RateUnit::Bytes);
+        assert_eq!(parse_rate("1Mbps").unwrap().unit(), RateUnit::Bits);
+        assert_eq!(parse_rate("2MB/s").unwrap().unit(), RateUnit::Bytes);
+        assert_eq!(parse_rate("131072bit").unwrap(), bytes);
+        assert!(parse_rate("128kbit").unwrap() < bits);
+        assert_eq!(format_rate(250_312.0, bits.unit()), "250.3 kbit/s");
+        assert_eq!(format_rate(16_300.0 * 8.0, bytes.unit()), "15.9 KiB/s");
+        assert_eq!(format_rate(800.0, RateUnit::Bits), "800 bit/s");
+        assert_eq!(format_rate(999_960.0, RateUnit::Bits), "1.0 Mbit/s");
+        assert_eq!(format_rate(1.5e6, RateUnit::Bits), "1.5 Mbit/s");
+        assert_eq!(format_rate(0.0, RateUnit::Bits), "0 bit/s");
+        assert_eq!(format_rate(f64::NAN, RateUnit::Bits), "? bit/s");
+        // Not serialized: a stored rate reads back as bits.
+        let json = serde_json::to_string(&bytes).unwrap();
+        assert_eq!(json, r#"{"bits_per_second":131072.0}"#);
     }
 
     #[test]

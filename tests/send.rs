@@ -587,3 +587,195 @@ fn unthrottled_chunks_start_small_and_grow() {
     let k = 1024;
     assert_eq!(offsets, vec![256 * k, 1280 * k, 5376 * k, 8192 * k]);
 }
+
+/// Starts a plain (non-JSON) `upload send` and returns it with its stderr lines arriving on
+/// a channel.
+fn send_plain(
+    env: &Env,
+    file: &Path,
+    url: &str,
+    extra: &[&str],
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Ctrl-C is not an error: the user is told that nothing confirmed is lost and how to go on.
+#[test]
+fn ctrl_c_says_progress_is_saved_and_how_to_continue() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("ctrlc.iso", 1024 * 1024);
+    let (mut child, lines) = send_plain(
+        &env,
+        &file,
+        &server.url(),
+        &["--limit", "256kbit", "--chunk", "16KiB"],
+    );
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(" of 1.0 MiB ")) {
+        seen.push(
+            lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a progress line"),
+        );
+    }
+    crate::helper::signal(child.id(), "-INT");
+    let status = wait_at_most(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    let rest: Vec<String> = lines.iter().collect();
+    let last = rest.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("interrupted: progress is saved ("),
+        "{rest:?}"
+    );
+    assert!(last.contains("run the same command again"), "{last}");
+    assert!(!last.contains("error"), "{last}");
+    // And the same command does continue.
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(event(&ev, "started").unwrap()["resumed"], true);
+}
+
+/// A URL without `/files/` reaches the server but no endpoint: say where the endpoint is,
+/// with the usage status, and no note about checksums that hides the real problem.
+#[test]
+fn a_url_without_files_is_told_where_the_endpoint_is() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("nofiles.iso", 1000);
+    for url in [
+        format!("http://{}", server.addr),
+        format!("http://{}/upload/", server.addr),
+    ] {
+        let (out, _, stderr) = run(env.upload().arg("send").arg(&file).arg(&url));
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("no tus upload endpoint"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("a tus server answers at {}", server.url())),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("checksum"), "{stderr}");
+    }
+}
+
+/// While the server is down the engine tries every half second; plain output says so on the
+/// first failure and then at growing intervals, with the count, instead of once per attempt
+/// (12 lines in 6 s before).
+#[test]
+fn retries_while_the_server_is_down_are_folded() {
+    let env = Env::new();
+    let file = env.file("down.iso", 1000);
+    let (out, _, stderr) = run(env.upload().arg("send").arg(&file).args([
+        "http://127.0.0.1:9/files/",
+        "--give-up-after",
+        "6s",
+    ]));
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let retries: Vec<&str> = stderr.lines().filter(|l| l.starts_with("retry ")).collect();
+    assert_eq!(retries.len(), 1, "{stderr}");
+    assert!(retries[0].starts_with("retry 1 in "), "{stderr}");
+    assert!(retries[0].contains("Connection refused"), "{stderr}");
+    let gave_up = stderr.lines().last().unwrap();
+    assert!(gave_up.contains("gave up after"), "{stderr}");
+}
+
+/// From the first line the plain display shows the rate in the unit of the limit and an ETA
+/// (the limit is known before anything is confirmed), each progress line a percentage; the
+/// JSON events carry the same figures and one timestamp format.
+#[test]
+fn progress_shows_percent_and_the_limits_unit_from_the_start() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    for (limit, unit) in [("256kbit", " kbit/s"), ("16KiB/s", " KiB/s")] {
+        let file = env.file(
+            &format!("units-{}.iso", unit.trim().replace('/', "")),
+            40_000,
+        );
+        let (mut child, lines) = send_plain(
+            &env,
+            &file,
+            &server.url(),
+            &["--limit", limit, "--chunk", "16KiB"],
+        );
+        assert!(wait_at_most(&mut child, Duration::from_secs(30)).success());
+        let lines: Vec<String> = lines.iter().collect();
+        let planned = &lines[1];
+        assert!(planned.starts_with("planned: "), "{lines:?}");
+        assert!(
+            planned.contains(unit) && planned.contains("(--limit), about "),
+            "{planned}"
+        );
+        let progress: Vec<&String> = lines.iter().filter(|l| l.contains(" % ")).collect();
+        assert!(!progress.is_empty(), "{lines:?}");
+        for l in &progress {
+            assert!(l.contains(unit) && l.contains(" of 39.1 KiB "), "{l}");
+            assert!(!l.contains("ETA ?"), "{l}");
+        }
+        assert!(
+            progress
+                .last()
+                .unwrap()
+                .starts_with("100.0 %  39.1 KiB of 39.1 KiB")
+        );
+    }
+    let file = env.file("units.json.iso", 40_000);
+    let (code, ev, stderr) = send(&env, &file, &server.url(), &["--limit", "256kbit"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let started = event(&ev, "started").unwrap();
+    assert_eq!(started["planned_rate_bps"], 256_000.0, "{started}");
+    assert!(started["eta_seconds"].as_f64().unwrap() > 1.0, "{started}");
+    assert_eq!(event(&ev, "progress").unwrap()["percent"], 100.0);
+    for e in &ev {
+        let t = e["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.len() == 20 && t.ends_with('Z'),
+            "{e}"
+        );
+    }
+}
+
+/// A server that comes up after the first attempts: one retry line, then one line that the
+/// outage is over and how long it lasted, then the upload as usual.
+#[test]
+fn the_end_of_an_outage_is_reported_once() {
+    let env = Env::new();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = env.file("late.iso", 100_000);
+    let url = format!("http://{addr}/files/");
+    let (mut child, lines) = send_plain(&env, &file, &url, &[]);
+    let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.starts_with("retry 1 in "), "{first}");
+    std::thread::sleep(Duration::from_secs(2));
+    let server = env.serve_on(&addr.to_string(), &[]);
+    assert!(wait_at_most(&mut child, Duration::from_secs(30)).success());
+    let rest: Vec<String> = lines.iter().collect();
+    let retries = rest.iter().filter(|l| l.starts_with("retry ")).count();
+    assert_eq!(retries, 0, "{rest:?}");
+    let back: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.starts_with("sending again after "))
+        .collect();
+    assert_eq!(back.len(), 1, "{rest:?}");
+    assert!(back[0].contains(" failed attempts over "), "{rest:?}");
+    server.assert_delivered("late.iso", &file);
+}

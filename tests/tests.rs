@@ -2,6 +2,7 @@
 
 mod helper;
 
+mod cli;
 mod estimate;
 mod faults;
 mod interop;

@@ -4,6 +4,7 @@
 //! Exit statuses are part of the interface (scripts and the scheduler read them); see
 //! [`exit`].
 
+mod completions;
 mod config;
 mod estimate;
 mod queue;
@@ -50,7 +51,7 @@ pub mod exit {
 Exit status:
   0   done: the file is on the server, verified
   1   other failure (e.g. the state database cannot be opened)
-  2   bad arguments (size, rate, time, URL)
+  2   bad arguments (size, rate, time, URL), or no tus endpoint at the URL (404)
   3   the source file is missing or unreadable
   4   the source is not a regular file
   5   the source changed since its upload began (--restart starts over)
@@ -110,12 +111,24 @@ fn init_logging(verbose: u8, format: LogFormat, command: &Command) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    let builder = builder.with_timer(LogTime);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
     };
+}
+
+/// Log times in the one format of every JSON output (`schedule::json_time`: RFC 3339 UTC to
+/// the second), instead of tracing's microseconds: `run --log-format json` and `send --json`
+/// read alike.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&crate::schedule::json_time(&chrono::Utc::now()))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +163,14 @@ pub enum Command {
     /// Show the configuration in force: the file read, each setting and where it comes from.
     #[command(after_help = config::after_help())]
     Config(config::Args),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = completions::COMPLETIONS_HELP)]
+    Completions(completions::CompletionsArgs),
+
+    /// Print the manual page (roff) of upload, or of one command, on stdout.
+    #[command(after_help = completions::MAN_HELP)]
+    Man(completions::ManArgs),
 }
 
 /// An error on its way out, with the exit status it maps to.
@@ -184,10 +205,31 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            // An interruption is what the user asked for, not an error: it says how to go on.
+            if f.code == exit::INTERRUPTED {
+                eprintln!("{}", error_text(&f.error));
+            } else {
+                eprintln!("error: {}", error_text(&f.error));
+            }
             ExitCode::from(f.code)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once. Many errors (ours, and std's wrapped
+/// by other crates) already show their source in their own message and return it from
+/// `source()` as well; anyhow's `{:#}` then printed it twice ("File exists (os error 17): File
+/// exists (os error 17)"). A cause whose text is already on the line adds nothing.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !cause.is_empty() && !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -218,6 +260,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(args) => queue::status(&global, args),
         Command::Limit(args) => queue::limit(&global, args),
         Command::Config(args) => config::run(&global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
@@ -341,6 +385,33 @@ mod tests {
             codes(readme, "| "),
             in_help,
             "README's exit table differs from --help's"
+        );
+    }
+
+    /// A source shown in its wrapper's message and returned by `source()` is printed once; a
+    /// source the wrapper does not show still is.
+    #[test]
+    fn each_cause_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open \"x\": {source}")]
+        struct Shown {
+            #[source]
+            source: std::io::Error,
+        }
+        let os = || std::io::Error::from_raw_os_error(20);
+        let shown =
+            anyhow::Error::new(Shown { source: os() }).context("opening the state database");
+        let text = error_text(&shown);
+        let once = os().to_string();
+        assert_eq!(text.matches(&once).count(), 1, "{text}");
+        assert_eq!(
+            text,
+            format!("opening the state database: cannot open \"x\": {once}")
+        );
+        let hidden = anyhow::Error::new(os()).context("reading the token file");
+        assert_eq!(
+            error_text(&hidden),
+            format!("reading the token file: {once}")
         );
     }
 

@@ -3,16 +3,17 @@
 
 use super::{Failure, Global, exit};
 use crate::client::ClientError;
+use crate::outage::{Outage, RetryReport};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::Store;
 use crate::throttle::{Gate, Throttle};
-use crate::units::{self, Rate, Size, format_byte_rate, format_duration, format_size};
+use crate::units::{self, Rate, RateUnit, Size, format_duration, format_rate, format_size};
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = "\
@@ -148,35 +149,190 @@ fn exit_code(e: &SendError) -> u8 {
             ClientError::Auth { .. } | ClientError::Untrusted(_) => exit::AUTH,
             ClientError::TooLarge(_) => exit::TOO_LARGE,
             ClientError::Verification(_) => exit::VERIFY,
-            ClientError::BadUrl { .. } => exit::USAGE,
+            ClientError::BadUrl { .. } | ClientError::NoEndpoint { .. } => exit::USAGE,
             _ => exit::PROTOCOL,
         },
     }
 }
 
-/// Renders events for people: a bar on a terminal, a line every few seconds otherwise.
-struct Display {
-    bar: Option<ProgressBar>,
-    last_line: Mutex<Option<Instant>>,
+/// The rate a transfer is expected to go at before its first chunk is confirmed, and why: a
+/// chunk at 128 kbit/s takes about 20 s, and a display with "?" for that long tells nothing
+/// that the command line and the link history did not already know.
+#[derive(Debug, Clone, Copy)]
+pub struct Planned {
+    pub rate: Rate,
+    pub from: &'static str,
 }
 
+/// The limit, else the median goodput of recent transfers to this host, else nothing known.
+fn planned_rate(store: &Store, limit: Option<Rate>, url: &str) -> Option<Planned> {
+    if let Some(rate) = limit {
+        return Some(Planned {
+            rate,
+            from: "--limit",
+        });
+    }
+    let host = url::Url::parse(url).ok()?.host_str()?.to_string();
+    let samples = store
+        .recent_link_samples(Some(&host), crate::estimate::HISTORY_SAMPLES)
+        .ok()?;
+    let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
+    crate::estimate::median_goodput(&pairs).map(|rate| Planned {
+        rate,
+        from: "link history",
+    })
+}
+
+/// What the display knows, shared by the bar's redraws, the plain lines and `--json`, so
+/// that all three show the same numbers.
+struct View {
+    size: u64,
+    /// Confirmed by the server.
+    offset: u64,
+    started_at: Option<Instant>,
+    planned: Option<Planned>,
+    /// The engine's confirmed rate (bits per second) and ETA at the last acknowledgement.
+    measured: Option<(f64, Option<f64>, Instant)>,
+    /// Speeds are shown in the unit the limit was given in; bytes without a limit.
+    unit: RateUnit,
+    last_line: Option<Instant>,
+    outage: Outage,
+    retry_delay: Duration,
+}
+
+/// The numbers of one progress report.
+struct Figures {
+    /// Floored to a tenth, so 100.0 means done.
+    percent: f64,
+    rate_bps: Option<f64>,
+    eta_seconds: Option<f64>,
+}
+
+impl View {
+    fn figures(&self, now: Instant) -> Figures {
+        let percent = match self.size {
+            0 => 100.0,
+            size => (u128::from(self.offset) * 1000 / u128::from(size)) as f64 / 10.0,
+        };
+        let left = self.size.saturating_sub(self.offset) as f64 * 8.0;
+        let (rate_bps, eta_seconds) = match (self.measured, self.planned, self.started_at) {
+            (Some((rate, eta, at)), _, _) if rate > 0.0 => {
+                let eta = eta.unwrap_or(left / rate);
+                // Counting down between acknowledgements: a throttled chunk takes ~20 s.
+                let since = now.saturating_duration_since(at).as_secs_f64();
+                (Some(rate), Some((eta - since).max(0.0)))
+            }
+            (_, Some(p), Some(started)) => {
+                let rate = p.rate.bits_per_second();
+                let since = now.saturating_duration_since(started).as_secs_f64();
+                (Some(rate), Some((left / rate - since).max(0.0)))
+            }
+            _ => (None, None),
+        };
+        Figures {
+            percent,
+            rate_bps,
+            eta_seconds,
+        }
+    }
+
+    /// "41.2 %  1.6 MiB of 4.0 MiB  250.3 kbit/s  ETA 2 min 5 s": one shape for the bar and
+    /// the plain lines, the bytes those the server confirmed, short enough for 80 columns
+    /// beside the bar.
+    fn progress_text(&self, now: Instant) -> String {
+        let f = self.figures(now);
+        format!(
+            "{:.1} %  {} of {}  {}  ETA {}",
+            f.percent,
+            format_size(self.offset),
+            format_size(self.size),
+            format_rate(f.rate_bps.unwrap_or(f64::NAN), self.unit),
+            f.eta_seconds.map_or_else(
+                || "?".into(),
+                |s| format_duration(Duration::from_secs_f64(s))
+            )
+        )
+    }
+
+    /// The bar's message: the progress, or while attempts fail, the outage.
+    fn status_text(&self, now: Instant) -> String {
+        match self.outage.current(now, self.retry_delay) {
+            Some(r) => format!(
+                "retry {} (failing for {}): {}",
+                r.attempts,
+                format_duration(r.failing_for),
+                r.error
+            ),
+            None => self.progress_text(now),
+        }
+    }
+}
+
+/// A retry worth a line in plain output.
+fn retry_line(r: &RetryReport) -> String {
+    // The half-second probes of a dead link would all read "in 0 s".
+    let delay = if r.delay < Duration::from_secs(1) {
+        format!("{:.1} s", r.delay.as_secs_f64())
+    } else {
+        format_duration(r.delay)
+    };
+    let mut line = format!("retry {} in {delay}", r.attempts);
+    if r.attempts > 1 {
+        line.push_str(&format!(
+            " (failing for {})",
+            format_duration(r.failing_for)
+        ));
+    }
+    format!("{line}: {}", r.error)
+}
+
+/// Renders events for people: on a terminal a bar of fixed width whose status line is redrawn
+/// in place (retries included); otherwise a line every few seconds, and retries folded by
+/// [`Outage`].
+struct Display {
+    bar: Option<ProgressBar>,
+    view: Arc<Mutex<View>>,
+}
+
+/// How often the bar's status line is redrawn: the ETA counts down between acknowledgements.
+const REDRAW: Duration = Duration::from_secs(1);
+/// How often plain output reports progress.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
 impl Display {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    fn new(planned: Option<Planned>, unit: RateUnit, terminal: bool) -> Self {
+        let view = Arc::new(Mutex::new(View {
+            size: 0,
+            offset: 0,
+            started_at: None,
+            planned,
+            measured: None,
+            unit,
+            last_line: None,
+            outage: Outage::new(),
+            retry_delay: Duration::ZERO,
+        }));
+        let bar = terminal.then(|| {
             let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{wide_bar:.cyan/blue} {bytes}/{total_bytes} confirmed  {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
+            // No bar until the size is known (a bar of 0 bytes is drawn full), only the
+            // status: a server down from the start shows its retries.
+            bar.set_style(ProgressStyle::with_template("{wide_msg}").expect("valid template"));
+            let (redraw, view) = (bar.clone(), view.clone());
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(REDRAW);
+                    // Under the view's lock, which finishing the bar also takes: a redraw
+                    // after the bar was cleared would draw it again.
+                    let view = view.lock().expect("display lock");
+                    if redraw.is_finished() {
+                        return;
+                    }
+                    redraw.set_message(view.status_text(Instant::now()));
+                }
+            });
             bar
         });
-        Display {
-            bar,
-            last_line: Mutex::new(None),
-        }
+        Display { bar, view }
     }
 
     fn line(&self, text: &str) {
@@ -186,7 +342,42 @@ impl Display {
         }
     }
 
+    fn redraw(&self, view: &View) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(view.status_text(Instant::now()));
+            bar.set_length(view.size);
+            bar.set_position(view.offset);
+        }
+    }
+
+    /// The bar goes; the error or interruption line that follows says where things stand.
+    fn stop(&self) {
+        let _view = self.view.lock().expect("display lock");
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Ends an outage, if there was one, with a line that says how long it lasted.
+    fn recovered(&self, v: &mut View, now: Instant) {
+        if let Some(r) = v.outage.recovered(now) {
+            self.line(&format!(
+                "sending again after {} failed attempts over {}",
+                r.attempts,
+                format_duration(r.lasted)
+            ));
+        }
+    }
+
+    /// Confirmed and total bytes, for the interruption message.
+    fn confirmed(&self) -> Option<(u64, u64)> {
+        let v = self.view.lock().expect("display lock");
+        v.started_at.map(|_| (v.offset, v.size))
+    }
+
     fn event(&self, e: &Event) {
+        let now = Instant::now();
+        let mut v = self.view.lock().expect("display lock");
         match e {
             Event::Started {
                 size,
@@ -194,56 +385,72 @@ impl Display {
                 upload_url,
                 resumed,
             } => {
+                v.size = *size;
+                v.offset = *offset;
+                v.started_at = Some(now);
+                // The server answered: an outage before the first contact is over.
+                self.recovered(&mut v, now);
+                if let Some(bar) = &self.bar {
+                    bar.set_style(
+                        // A fixed width: a bar that shrinks and grows with the text beside it
+                        // is hard to read. `wide_msg` cuts the text to the terminal's width
+                        // instead of wrapping it.
+                        ProgressStyle::with_template("{bar:20.cyan/blue} {wide_msg}")
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                    );
+                }
                 if *resumed {
                     self.line(&format!(
-                        "resuming {upload_url} at {} of {}",
+                        "resuming {upload_url} at {} of {} ({:.1} %)",
                         format_size(*offset),
-                        format_size(*size)
+                        format_size(*size),
+                        v.figures(now).percent
                     ));
                 } else {
                     self.line(&format!("uploading {} to {upload_url}", format_size(*size)));
                 }
-                if let Some(bar) = &self.bar {
-                    bar.set_length(*size);
-                    bar.set_position(*offset);
+                if let (Some(p), Some(eta)) = (v.planned, v.figures(now).eta_seconds) {
+                    self.line(&format!(
+                        "planned: {} ({}), about {}",
+                        format_rate(p.rate.bits_per_second(), v.unit),
+                        p.from,
+                        format_duration(Duration::from_secs_f64(eta))
+                    ));
                 }
+                self.redraw(&v);
             }
             Event::Notice(text) => self.line(&format!("note: {text}")),
             Event::Retry {
                 attempt,
                 delay,
                 error,
-            } => self.line(&format!(
-                "retry {attempt} in {}: {error}",
-                format_duration(*delay)
-            )),
+            } => {
+                v.retry_delay = *delay;
+                let report = v.outage.retry(now, *attempt, *delay, error);
+                match (&self.bar, report) {
+                    (Some(_), _) => self.redraw(&v),
+                    (None, Some(r)) => say_err(&retry_line(&r)),
+                    (None, None) => {}
+                }
+            }
             Event::Progress {
                 offset,
                 size,
                 rate_bps,
                 eta_seconds,
             } => {
-                let msg = format!(
-                    "{}  ETA {}",
-                    format_byte_rate(rate_bps / 8.0),
-                    eta_seconds.map_or("?".into(), |s| format_duration(Duration::from_secs_f64(s)))
-                );
-                match &self.bar {
-                    Some(bar) => {
-                        bar.set_position(*offset);
-                        bar.set_message(msg);
-                    }
-                    None => {
-                        let mut last = self.last_line.lock().expect("display lock");
-                        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-                        if due || offset == size {
-                            *last = Some(Instant::now());
-                            say_err(&format!(
-                                "{} of {} confirmed  {msg}",
-                                format_size(*offset),
-                                format_size(*size)
-                            ));
-                        }
+                v.offset = *offset;
+                v.size = *size;
+                v.measured = Some((*rate_bps, *eta_seconds, now));
+                self.recovered(&mut v, now);
+                if self.bar.is_some() {
+                    self.redraw(&v);
+                } else {
+                    let due = v.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
+                    if due || offset == size {
+                        v.last_line = Some(now);
+                        say_err(&v.progress_text(now));
                     }
                 }
             }
@@ -269,16 +476,27 @@ impl Display {
     }
 }
 
-/// The event as one JSON line.
-fn json_event(e: &Event) -> serde_json::Value {
-    match e {
+/// The event as one JSON line: the engine's fields, the same percentage, rate and ETA as the
+/// bar shows, and the time (`schedule::json_time`, as in every `--json` output and
+/// `--log-format json`).
+fn json_event(e: &Event, view: &Mutex<View>) -> serde_json::Value {
+    let now = Instant::now();
+    let mut v = view.lock().expect("display lock");
+    let mut line = match e {
         Event::Started {
             size,
             offset,
             upload_url,
             resumed,
         } => {
-            json!({"event": "started", "size": size, "offset": offset, "upload_url": upload_url, "resumed": resumed})
+            v.size = *size;
+            v.offset = *offset;
+            v.started_at = Some(now);
+            let f = v.figures(now);
+            json!({"event": "started", "size": size, "offset": offset, "upload_url": upload_url,
+                   "resumed": resumed, "percent": f.percent,
+                   "planned_rate_bps": v.planned.map(|p| p.rate.bits_per_second()),
+                   "planned_from": v.planned.map(|p| p.from), "eta_seconds": f.eta_seconds})
         }
         Event::Notice(text) => json!({"event": "notice", "message": text}),
         Event::Retry {
@@ -294,7 +512,12 @@ fn json_event(e: &Event) -> serde_json::Value {
             rate_bps,
             eta_seconds,
         } => {
-            json!({"event": "progress", "offset": offset, "size": size, "rate_bps": rate_bps, "eta_seconds": eta_seconds})
+            v.offset = *offset;
+            v.size = *size;
+            v.measured = Some((*rate_bps, *eta_seconds, now));
+            let f = v.figures(now);
+            json!({"event": "progress", "offset": offset, "size": size, "percent": f.percent,
+                   "rate_bps": rate_bps, "eta_seconds": eta_seconds})
         }
         Event::Done(s) => json!({
             "event": "done",
@@ -306,7 +529,14 @@ fn json_event(e: &Event) -> serde_json::Value {
             "upload_url": s.upload_url,
             "seconds": s.seconds,
         }),
-    }
+    };
+    line["timestamp"] = json_now();
+    line
+}
+
+/// Now, as every JSON output writes a time.
+fn json_now() -> serde_json::Value {
+    serde_json::Value::String(crate::schedule::json_time(&chrono::Utc::now()))
 }
 
 /// A chunk of 0 bytes can never move an upload forward.
@@ -344,12 +574,19 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         gate: Gate::always_open(),
     };
     let json = args.json;
-    let display = Display::new();
+    let planned = planned_rate(&store, limit, &opts.url);
+    let unit = limit.map_or(RateUnit::Bytes, Rate::unit);
+    let display = Arc::new(Display::new(
+        planned,
+        unit,
+        !json && std::io::stderr().is_terminal(),
+    ));
+    let shown = display.clone();
     let events = move |e: Event| {
         if json {
-            say_out(&json_event(&e).to_string());
+            say_out(&json_event(&e, &shown.view).to_string());
         } else {
-            display.event(&e);
+            shown.event(&e);
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -359,19 +596,37 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
     });
     // Do not wait for blocked reads or lingering connections on the way out.
     runtime.shutdown_timeout(Duration::from_millis(200));
+    display.stop();
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
             let code = exit_code(&e);
+            let error = match e {
+                SendError::Interrupted => anyhow!(interrupted_text(display.confirmed())),
+                e => anyhow::Error::new(e),
+            };
             if json {
                 say_out(
-                    &json!({"event": "error", "message": e.to_string(), "exit_code": code})
-                        .to_string(),
+                    &json!({"event": "error", "message": error.to_string(), "exit_code": code,
+                            "timestamp": json_now()})
+                    .to_string(),
                 );
             }
-            Err(Failure::new(code, e))
+            Err(Failure { code, error })
         }
     }
+}
+
+/// What Ctrl-C leaves behind, and how to go on: nothing acknowledged is lost.
+fn interrupted_text(confirmed: Option<(u64, u64)>) -> String {
+    let so_far = confirmed.map_or_else(String::new, |(offset, size)| {
+        format!(
+            " ({} of {} confirmed)",
+            format_size(offset),
+            format_size(size)
+        )
+    });
+    format!("interrupted: progress is saved{so_far}; run the same command again to continue")
 }
 
 /// SIGINT or SIGTERM.
