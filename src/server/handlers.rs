@@ -273,6 +273,15 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
     };
     let with_body = has_upload_body(headers);
     let body_headers = body_headers(headers)?;
+    if let (Some(declared), Some(digest)) = (&expected_sha256, &body_headers.repr_digest)
+        && *declared != hex::encode(digest)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Repr-Digest declares SHA-256 {}, metadata sha256 {declared}; a file cannot match \
+             both",
+            hex::encode(digest)
+        )));
+    }
     // Refused before the upload exists: the client retries the whole POST later.
     let _receipt = with_body.then(|| caller.start_body(app)).transpose()?;
 
@@ -316,7 +325,10 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             Err(e) => return Err(e),
         }
     } else if length == Some(0) {
-        Some(complete(app, &mut held, body_headers.repr_digest).await?)
+        if let Some(digest) = &body_headers.repr_digest {
+            append::declare_digest(app, held.upload(), digest).await?;
+        }
+        Some(complete(app, &mut held).await?)
     } else {
         None
     };

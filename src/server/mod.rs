@@ -39,9 +39,14 @@
 //! PATCH counts after it has taken its upload over, so a client resuming after a dead link is
 //! not refused because of its own stalled earlier request.
 //!
-//! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or a `Repr-Digest`
-//! on the completing PATCH; on a mismatch the data is deleted, the PATCH gets 422 and HEAD 410.
-//! Without either, the upload is published unverified (third-party clients).
+//! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or the `Repr-Digest`
+//! of a PATCH (in practice the last one), and is written to the info file before any byte of
+//! that PATCH is kept. So nothing declared is ever lost: a last PATCH cut off after its final
+//! byte, a crash before the check, or a HEAD that finishes the upload later, all check it. On
+//! a mismatch the data is deleted, the PATCH gets 422 and HEAD 410 (both mean "nothing was
+//! published"). A second, different digest for one upload is refused (400) before its body is
+//! read. Only an upload for which no digest was ever declared is published unverified
+//! (third-party clients); the log says so.
 //!
 //! TLS (`Config::tls`): each accepted connection does its handshake in its own task, bounded by
 //! the idle timeout, so a slow or silent client never holds up accepting. A plain-HTTP request

@@ -37,7 +37,9 @@ pub struct Info {
     pub offset: u64,
     /// `Upload-Metadata` as received, echoed on HEAD.
     pub metadata: String,
-    /// The declared whole-file SHA-256 (hex), from metadata `sha256`.
+    /// The declared whole-file SHA-256 (hex): metadata `sha256` at creation, or the first
+    /// `Repr-Digest` a request carried, recorded before any byte of that request was kept.
+    /// Completing the upload checks it; only an upload without one is published unverified.
     pub expected_sha256: Option<String>,
     /// The name of the token that created the upload (never the token itself). `None` without
     /// auth, and in info files written before owners were recorded.
