@@ -828,6 +828,47 @@ async fn a_declared_digest_is_checked_after_a_restart() {
     server.stop().await;
 }
 
+/// Issue 11, item 6: a kill between recording a publication and removing the part file leaves
+/// a second hard link to the published file in `.partial` (and one of a failed upload's data).
+/// The next start removes both, before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_part_files_of_finished_uploads_go_at_start_up() {
+    let env = Env::new();
+    let dir = env.path("up");
+    let server = TestServer::on(&dir).await;
+    let data = pattern(5000, 14);
+    let published = create(&server, 5000, &[("filename", b"done.iso")]).await;
+    assert_eq!(patch(&server, &published, 0, &data).await.status, 204);
+    let failed = create(
+        &server,
+        5000,
+        &[("sha256", hex::encode(sha256(b"other")).as_bytes())],
+    )
+    .await;
+    assert_eq!(patch(&server, &failed, 0, &data).await.status, 422);
+    server.stop().await;
+
+    // What the kill leaves behind.
+    let part = |path: &str| {
+        let id = path.rsplit('/').next().unwrap();
+        dir.join(format!(".partial/{id}.part"))
+    };
+    std::fs::hard_link(dir.join("done.iso"), part(&published)).unwrap();
+    std::fs::write(part(&failed), &data).unwrap();
+
+    let server = TestServer::on(&dir).await;
+    assert!(
+        server.partial_files().iter().all(|f| f.ends_with(".info")),
+        "{:?}",
+        server.partial_files()
+    );
+    assert_eq!(std::fs::read(dir.join("done.iso")).unwrap(), data);
+    let h = head(&server, &published).await;
+    assert_eq!(h.header("Upload-Published-As"), Some("done.iso"), "{h:?}");
+    assert_eq!(head(&server, &failed).await.status, 410);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_clashes_never_overwrite() {
     let env = Env::new();

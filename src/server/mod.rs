@@ -216,6 +216,10 @@ impl Server {
             path: config.dir.clone(),
             source,
         })?;
+        store.recover().map_err(|source| ServerError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;

@@ -12,7 +12,8 @@
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
 //! After a crash the part file may hold more than the offset (bytes written, never committed);
-//! loading truncates it. Everything here is blocking `std::fs`: callers run it on the blocking
+//! loading truncates it. A finished upload's part file left by a kill during publishing goes at
+//! the next start ([`Store::recover`]). Everything here is blocking `std::fs`: callers run it on the blocking
 //! pool.
 
 use super::names::{self, Id};
@@ -270,6 +271,43 @@ impl Store {
         Err(io::Error::other(format!(
             "10000 files named like {name:?} exist already"
         )))
+    }
+
+    /// Removes the part files of finished uploads, at start-up. Publishing records the name and
+    /// only then removes the part file, which is by then a second hard link to the published
+    /// file (and a failed upload's record is written before its data goes): a kill in between
+    /// leaves the part file beside a record that no longer needs it, for as long as the record
+    /// lives (the expiry, a week by default). Returns how many went.
+    pub fn recover(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.partial)? {
+            let file_name = entry?.file_name();
+            let Some(id) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".info"))
+                .and_then(Id::parse)
+            else {
+                continue;
+            };
+            let part = self.part_path(&id);
+            if !part.exists() {
+                continue;
+            }
+            let Ok(json) = fs::read(self.info_path(&id)) else {
+                continue;
+            };
+            let finished = serde_json::from_slice::<Info>(&json)
+                .is_ok_and(|info| !matches!(info.state, State::Partial));
+            if finished {
+                tracing::info!(%id, "removing the part file of a finished upload");
+                remove_if_present(&part)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.partial)?;
+        }
+        Ok(removed)
     }
 
     /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without
