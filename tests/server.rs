@@ -1245,6 +1245,108 @@ async fn per_token_dirs_keep_maintainers_apart() {
     assert_eq!(server.published(), ["alice", "bob"]);
 }
 
+/// Issue 11, items 2 and 5: with per-token directories, `DIR/<name>` that is a symbolic link
+/// (uploads would be written wherever it points) or a regular file (every upload failed with
+/// 500, retried forever) stops the server at start-up, naming the path and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_directory_that_is_not_a_directory_stops_the_start() {
+    let env = Env::new();
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for (what, make) in [
+        (
+            "a symbolic link",
+            &(|p: &std::path::Path| std::os::unix::fs::symlink(env.path("elsewhere"), p).unwrap())
+                as &dyn Fn(&std::path::Path),
+        ),
+        ("a regular file", &|p: &std::path::Path| {
+            std::fs::write(p, b"not a directory").unwrap()
+        }),
+    ] {
+        let mut config = two_maintainers(&env);
+        config.per_token_dirs = true;
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let alice = config.dir.join("alice");
+        make(&alice);
+        let err = upload::server::Server::bind(config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("started with {what} at {}", alice.display()));
+        let message = err.to_string();
+        assert!(
+            message.contains(&alice.display().to_string())
+                && message.contains(what)
+                && message.contains("alice"),
+            "{message}"
+        );
+        assert!(
+            message.contains("mkdir") || message.contains("mv "),
+            "{message}"
+        );
+        std::fs::remove_file(&alice).unwrap();
+    }
+}
+
+/// The same found while serving (it appeared after the start): every request of that token
+/// that would write is refused with 409 and an explanation, a permanent answer, never a 500
+/// to retry; nothing is written through the link; once it is a directory again, the upload
+/// goes on and is published there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_directory_replaced_while_serving_is_refused_permanently() {
+    let env = Env::new();
+    let mut config = two_maintainers(&env);
+    config.per_token_dirs = true;
+    let server = TestServer::start(config).await;
+    let a = |method, path| with_token(&server, "tok-a", method, path);
+    let data = pattern(1000, 15);
+    let created = a("POST", "/files/")
+        .header("Upload-Length", 1000)
+        .header("Upload-Metadata", metadata(&[("filename", b"x.iso")]))
+        .chunk(data[..400].to_vec())
+        .send()
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let path = created.header("Location").unwrap().to_string();
+
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, server.dir.join("alice")).unwrap();
+    let finish = || {
+        a("PATCH", &path)
+            .header("Upload-Offset", 400)
+            .chunk(data[400..].to_vec())
+            .send()
+    };
+    let refused = finish().await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert!(
+        refused.body.contains("symbolic link") && refused.body.contains("operator"),
+        "{}",
+        refused.body
+    );
+    let new = a("POST", "/files/").header("Upload-Length", 5).send().await;
+    assert_eq!(new.status, 409, "{new:?}");
+    assert_eq!(a("HEAD", &path).send().await.status, 409);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+    // Bob's directory name is taken by a file: his uploads are refused the same way.
+    std::fs::write(server.dir.join("bob"), b"").unwrap();
+    let bobs = with_token(&server, "tok-b", "POST", "/files/")
+        .header("Upload-Length", 5)
+        .send()
+        .await;
+    assert_eq!(bobs.status, 409, "{bobs:?}");
+    assert!(bobs.body.contains("regular file"), "{}", bobs.body);
+
+    std::fs::remove_file(server.dir.join("alice")).unwrap();
+    let h = a("HEAD", &path).send().await;
+    assert_eq!((h.status, h.offset()), (200, 400), "{h:?}");
+    let done = finish().await;
+    assert_eq!(done.status, 204, "{done:?}");
+    assert_eq!(std::fs::read(server.dir.join("alice/x.iso")).unwrap(), data);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_per_token_dirs_tokens_share_dir() {
     let env = Env::new();

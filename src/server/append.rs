@@ -295,6 +295,9 @@ pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, Ap
         .owner
         .clone()
         .filter(|_| app.config.per_token_dirs);
+    if let Some(subdir) = &subdir {
+        super::handlers::token_dir_usable(app, subdir).await?;
+    }
     let store = app.uploads.store().clone();
     let publish_id = id.clone();
     let name =

@@ -12,7 +12,7 @@ use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
 use super::receiving::Receipt;
-use super::storage::{Info, State, now_ms};
+use super::storage::{Info, State, TokenDir, now_ms};
 use super::uploads::{Upload, blocking};
 use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
 use axum::Router;
@@ -102,6 +102,8 @@ struct Caller<'a> {
     group: usize,
     /// With per-token directories: the only owner whose uploads this caller can see.
     scope: Option<&'a str>,
+    /// With per-token directories: the directory (in `DIR`) this caller's uploads go to.
+    publishes_in: Option<&'a str>,
 }
 
 impl<'a> Caller<'a> {
@@ -112,6 +114,7 @@ impl<'a> Caller<'a> {
                 name: None,
                 group: 0,
                 scope: None,
+                publishes_in: None,
             });
         };
         let authorization = headers
@@ -123,7 +126,17 @@ impl<'a> Caller<'a> {
             name: Some(name),
             group: index,
             scope: app.config.per_token_dirs.then_some(name),
+            publishes_in: app.config.per_token_dirs.then_some(name),
         })
+    }
+
+    /// Refuses (409, see [`ApiError::TokenDir`]) a request that would receive or publish for a
+    /// token whose directory is taken by something else, before anything is read or written.
+    async fn check_dir(&self, app: &App) -> Result<(), ApiError> {
+        let Some(name) = self.publishes_in else {
+            return Ok(());
+        };
+        token_dir_usable(app, name).await
     }
 
     /// Counts a body against the cap, or refuses it (429) before it is read.
@@ -136,6 +149,26 @@ impl<'a> Caller<'a> {
     }
 }
 
+/// Whether `DIR/<name>` is a directory or absent (see [`ApiError::TokenDir`]).
+pub(crate) async fn token_dir_usable(app: &App, name: &str) -> Result<(), ApiError> {
+    let store = app.uploads.store().clone();
+    let dir_name = name.to_string();
+    match blocking(move || store.token_dir(&dir_name)).await? {
+        TokenDir::Absent | TokenDir::Directory => Ok(()),
+        TokenDir::Unusable(what) => {
+            tracing::error!(
+                token = name,
+                what,
+                "the token's directory is not a directory: its uploads are refused"
+            );
+            Err(ApiError::TokenDir {
+                name: name.to_string(),
+                what,
+            })
+        }
+    }
+}
+
 async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response, ApiError> {
     let method = effective_method(&req)?;
     if method == Method::OPTIONS {
@@ -144,6 +177,9 @@ async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response,
     check_version(req.headers())?;
     let caller = Caller::of(&app, req.headers())?;
     let upload = |raw: &str| Id::parse(raw).ok_or(ApiError::NotFound);
+    if matches!(method, Method::POST | Method::HEAD | Method::PATCH) {
+        caller.check_dir(&app).await?;
+    }
     match (target, method) {
         (Target::Creation, Method::POST) => create(&app, caller, req).await,
         (Target::Creation, _) => Err(ApiError::MethodNotAllowed {

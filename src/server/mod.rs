@@ -28,7 +28,10 @@
 //! DELETE with another token answer 404 exactly as for an unknown id, without asking a request
 //! in progress on it to stop. A finished upload is published in `DIR/<NAME>/` (created when
 //! missing) under the same no-clobber policy, and `Upload-Published-As` names the file within
-//! that directory. Uploads recorded without an owner (created before the flag was on, or
+//! that directory. `DIR/<NAME>` must be a real directory (or absent): a symbolic link or a file
+//! there stops the server at start-up, and one that appears later gets that token's creation,
+//! HEAD and PATCH a 409 that says the operator must fix it (nothing is written through a
+//! link; what was received is kept). Uploads recorded without an owner (created before the flag was on, or
 //! before owners were recorded) are nobody's and answer 404 to everyone while the flag is on.
 //! Without the flag the owner is recorded but not checked, and everything lands in `DIR`.
 //!
@@ -174,6 +177,17 @@ pub enum ServerError {
     NoTokens { path: Option<PathBuf> },
     #[error("{at}: {why}")]
     BadToken { at: String, why: String },
+    #[error(
+        "{} is {what}, not a directory: with --per-token-dirs the uploads of token {name:?} are \
+         published there. Move it away (e.g. mv {} {}.old) or make it a directory (mkdir {}), \
+         then start the server again",
+        path.display(), path.display(), path.display(), path.display()
+    )]
+    TokenDir {
+        path: PathBuf,
+        name: String,
+        what: &'static str,
+    },
     #[error("per-token directories need tokens: give --token-file FILE")]
     PerTokenDirsWithoutTokens,
     #[error("the cap on uploads per token must be at least 1")]
@@ -220,6 +234,9 @@ impl Server {
             path: config.dir.clone(),
             source,
         })?;
+        if config.per_token_dirs {
+            check_token_dirs(&store, tokens.as_ref())?;
+        }
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -308,6 +325,32 @@ impl Server {
         sweeper.abort();
         Ok(())
     }
+}
+
+/// Refuses to start when a token's directory is taken by something that is not a directory:
+/// found only at its first publication, it would fail that token's uploads one by one.
+fn check_token_dirs(
+    store: &storage::Store,
+    tokens: Option<&auth::Tokens>,
+) -> Result<(), ServerError> {
+    let Some(tokens) = tokens else {
+        return Ok(());
+    };
+    for name in tokens.names() {
+        let path = store.dir().join(name);
+        match store.token_dir(name) {
+            Ok(storage::TokenDir::Absent | storage::TokenDir::Directory) => {}
+            Ok(storage::TokenDir::Unusable(what)) => {
+                return Err(ServerError::TokenDir {
+                    path,
+                    name: name.to_string(),
+                    what,
+                });
+            }
+            Err(source) => return Err(ServerError::Dir { path, source }),
+        }
+    }
+    Ok(())
 }
 
 async fn drain(connections: &mut JoinSet<()>) {

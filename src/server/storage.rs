@@ -89,6 +89,17 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What stands where a token's directory goes (see [`Store::token_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenDir {
+    /// Nothing yet: created on the first publication.
+    Absent,
+    /// A real directory.
+    Directory,
+    /// Something that must not be used, said for people ("a symbolic link", ...).
+    Unusable(&'static str),
+}
+
 /// The upload directory and its `.partial` subdirectory.
 #[derive(Debug)]
 pub struct Store {
@@ -243,12 +254,7 @@ impl Store {
                 names::check_dir_name(subdir).map_err(|why| {
                     io::Error::other(format!("owner {subdir:?} in the info file: {why}"))
                 })?;
-                let dir = self.dir.join(subdir);
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir)?;
-                    sync_dir(&self.dir)?;
-                }
-                dir
+                self.make_token_dir(subdir)?
             }
         };
         for n in 0..10_000 {
@@ -308,6 +314,61 @@ impl Store {
             sync_dir(&self.partial)?;
         }
         Ok(removed)
+    }
+
+    /// What stands at `DIR/<name>`, where a token's uploads are published with per-token
+    /// directories. Never follows a symbolic link there: the uploads would land wherever it
+    /// points.
+    pub fn token_dir(&self, name: &str) -> io::Result<TokenDir> {
+        let path = self.dir.join(name);
+        let file_type = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta.file_type(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(TokenDir::Absent),
+            Err(e) => return Err(e),
+        };
+        Ok(if file_type.is_dir() {
+            TokenDir::Directory
+        } else if file_type.is_symlink() {
+            TokenDir::Unusable("a symbolic link")
+        } else if file_type.is_file() {
+            TokenDir::Unusable("a regular file")
+        } else {
+            TokenDir::Unusable("not a directory")
+        })
+    }
+
+    /// `DIR/<name>`, created when absent; an error of kind `NotADirectory` when something else
+    /// stands there (see [`Store::token_dir`]).
+    fn make_token_dir(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.dir.join(name);
+        for _ in 0..2 {
+            match self.token_dir(name)? {
+                TokenDir::Directory => return Ok(path),
+                TokenDir::Unusable(what) => {
+                    return Err(io::Error::new(
+                        ErrorKind::NotADirectory,
+                        format!("{} is {what}", path.display()),
+                    ));
+                }
+                TokenDir::Absent => match fs::create_dir(&path) {
+                    Ok(()) => {
+                        sync_dir(&self.dir)?;
+                        return Ok(path);
+                    }
+                    // Created in between: look again at what it is.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Err(io::Error::new(
+            ErrorKind::NotADirectory,
+            format!("{} keeps changing", path.display()),
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without
