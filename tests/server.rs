@@ -905,6 +905,8 @@ async fn bearer_tokens() {
     let env = Env::new();
     let mut config = Config::new(env.path("up"));
     config.tokens = Some(vec!["s3cret".into(), "other".into()]);
+    // Every listed token is accepted; with shared uploads, on each other's uploads too.
+    config.shared_uploads = true;
     let server = TestServer::start(config).await;
     let post = || server.req("POST", "/files/").header("Upload-Length", 10);
 
@@ -1347,10 +1349,106 @@ async fn a_token_directory_replaced_while_serving_is_refused_permanently() {
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
+/// Issue 11, item 7: without per-token directories too, a token reaches only the uploads it
+/// created: one that learns another's upload URL cannot read its progress, add bytes or
+/// delete it, and is told no more than for an unknown upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_per_token_dirs_tokens_share_dir() {
+async fn tokens_reach_only_their_own_uploads_by_default() {
     let env = Env::new();
     let server = TestServer::start(two_maintainers(&env)).await;
+    let a = |method, path| with_token(&server, "tok-a", method, path);
+    let b = |method, path| with_token(&server, "tok-b", method, path);
+    let data = pattern(10, 25);
+    let created = a("POST", "/files/")
+        .header("Upload-Length", 10)
+        .header("Upload-Metadata", metadata(&[("filename", b"a.bin")]))
+        .chunk(data[..4].to_vec())
+        .send()
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let path = created.header("Location").unwrap().to_string();
+    let unknown = "/files/0123456789abcdef0123456789abcdef";
+    for method in ["HEAD", "PATCH", "DELETE"] {
+        let probe = |path| {
+            b(method, path)
+                .header("Upload-Offset", 4)
+                .chunk(b"theirs".to_vec())
+        };
+        let theirs = probe(&path).send().await;
+        let nothing = probe(unknown).send().await;
+        assert_eq!(theirs.status, 404, "{method}: {theirs:?}");
+        assert_eq!(seen(&theirs), seen(&nothing), "{method}: no hint it exists");
+    }
+    let h = a("HEAD", &path).send().await;
+    assert_eq!((h.status, h.offset()), (200, 4), "{h:?}");
+    let done = a("PATCH", &path)
+        .header("Upload-Offset", 4)
+        .chunk(data[4..].to_vec())
+        .send()
+        .await;
+    assert_eq!(
+        done.header("Upload-Published-As"),
+        Some("a.bin"),
+        "{done:?}"
+    );
+    assert_eq!(std::fs::read(server.dir.join("a.bin")).unwrap(), data);
+    assert_eq!(b("HEAD", &path).send().await.status, 404);
+}
+
+/// Issue 11, item 7: without `max_size` the largest upload is derived from the free space at
+/// start-up and advertised; nothing larger (2^64 - 1 bytes, say) is accepted. An explicit
+/// maximum wins (see `options_advertises_the_extensions_without_auth`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_max_size_comes_from_the_free_space() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let options = server.req("OPTIONS", "/files/").send().await;
+    let max: u64 = options
+        .header("Tus-Max-Size")
+        .unwrap_or_else(|| panic!("no Tus-Max-Size: {options:?}"))
+        .parse()
+        .unwrap();
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&server.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+    };
+    // df runs a moment later: allow for what other processes wrote or freed meanwhile.
+    let expected = upload::server::default_max_size(free) as f64;
+    assert!(
+        (max as f64 - expected).abs() < expected * 0.01 + (64 << 20) as f64,
+        "Tus-Max-Size {max}, 95 % of {free} free is {expected}"
+    );
+    assert!(max < free, "{max} >= {free}");
+    for length in [u64::MAX, max + 1] {
+        let reply = server
+            .req("POST", "/files/")
+            .header("Upload-Length", length)
+            .send()
+            .await;
+        assert_eq!(reply.status, 413, "{length}: {reply:?}");
+        assert!(reply.body.contains("free"), "{}", reply.body);
+    }
+    assert!(server.partial_files().is_empty());
+    let fits = server
+        .req("POST", "/files/")
+        .header("Upload-Length", max)
+        .send()
+        .await;
+    assert_eq!(fits.status, 201, "{fits:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_uploads_put_tokens_in_one_namespace() {
+    let env = Env::new();
+    let mut config = two_maintainers(&env);
+    config.shared_uploads = true;
+    let server = TestServer::start(config).await;
     let meta = metadata(&[("filename", b"x.bin")]);
     let upload = |token: &'static str, data: Vec<u8>| {
         with_token(&server, token, "POST", "/files/")
@@ -1520,6 +1618,7 @@ fn serve_checks_the_token_file_and_its_flags() {
 #[test]
 fn serve_prints_its_address_and_stops_on_sigterm() {
     let env = Env::new();
+    std::fs::create_dir_all(env.path("up")).unwrap();
     let mut child = env
         .upload()
         .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--dir"])
@@ -1603,4 +1702,23 @@ fn serve_refuses_an_open_server_on_a_reachable_address() {
         .arg(env.path("up")));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no token"), "{stderr}");
+}
+
+/// Issue 10, item 10: a mistyped `--dir` is refused, not created as a new directory that
+/// quietly collects the uploads.
+#[test]
+fn serve_refuses_a_directory_that_does_not_exist() {
+    let env = Env::new();
+    let typo = env.path("uplaods");
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--dir"])
+        .arg(&typo));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} does not exist", typo.display()))
+            && stderr.contains("mkdir -p"),
+        "{stderr}"
+    );
+    assert!(!typo.exists(), "created {}", typo.display());
 }

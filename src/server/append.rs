@@ -72,11 +72,7 @@ pub(crate) async fn append(
     let upload = held.upload();
     let id = upload.id.clone();
     let start = upload.info.offset;
-    let limit = upload
-        .info
-        .length
-        .or(app.config.max_size)
-        .unwrap_or(u64::MAX);
+    let limit = upload.info.length.unwrap_or(app.max_size);
     // A deferred-length upload may already hold more than a --max-size lowered since.
     let room = limit
         .checked_sub(start)

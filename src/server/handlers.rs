@@ -100,7 +100,8 @@ struct Caller<'a> {
     name: Option<&'a str>,
     /// Whose bodies count against one cap: the token's index (everyone is 0 without auth).
     group: usize,
-    /// With per-token directories: the only owner whose uploads this caller can see.
+    /// The only owner whose uploads this caller can see: its own name, unless uploads are
+    /// shared (`Config::shared_uploads`) or there is no auth.
     scope: Option<&'a str>,
     /// With per-token directories: the directory (in `DIR`) this caller's uploads go to.
     publishes_in: Option<&'a str>,
@@ -125,7 +126,7 @@ impl<'a> Caller<'a> {
         Ok(Caller {
             name: Some(name),
             group: index,
-            scope: app.config.per_token_dirs.then_some(name),
+            scope: (!app.config.shared_uploads).then_some(name),
             publishes_in: app.config.per_token_dirs.then_some(name),
         })
     }
@@ -254,9 +255,7 @@ fn options(app: &App) -> Response {
         protocol::TUS_CHECKSUM_ALGORITHM,
         &Algorithm::header_value(),
     );
-    if let Some(max) = app.config.max_size {
-        h.insert(protocol::TUS_MAX_SIZE, HeaderValue::from(max));
-    }
+    h.insert(protocol::TUS_MAX_SIZE, HeaderValue::from(app.max_size));
     response
 }
 
@@ -283,12 +282,10 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             ));
         }
     };
-    if let (Some(length), Some(max)) = (length, app.config.max_size)
-        && length > max
+    if let Some(length) = length
+        && length > app.max_size
     {
-        return Err(ApiError::TooLarge(format!(
-            "Upload-Length {length} is over this server's maximum of {max} bytes"
-        )));
+        return Err(too_large_for(app, length));
     }
     let metadata = text(headers, protocol::UPLOAD_METADATA)?.unwrap_or_default();
     if metadata.len() > MAX_METADATA_BYTES {
@@ -477,15 +474,23 @@ async fn declare_length(app: &App, upload: &mut Upload, length: u64) -> Result<(
             upload.info.offset
         )));
     }
-    if let Some(max) = app.config.max_size
-        && length > max
-    {
-        return Err(ApiError::TooLarge(format!(
-            "Upload-Length {length} is over this server's maximum of {max} bytes"
-        )));
+    if length > app.max_size {
+        return Err(too_large_for(app, length));
     }
     upload.info.length = Some(length);
     append::save(app, &upload.id, &upload.info).await
+}
+
+fn too_large_for(app: &App, length: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "Upload-Length {length} is over this server's maximum of {} bytes ({})",
+        app.max_size,
+        if app.config.max_size.is_some() {
+            "its --max-size"
+        } else {
+            "what its disk had free at start-up, less 5 %"
+        }
+    ))
 }
 
 fn patched(app: &App, info: &Info, published: Option<Published>) -> Response {

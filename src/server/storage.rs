@@ -371,6 +371,12 @@ impl Store {
         &self.dir
     }
 
+    /// Bytes an unprivileged process can still write in the upload directory's file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without
     /// an info file and stale tmp files (a crash in between), once older than `expire_after`.
     pub fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>> {
