@@ -900,6 +900,42 @@ async fn name_clashes_never_overwrite() {
     assert!(server.dir.join("passwd").exists());
 }
 
+/// Issue 11, item 4, end to end: an NFD name meets the NFC file of the same look as a clash
+/// (numbered, or delivered when identical), never as a second file that looks the same; a
+/// right-to-left override does not reach the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_look_alike_are_one_name() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let mut published = Vec::new();
+    for (name, seed) in [
+        ("caf\u{e9}.txt", 30),
+        ("cafe\u{301}.txt", 31),
+        ("cafe\u{301}.txt", 30),
+        ("rtl\u{202e}TXT.exe", 32),
+    ] {
+        let path = create(&server, 10, &[("filename", name.as_bytes())]).await;
+        let reply = patch(&server, &path, 0, &pattern(10, seed)).await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        published.push(upload::protocol::decode_header_text(
+            reply.header("Upload-Published-As").unwrap(),
+        ));
+    }
+    assert_eq!(
+        published,
+        [
+            "caf\u{e9}.txt",
+            "caf\u{e9}.1.txt",
+            "caf\u{e9}.txt",
+            "rtlTXT.exe"
+        ]
+    );
+    assert_eq!(
+        server.published(),
+        ["caf\u{e9}.1.txt", "caf\u{e9}.txt", "rtlTXT.exe"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens() {
     let env = Env::new();

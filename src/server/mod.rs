@@ -82,7 +82,7 @@ mod uploads;
 
 pub use auth::{Token, load_token_file};
 pub use cors::{BadOrigin, Cors};
-pub use names::{Id, safe_name};
+pub use names::{Id, is_invisible, safe_name};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
