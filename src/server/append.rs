@@ -34,7 +34,8 @@ use std::io::Write;
 #[derive(Debug, Default)]
 pub(crate) struct BodyHeaders {
     pub checksum: Option<Checksum>,
-    /// `Repr-Digest`: the whole file's SHA-256, checked if this body completes the upload.
+    /// `Repr-Digest`: the whole file's SHA-256, recorded for the upload before the body is read
+    /// (see [`declare_digest`]) and checked when the upload completes.
     pub repr_digest: Option<[u8; 32]>,
     pub content_length: Option<u64>,
 }
@@ -242,6 +243,18 @@ async fn rebuild_sha(app: &App, id: &Id, len: u64) -> Result<Sha256, ApiError> {
 /// failure (HEAD: 410). Only an upload for which no digest was ever declared is published
 /// unverified.
 pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, ApiError> {
+    // Per-token directories: the owner's; an upload without one (older than the flag) is
+    // never acquired then, so DIR is only a fallback. Checked first: a refusal here must not
+    // cost the running SHA-256 (rebuilding it reads the whole part file again).
+    let subdir = held
+        .upload()
+        .info
+        .owner
+        .clone()
+        .filter(|_| app.config.per_token_dirs);
+    if let Some(subdir) = &subdir {
+        super::handlers::token_dir_usable(app, subdir).await?;
+    }
     let upload = held.upload();
     let id = upload.id.clone();
     let sha = match upload.sha.take() {
@@ -284,16 +297,6 @@ pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, Ap
         .or_else(|| metadata.0.get("name"));
     let wanted = safe_name(wanted.map(Vec::as_slice), &id);
     let length = upload.info.offset;
-    // Per-token directories: the owner's; an upload without one (older than the flag) is
-    // never acquired then, so DIR is only a fallback.
-    let subdir = upload
-        .info
-        .owner
-        .clone()
-        .filter(|_| app.config.per_token_dirs);
-    if let Some(subdir) = &subdir {
-        super::handlers::token_dir_usable(app, subdir).await?;
-    }
     let store = app.uploads.store().clone();
     let publish_id = id.clone();
     let name =
