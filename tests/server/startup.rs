@@ -153,11 +153,19 @@ fn serve_refuses_an_open_server_on_a_reachable_address() {
 fn serve_refuses_a_directory_that_does_not_exist() {
     let env = Env::new();
     let typo = env.path("uplaods");
-    let (out, _, stderr) = run(env
+    // Spawned and bounded: a server that accepts the path runs until killed.
+    let mut child = env
         .upload()
         .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--dir"])
-        .arg(&typo));
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+        .arg(&typo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = crate::helper::wait_at_most(&mut child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("{} does not exist", typo.display()))
             && stderr.contains("mkdir -p"),
