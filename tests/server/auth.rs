@@ -391,3 +391,33 @@ async fn concurrent_bodies_per_token_are_capped() {
         100
     );
 }
+
+/// Per-token directories keep tokens apart and shared uploads put them together: asking for
+/// both is refused at start, by the library as by the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_dirs_and_shared_uploads_exclude_each_other() {
+    let env = Env::new();
+    let mut config = two_maintainers(&env);
+    config.per_token_dirs = true;
+    config.shared_uploads = true;
+    let err = upload::server::Server::bind(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .err()
+        .expect("both at once");
+    assert!(err.to_string().contains("one or the other"), "{err}");
+
+    std::fs::write(env.path("tokens"), "alpha alice\n").unwrap();
+    let (out, _, stderr) = run(env
+        .upload()
+        .args([
+            "serve",
+            "--per-token-dirs",
+            "--shared-uploads",
+            "--token-file",
+        ])
+        .arg(env.path("tokens"))
+        .arg("--dir")
+        .arg(env.path("up")));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--shared-uploads"), "{stderr}");
+}
