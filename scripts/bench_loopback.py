@@ -162,6 +162,7 @@ class Server:
 
 def start_ours(bin_: str, dir_: Path, tmp: Path, name: str) -> Server:
     env = dict(os.environ, UPLOAD_DB=str(tmp / f"{name}.db"))
+    dir_.mkdir(parents=True, exist_ok=True)  # `serve` refuses a --dir that does not exist
     return Server(name, [bin_, "serve", "--dir", str(dir_), "--listen", "127.0.0.1:0",
                          "--no-auth"], tmp / f"{name}.log", env=env)
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const AFTER_HELP: &str = "\
 Examples:
   upload serve --dir /srv/uploads --listen 0.0.0.0:8080 --token-file /etc/upload/tokens
-  upload serve --dir ./incoming --no-auth                  (loopback only, e.g. behind a proxy)
+  upload serve --dir ./incoming --no-auth      (DIR must exist; loopback only, e.g. behind a proxy)
   upload serve --dir /srv/uploads --token-file tokens --max-size 50GiB --expire-after 3d
   upload serve --dir /srv/uploads --listen 0.0.0.0:8443 --token-file tokens \
                --tls-cert /etc/upload/fullchain.pem --tls-key /etc/upload/key.pem
@@ -44,10 +44,21 @@ name or a repeated token stops the server at start, naming the line. Without --t
   3f9c0e7a1b2d4c6e8f0a1b2c3d4e5f60 alice
   9a8b7c6d5e4f30211f2e3d4c5b6a7988 bob
 
+Tokens keep apart: a token reaches only the uploads it created (HEAD, PATCH and DELETE of
+another token's upload answer 404, as for an unknown upload), even if it learns the URL.
+Uploads made without a token (an earlier --no-auth server on DIR) answer 404 to every token;
+their clients start over. --shared-uploads makes one namespace instead: every token reaches
+every upload.
+
 Per-token directories (--per-token-dirs): each token's finished uploads are published in
-DIR/NAME/ instead of DIR, and a token cannot see another token's uploads (HEAD, PATCH and
-DELETE of them answer 404, as for an unknown upload). Uploads started before the flag was on
-belong to no token and answer 404 to everyone; their clients start over.
+DIR/NAME/ instead of DIR. DIR/NAME must be a directory or absent (then it is created): a
+symbolic link or a file there stops the server at start, and one that appears later gets
+that token's requests a 409 that says so.
+
+Size: without --max-size, the largest upload accepted is 95 % of what DIR's file system has
+free when the server starts (the log says how much): a file that cannot fit is refused with
+413 at creation, not after nights of sending. It is advertised as Tus-Max-Size; --max-size
+SIZE sets it instead.
 
 Concurrent uploads: one token may send at most --max-uploads-per-token bodies at once; one
 more is refused with 429 Too Many Requests and Retry-After: 5 before its body is read, and the
@@ -67,8 +78,8 @@ interrupted upload received (or discards it when it carried a checksum) and exit
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where finished uploads are published (created if missing); unfinished ones wait in
-    /// DIR/.partial.
+    /// Where finished uploads are published (it must exist); unfinished ones wait in
+    /// DIR/.partial (created when missing).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
 
@@ -84,17 +95,22 @@ pub struct Args {
     #[arg(long)]
     pub no_auth: bool,
 
-    /// Publish each token's uploads in DIR/NAME/ and hide them from other tokens (NAME from
-    /// the token file).
+    /// Publish each token's uploads in DIR/NAME/ (NAME from the token file).
     #[arg(long, requires = "token_file")]
     pub per_token_dirs: bool,
+
+    /// Let every token reach every upload whose URL it has (HEAD, PATCH, DELETE), as one
+    /// namespace [default: a token reaches only the uploads it created].
+    #[arg(long, requires = "token_file", conflicts_with = "per_token_dirs")]
+    pub shared_uploads: bool,
 
     /// At most this many uploads sending data at once per token (all clients together
     /// without auth); more get 429 Too Many Requests.
     #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_UPLOADS_PER_TOKEN)]
     pub max_uploads_per_token: usize,
 
-    /// Refuse uploads larger than this, e.g. 50GiB [default: no limit].
+    /// Refuse uploads larger than this, e.g. 50GiB [default: 95 % of the space free in DIR's
+    /// file system at start-up].
     #[arg(long, value_name = "SIZE")]
     pub max_size: Option<Size>,
 
@@ -215,10 +231,28 @@ fn config(args: &Args) -> Result<Config, Failure> {
             )));
         }
     };
+    let cors =
+        server::Cors::from_origins(&args.cors_origins).map_err(|e| Failure::usage(anyhow!(e)))?;
+    let public_url = args.public_url.as_deref().map(public_url).transpose()?;
+    // A mistyped --dir would otherwise become a new, empty directory that quietly collects
+    // the uploads meant for the real one.
+    if !args.dir.is_dir() {
+        let dir = args.dir.display();
+        let why = if args.dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(Failure::usage(anyhow!(
+            "--dir {dir} {why}: give the directory uploads are published in, or create it \
+             first, e.g. mkdir -p {dir} && upload serve --dir {dir} ..."
+        )));
+    }
     Ok(Config {
         dir: args.dir.clone(),
         tokens,
         per_token_dirs: args.per_token_dirs,
+        shared_uploads: args.shared_uploads,
         max_uploads_per_token: args.max_uploads_per_token,
         max_size: args.max_size.map(Size::bytes),
         expire_after: args.expire_after,
@@ -228,9 +262,8 @@ fn config(args: &Args) -> Result<Config, Failure> {
             .max(Duration::from_secs(1)),
         idle_timeout: args.idle_timeout,
         tls,
-        cors: server::Cors::from_origins(&args.cors_origins)
-            .map_err(|e| Failure::usage(anyhow!(e)))?,
-        public_url: args.public_url.as_deref().map(public_url).transpose()?,
+        cors,
+        public_url,
     })
 }
 
@@ -294,11 +327,12 @@ mod tests {
 
     fn args(listen: &str, token_file: Option<PathBuf>, no_auth: bool) -> Args {
         Args {
-            dir: PathBuf::from("/srv/uploads"),
+            dir: std::env::temp_dir(),
             listen: listen.parse().unwrap(),
             token_file,
             no_auth,
             per_token_dirs: false,
+            shared_uploads: false,
             max_uploads_per_token: Config::DEFAULT_MAX_UPLOADS_PER_TOKEN,
             max_size: None,
             expire_after: Duration::from_secs(7 * 86400),
@@ -325,6 +359,24 @@ mod tests {
         }
         let failure = config(&args("127.0.0.1:8080", None, false)).unwrap_err();
         assert!(failure.error.to_string().contains("--no-auth"));
+    }
+
+    #[test]
+    fn the_directory_must_exist() {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut a = args("127.0.0.1:0", None, true);
+        a.dir = scratch.path().join("typo");
+        let failure = config(&a).unwrap_err();
+        assert_eq!(failure.code, super::super::exit::USAGE);
+        let message = failure.error.to_string();
+        assert!(
+            message.contains("typo does not exist") && message.contains("e.g. mkdir -p"),
+            "{message}"
+        );
+        assert!(!a.dir.exists(), "nothing is created");
+        std::fs::write(&a.dir, b"").unwrap();
+        let message = config(&a).unwrap_err().error.to_string();
+        assert!(message.contains("is not a directory"), "{message}");
     }
 
     #[test]

@@ -34,7 +34,8 @@ use std::io::Write;
 #[derive(Debug, Default)]
 pub(crate) struct BodyHeaders {
     pub checksum: Option<Checksum>,
-    /// `Repr-Digest`: the whole file's SHA-256, checked if this body completes the upload.
+    /// `Repr-Digest`: the whole file's SHA-256, recorded for the upload before the body is read
+    /// (see [`declare_digest`]) and checked when the upload completes.
     pub repr_digest: Option<[u8; 32]>,
     pub content_length: Option<u64>,
 }
@@ -66,14 +67,13 @@ pub(crate) async fn append(
     mut body: Body,
     headers: BodyHeaders,
 ) -> Result<Option<Published>, ApiError> {
+    if let Some(digest) = headers.repr_digest {
+        declare_digest(app, held.upload(), &digest).await?;
+    }
     let upload = held.upload();
     let id = upload.id.clone();
     let start = upload.info.offset;
-    let limit = upload
-        .info
-        .length
-        .or(app.config.max_size)
-        .unwrap_or(u64::MAX);
+    let limit = upload.info.length.unwrap_or(app.max_size);
     // A deferred-length upload may already hold more than a --max-size lowered since.
     let room = limit
         .checked_sub(start)
@@ -153,6 +153,12 @@ pub(crate) async fn append(
         } else {
             commit(app, held, file, received, sha).await?
         };
+        // Every byte is in, only the body's end is missing (a chunked body cut off after its
+        // last data): finish now, against the declared digest, rather than leave a complete
+        // upload for whichever request comes next.
+        if held.upload().info.is_complete() {
+            return complete(app, held).await.map(Some);
+        }
         return Err(ApiError::Interrupted { why, offset });
     }
     if let (Some(expected), Some(hasher)) = (&headers.checksum, checksum)
@@ -163,12 +169,33 @@ pub(crate) async fn append(
     }
     commit(app, held, file, received, sha).await?;
     if held.upload().info.is_complete() {
-        complete(app, held, headers.repr_digest).await.map(Some)
+        complete(app, held).await.map(Some)
     } else {
-        if headers.repr_digest.is_some() {
-            tracing::debug!(%id, "Repr-Digest on a PATCH that does not complete the upload: ignored");
-        }
         Ok(None)
+    }
+}
+
+/// Records a whole-file SHA-256 declared by a request (`Repr-Digest`), on disk before any byte
+/// of that request is kept: whatever happens to the request afterwards (a body cut off after
+/// its last byte, a crash before the check), completing the upload checks this digest. An
+/// upload has one declared digest; a request that declares another is refused (400) before
+/// its body is read, since no file can match both.
+pub(crate) async fn declare_digest(
+    app: &App,
+    upload: &mut super::uploads::Upload,
+    digest: &[u8; 32],
+) -> Result<(), ApiError> {
+    let digest = hex::encode(digest);
+    match &upload.info.expected_sha256 {
+        Some(declared) if *declared == digest => Ok(()),
+        Some(declared) => Err(ApiError::BadRequest(format!(
+            "Repr-Digest declares SHA-256 {digest}, but this upload was declared with {declared}; \
+             a file cannot match both (start a new upload for another file)"
+        ))),
+        None => {
+            upload.info.expected_sha256 = Some(digest);
+            save(app, &upload.id, &upload.info).await
+        }
     }
 }
 
@@ -211,13 +238,23 @@ async fn rebuild_sha(app: &App, id: &Id, len: u64) -> Result<Sha256, ApiError> {
     blocking(move || store.hash_part(&id, len)).await
 }
 
-/// Finishes an upload that has all its bytes: compares its SHA-256 with every declared one,
-/// then publishes it or, on a mismatch, deletes the data and remembers the failure (HEAD: 410).
-pub(crate) async fn complete(
-    app: &App,
-    held: &mut Held,
-    repr_digest: Option<[u8; 32]>,
-) -> Result<Published, ApiError> {
+/// Finishes an upload that has all its bytes: compares its SHA-256 with the declared one (see
+/// [`declare_digest`]), then publishes it or, on a mismatch, deletes the data and remembers the
+/// failure (HEAD: 410). Only an upload for which no digest was ever declared is published
+/// unverified.
+pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, ApiError> {
+    // Per-token directories: the owner's; an upload without one (older than the flag) is
+    // never acquired then, so DIR is only a fallback. Checked first: a refusal here must not
+    // cost the running SHA-256 (rebuilding it reads the whole part file again).
+    let subdir = held
+        .upload()
+        .info
+        .owner
+        .clone()
+        .filter(|_| app.config.per_token_dirs);
+    if let Some(subdir) = &subdir {
+        super::handlers::token_dir_usable(app, subdir).await?;
+    }
     let upload = held.upload();
     let id = upload.id.clone();
     let sha = match upload.sha.take() {
@@ -226,16 +263,17 @@ pub(crate) async fn complete(
     };
     let received: [u8; 32] = sha.finalize().into();
     let upload = held.upload();
-    let declared_in_metadata = upload
-        .info
-        .expected_sha256
-        .as_deref()
-        .and_then(crate::protocol::parse_hex_sha256);
-    let declared: Vec<[u8; 32]> = [declared_in_metadata, repr_digest]
-        .into_iter()
-        .flatten()
-        .collect();
-    if let Some(wrong) = declared.iter().find(|d| **d != received) {
+    let declared = match upload.info.expected_sha256.as_deref() {
+        None => None,
+        // Written by `create` or `declare_digest` from 32 parsed bytes: unreadable only if
+        // damaged, and then nothing can be verified, so nothing is published.
+        Some(hex) => Some(crate::protocol::parse_hex_sha256(hex).ok_or_else(|| {
+            ApiError::Internal(format!(
+                "the declared SHA-256 {hex:?} in the info file is damaged"
+            ))
+        })?),
+    };
+    if let Some(wrong) = declared.filter(|d| *d != received) {
         let (declared, received) = (hex::encode(wrong), hex::encode(received));
         tracing::warn!(%id, %declared, %received, "whole-file SHA-256 mismatch; deleting the data");
         upload.info.state = State::Failed {
@@ -248,7 +286,7 @@ pub(crate) async fn complete(
         blocking(move || store.remove_part(&part_id)).await?;
         return Err(ApiError::DigestMismatch { declared, received });
     }
-    if declared.is_empty() {
+    if declared.is_none() {
         tracing::warn!(%id, "no SHA-256 declared; publishing unverified");
     }
 
@@ -259,13 +297,6 @@ pub(crate) async fn complete(
         .or_else(|| metadata.0.get("name"));
     let wanted = safe_name(wanted.map(Vec::as_slice), &id);
     let length = upload.info.offset;
-    // Per-token directories: the owner's; an upload without one (older than the flag) is
-    // never acquired then, so DIR is only a fallback.
-    let subdir = upload
-        .info
-        .owner
-        .clone()
-        .filter(|_| app.config.per_token_dirs);
     let store = app.uploads.store().clone();
     let publish_id = id.clone();
     let name =
@@ -283,7 +314,7 @@ pub(crate) async fn complete(
     if let Err(e) = blocking(move || store.remove_part(&part_id)).await {
         tracing::error!(%id, error = %e, "cannot remove the published part file");
     }
-    tracing::info!(%id, %name, bytes = length, verified = !declared.is_empty(), "published");
+    tracing::info!(%id, %name, bytes = length, verified = declared.is_some(), "published");
     Ok(Published {
         name,
         sha256: received,
@@ -297,7 +328,7 @@ pub(crate) async fn settle(app: &App, held: &mut Held) -> Result<(), ApiError> {
     if info.state != State::Partial || !info.is_complete() {
         return Ok(());
     }
-    match complete(app, held, None).await {
+    match complete(app, held).await {
         Ok(_) | Err(ApiError::DigestMismatch { .. }) => Ok(()),
         Err(e) => Err(e),
     }

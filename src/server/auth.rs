@@ -103,6 +103,10 @@ impl Tokens {
         &self.names[index]
     }
 
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
     pub fn count(&self) -> usize {
         self.digests.len()
     }

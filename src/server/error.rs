@@ -55,6 +55,12 @@ pub(crate) enum ApiError {
     Busy,
     #[error("too many uploads sending data at once (at most {max} per token); retry shortly")]
     TooManyUploads { max: usize },
+    #[error(
+        "this server cannot publish the uploads of token {name:?}: where their directory goes \
+         there is {what}; the server's operator must make it a directory (what was received \
+         is kept, and the upload can go on then)"
+    )]
+    TokenDir { name: String, what: &'static str },
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
     #[error("internal error: {0}")]
@@ -85,6 +91,10 @@ impl ApiError {
             ApiError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::OffsetMismatch { .. } => StatusCode::CONFLICT,
+            // The server's state is in the way, and no retry changes it until the operator
+            // acts: a 5xx would have clients retry forever. (Ours stops: 409 without an
+            // offset, then HEAD, which gets the same.)
+            ApiError::TokenDir { .. } => StatusCode::CONFLICT,
             ApiError::ChecksumMismatch { .. } => {
                 StatusCode::from_u16(protocol::STATUS_CHECKSUM_MISMATCH)
                     .expect("460 is a valid status")

@@ -12,7 +12,7 @@ use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
 use super::receiving::Receipt;
-use super::storage::{Info, State, now_ms};
+use super::storage::{Info, State, TokenDir, now_ms};
 use super::uploads::{Upload, blocking};
 use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
 use axum::Router;
@@ -100,8 +100,11 @@ struct Caller<'a> {
     name: Option<&'a str>,
     /// Whose bodies count against one cap: the token's index (everyone is 0 without auth).
     group: usize,
-    /// With per-token directories: the only owner whose uploads this caller can see.
+    /// The only owner whose uploads this caller can see: its own name, unless uploads are
+    /// shared (`Config::shared_uploads`) or there is no auth.
     scope: Option<&'a str>,
+    /// With per-token directories: the directory (in `DIR`) this caller's uploads go to.
+    publishes_in: Option<&'a str>,
 }
 
 impl<'a> Caller<'a> {
@@ -112,6 +115,7 @@ impl<'a> Caller<'a> {
                 name: None,
                 group: 0,
                 scope: None,
+                publishes_in: None,
             });
         };
         let authorization = headers
@@ -122,8 +126,18 @@ impl<'a> Caller<'a> {
         Ok(Caller {
             name: Some(name),
             group: index,
-            scope: app.config.per_token_dirs.then_some(name),
+            scope: (!app.config.shared_uploads).then_some(name),
+            publishes_in: app.config.per_token_dirs.then_some(name),
         })
+    }
+
+    /// Refuses (409, see [`ApiError::TokenDir`]) a request that would receive or publish for a
+    /// token whose directory is taken by something else, before anything is read or written.
+    async fn check_dir(&self, app: &App) -> Result<(), ApiError> {
+        let Some(name) = self.publishes_in else {
+            return Ok(());
+        };
+        token_dir_usable(app, name).await
     }
 
     /// Counts a body against the cap, or refuses it (429) before it is read.
@@ -136,6 +150,26 @@ impl<'a> Caller<'a> {
     }
 }
 
+/// Whether `DIR/<name>` is a directory or absent (see [`ApiError::TokenDir`]).
+pub(crate) async fn token_dir_usable(app: &App, name: &str) -> Result<(), ApiError> {
+    let store = app.uploads.store().clone();
+    let dir_name = name.to_string();
+    match blocking(move || store.token_dir(&dir_name)).await? {
+        TokenDir::Absent | TokenDir::Directory => Ok(()),
+        TokenDir::Unusable(what) => {
+            tracing::error!(
+                token = name,
+                what,
+                "the token's directory is not a directory: its uploads are refused"
+            );
+            Err(ApiError::TokenDir {
+                name: name.to_string(),
+                what,
+            })
+        }
+    }
+}
+
 async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response, ApiError> {
     let method = effective_method(&req)?;
     if method == Method::OPTIONS {
@@ -144,6 +178,9 @@ async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response,
     check_version(req.headers())?;
     let caller = Caller::of(&app, req.headers())?;
     let upload = |raw: &str| Id::parse(raw).ok_or(ApiError::NotFound);
+    if matches!(method, Method::POST | Method::HEAD | Method::PATCH) {
+        caller.check_dir(&app).await?;
+    }
     match (target, method) {
         (Target::Creation, Method::POST) => create(&app, caller, req).await,
         (Target::Creation, _) => Err(ApiError::MethodNotAllowed {
@@ -218,9 +255,7 @@ fn options(app: &App) -> Response {
         protocol::TUS_CHECKSUM_ALGORITHM,
         &Algorithm::header_value(),
     );
-    if let Some(max) = app.config.max_size {
-        h.insert(protocol::TUS_MAX_SIZE, HeaderValue::from(max));
-    }
+    h.insert(protocol::TUS_MAX_SIZE, HeaderValue::from(app.max_size));
     response
 }
 
@@ -247,12 +282,10 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             ));
         }
     };
-    if let (Some(length), Some(max)) = (length, app.config.max_size)
-        && length > max
+    if let Some(length) = length
+        && length > app.max_size
     {
-        return Err(ApiError::TooLarge(format!(
-            "Upload-Length {length} is over this server's maximum of {max} bytes"
-        )));
+        return Err(too_large_for(app, length));
     }
     let metadata = text(headers, protocol::UPLOAD_METADATA)?.unwrap_or_default();
     if metadata.len() > MAX_METADATA_BYTES {
@@ -273,6 +306,15 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
     };
     let with_body = has_upload_body(headers);
     let body_headers = body_headers(headers)?;
+    if let (Some(declared), Some(digest)) = (&expected_sha256, &body_headers.repr_digest)
+        && *declared != hex::encode(digest)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Repr-Digest declares SHA-256 {}, metadata sha256 {declared}; a file cannot match \
+             both",
+            hex::encode(digest)
+        )));
+    }
     // Refused before the upload exists: the client retries the whole POST later.
     let _receipt = with_body.then(|| caller.start_body(app)).transpose()?;
 
@@ -316,7 +358,10 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             Err(e) => return Err(e),
         }
     } else if length == Some(0) {
-        Some(complete(app, &mut held, body_headers.repr_digest).await?)
+        if let Some(digest) = &body_headers.repr_digest {
+            append::declare_digest(app, held.upload(), digest).await?;
+        }
+        Some(complete(app, &mut held).await?)
     } else {
         None
     };
@@ -429,15 +474,23 @@ async fn declare_length(app: &App, upload: &mut Upload, length: u64) -> Result<(
             upload.info.offset
         )));
     }
-    if let Some(max) = app.config.max_size
-        && length > max
-    {
-        return Err(ApiError::TooLarge(format!(
-            "Upload-Length {length} is over this server's maximum of {max} bytes"
-        )));
+    if length > app.max_size {
+        return Err(too_large_for(app, length));
     }
     upload.info.length = Some(length);
     append::save(app, &upload.id, &upload.info).await
+}
+
+fn too_large_for(app: &App, length: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "Upload-Length {length} is over this server's maximum of {} bytes ({})",
+        app.max_size,
+        if app.config.max_size.is_some() {
+            "its --max-size"
+        } else {
+            "what its disk had free at start-up, less 5 %"
+        }
+    ))
 }
 
 fn patched(app: &App, info: &Info, published: Option<Published>) -> Response {

@@ -21,16 +21,27 @@
 //! one). The name used is returned in `Upload-Published-As` (percent-encoded outside printable
 //! ASCII) with the file's `Repr-Digest`. Nothing incomplete ever sits under a final name.
 //!
-//! Per-token directories (`Config::per_token_dirs`, requires tokens): maintainers who share a
-//! server do not see each other's uploads. Each token has a name (see `auth`: `TOKEN NAME` in
-//! the token file, or a default derived from the token's hash); an upload records the name of
-//! the token that created it (the name, never the token) in its info file, and HEAD, PATCH and
-//! DELETE with another token answer 404 exactly as for an unknown id, without asking a request
-//! in progress on it to stop. A finished upload is published in `DIR/<NAME>/` (created when
-//! missing) under the same no-clobber policy, and `Upload-Published-As` names the file within
-//! that directory. Uploads recorded without an owner (created before the flag was on, or
-//! before owners were recorded) are nobody's and answer 404 to everyone while the flag is on.
-//! Without the flag the owner is recorded but not checked, and everything lands in `DIR`.
+//! Tokens keep apart. Each token has a name (see `auth`: `TOKEN NAME` in the token file, or a
+//! default derived from the token's hash); an upload records the name of the token that
+//! created it (the name, never the token) in its info file, and HEAD, PATCH and DELETE with
+//! another token answer 404 exactly as for an unknown id, without asking a request in progress
+//! on it to stop: a token that learns another's upload URL can neither read its progress nor
+//! add to it nor remove it. Uploads recorded without an owner (created without auth, or before
+//! owners were recorded) are nobody's and answer 404 to every token. `Config::shared_uploads`
+//! (`--shared-uploads`) turns this off: every token reaches every upload, as one namespace.
+//!
+//! Per-token directories (`Config::per_token_dirs`, requires tokens, not with shared uploads):
+//! maintainers who share a server do not see each other's files either. A finished upload is
+//! published in `DIR/<NAME>/` (created when missing) under the same no-clobber policy, and
+//! `Upload-Published-As` names the file within that directory. `DIR/<NAME>` must be a real
+//! directory (or absent): a symbolic link or a file there stops the server at start-up, and
+//! one that appears later gets that token's creation, HEAD and PATCH a 409 that says the
+//! operator must fix it (nothing is written through a link; what was received is kept).
+//! Without per-token directories everything lands in `DIR`.
+//!
+//! Size: `Config::max_size`, by default 95 % of what `DIR`'s file system has free at start-up
+//! ([`default_max_size`]), advertised as `Tus-Max-Size`; a larger `Upload-Length` gets 413 at
+//! creation.
 //!
 //! Concurrent bodies (`Config::max_uploads_per_token`, see `receiving`): a token may have at
 //! most that many PATCH or creation-with-upload bodies being received at once; one more gets
@@ -39,9 +50,14 @@
 //! PATCH counts after it has taken its upload over, so a client resuming after a dead link is
 //! not refused because of its own stalled earlier request.
 //!
-//! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or a `Repr-Digest`
-//! on the completing PATCH; on a mismatch the data is deleted, the PATCH gets 422 and HEAD 410.
-//! Without either, the upload is published unverified (third-party clients).
+//! Whole-file integrity: the expected SHA-256 comes from metadata `sha256` or the `Repr-Digest`
+//! of a PATCH (in practice the last one), and is written to the info file before any byte of
+//! that PATCH is kept. So nothing declared is ever lost: a last PATCH cut off after its final
+//! byte, a crash before the check, or a HEAD that finishes the upload later, all check it. On
+//! a mismatch the data is deleted, the PATCH gets 422 and HEAD 410 (both mean "nothing was
+//! published"). A second, different digest for one upload is refused (400) before its body is
+//! read. Only an upload for which no digest was ever declared is published unverified
+//! (third-party clients); the log says so.
 //!
 //! TLS (`Config::tls`): each accepted connection does its handshake in its own task, bounded by
 //! the idle timeout, so a slow or silent client never holds up accepting. A plain-HTTP request
@@ -66,7 +82,7 @@ mod uploads;
 
 pub use auth::{Token, load_token_file};
 pub use cors::{BadOrigin, Cors};
-pub use names::{Id, safe_name};
+pub use names::{Id, is_invisible, safe_name};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -101,8 +117,13 @@ pub struct Config {
     pub per_token_dirs: bool,
     /// How many bodies one token (all clients together without auth) may send at once.
     pub max_uploads_per_token: usize,
-    /// The largest upload accepted (`Tus-Max-Size`).
+    /// The largest upload accepted (`Tus-Max-Size`). `None`: what `dir`'s file system has free
+    /// for unprivileged users at start-up, less 5 % (see [`default_max_size`]): an upload
+    /// that cannot fit is refused at creation, not after nights of sending, with a 507.
     pub max_size: Option<u64>,
+    /// Let every token reach (HEAD, PATCH, DELETE) every upload whose URL it has, as one
+    /// namespace. Off: a token reaches only the uploads it created (see the module doc).
+    pub shared_uploads: bool,
     /// An upload idle this long is removed (and so is the record of a finished one).
     pub expire_after: Duration,
     /// How often expired uploads are looked for.
@@ -126,7 +147,7 @@ impl Config {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_MAX_UPLOADS_PER_TOKEN: usize = 32;
 
-    /// No auth, no size limit, default timings.
+    /// No auth, the size limit from the free space, default timings.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -134,6 +155,7 @@ impl Config {
             per_token_dirs: false,
             max_uploads_per_token: Self::DEFAULT_MAX_UPLOADS_PER_TOKEN,
             max_size: None,
+            shared_uploads: false,
             expire_after: Self::DEFAULT_EXPIRE_AFTER,
             sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
@@ -169,6 +191,22 @@ pub enum ServerError {
     NoTokens { path: Option<PathBuf> },
     #[error("{at}: {why}")]
     BadToken { at: String, why: String },
+    #[error(
+        "{} is {what}, not a directory: with --per-token-dirs the uploads of token {name:?} are \
+         published there, and never through a link or into a file. Move it away (e.g. mv {} \
+         {}.old; the server then creates the directory) and start the server again",
+        path.display(), path.display(), path.display()
+    )]
+    TokenDir {
+        path: PathBuf,
+        name: String,
+        what: &'static str,
+    },
+    #[error(
+        "per-token directories keep each token's uploads apart; shared uploads put them \
+         together: give one or the other"
+    )]
+    PerTokenDirsShared,
     #[error("per-token directories need tokens: give --token-file FILE")]
     PerTokenDirsWithoutTokens,
     #[error("the cap on uploads per token must be at least 1")]
@@ -178,6 +216,8 @@ pub enum ServerError {
 /// Shared by every request.
 pub(crate) struct App {
     config: Config,
+    /// The largest upload accepted: `Config::max_size`, or the default derived at start-up.
+    max_size: u64,
     tokens: Option<auth::Tokens>,
     uploads: uploads::Uploads,
     receiving: receiving::Receiving,
@@ -202,6 +242,9 @@ impl Server {
         if config.max_uploads_per_token == 0 {
             return Err(ServerError::NoUploadsAllowed);
         }
+        if config.per_token_dirs && config.shared_uploads {
+            return Err(ServerError::PerTokenDirsShared);
+        }
         let tokens = config
             .tokens
             .as_deref()
@@ -211,14 +254,39 @@ impl Server {
             path: config.dir.clone(),
             source,
         })?;
+        store.recover().map_err(|source| ServerError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+        if config.per_token_dirs {
+            check_token_dirs(&store, tokens.as_ref())?;
+        }
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let max_size = match config.max_size {
+            Some(max) => max,
+            None => {
+                let free = store.free_space().map_err(|source| ServerError::Dir {
+                    path: config.dir.clone(),
+                    source,
+                })?;
+                let max = default_max_size(free);
+                let (free, largest) = (crate::units::Size(free), crate::units::Size(max));
+                tracing::info!(
+                    %free,
+                    %largest,
+                    "largest upload: 95 % of the free space (--max-size to choose)"
+                );
+                max
+            }
+        };
         let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
         let app = App {
+            max_size,
             tokens,
             uploads: uploads::Uploads::new(Arc::new(store), config.expire_after),
             receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
@@ -299,6 +367,40 @@ impl Server {
         sweeper.abort();
         Ok(())
     }
+}
+
+/// The largest upload by default, from the bytes free in the upload directory's file system
+/// at start-up: 95 % of them, leaving room for the info files and whatever else uses the disk.
+/// An upload larger than the free space can never be completed; refused at creation, the
+/// client learns it at once (413) instead of after nights of sending (507).
+pub fn default_max_size(free: u64) -> u64 {
+    free / 20 * 19
+}
+
+/// Refuses to start when a token's directory is taken by something that is not a directory:
+/// found only at its first publication, it would fail that token's uploads one by one.
+fn check_token_dirs(
+    store: &storage::Store,
+    tokens: Option<&auth::Tokens>,
+) -> Result<(), ServerError> {
+    let Some(tokens) = tokens else {
+        return Ok(());
+    };
+    for name in tokens.names() {
+        let path = store.dir().join(name);
+        match store.token_dir(name) {
+            Ok(storage::TokenDir::Absent | storage::TokenDir::Directory) => {}
+            Ok(storage::TokenDir::Unusable(what)) => {
+                return Err(ServerError::TokenDir {
+                    path,
+                    name: name.to_string(),
+                    what,
+                });
+            }
+            Err(source) => return Err(ServerError::Dir { path, source }),
+        }
+    }
+    Ok(())
 }
 
 async fn drain(connections: &mut JoinSet<()>) {

@@ -9,6 +9,7 @@
 //! cases are unit-tested in a table.
 
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
 
 /// The longest published name, in bytes. Leaves room for a clash suffix (`.123`) under the
 /// usual 255-byte file name limit.
@@ -46,9 +47,12 @@ impl fmt::Display for Id {
 
 /// Reduces a client-supplied file name to a safe base name: the last path component after any
 /// `/` or `\` (so `C:\x\y.iso` is `y.iso` and `../../etc/passwd` is `passwd`), without control
-/// characters (NUL included), surrounding white space or leading dots (so never `.`, `..` or a
-/// hidden file), at most 200 bytes (cut at a char boundary, keeping a short extension). What
-/// is left empty becomes `upload-<id>`.
+/// characters (NUL included) or invisible ones (see [`is_invisible`]: `rtl\u{202e}TXT.exe`,
+/// which a listing shows as "rtlexe.TXT", is `rtlTXT.exe`), with every other kind of white
+/// space a plain space, in Unicode NFC (so the NFC and NFD spellings of `café.txt` are one
+/// name, as they look), without surrounding white space or leading dots (so never `.`, `..`
+/// or a hidden file), at most 200 bytes (cut at a char boundary, keeping a short extension).
+/// What is left empty becomes `upload-<id>`.
 pub fn safe_name(requested: Option<&[u8]>, id: &Id) -> String {
     let fallback = || format!("upload-{id}");
     let Some(requested) = requested else {
@@ -56,7 +60,12 @@ pub fn safe_name(requested: Option<&[u8]>, id: &Id) -> String {
     };
     let text = String::from_utf8_lossy(requested);
     let last = text.rsplit(['/', '\\']).next().unwrap_or_default();
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    // Invisible characters go before composing: `e` + U+034F + U+0301 must become `é`.
+    let visible = last
+        .chars()
+        .filter(|&c| !c.is_control() && !is_invisible(c))
+        .map(|c| if c.is_whitespace() { ' ' } else { c });
+    let clean: String = visible.nfc().collect();
     // Dots and white space together: stripping one then the other left " . .x" as ".x", a
     // hidden file (found by fuzz/fuzz_targets/safe_name.rs).
     let name = clean
@@ -66,6 +75,44 @@ pub fn safe_name(requested: Option<&[u8]>, id: &Id) -> String {
         return fallback();
     }
     truncate_keeping_extension(name, MAX_NAME_BYTES)
+}
+
+/// Characters that show nothing in a file listing, or change how the rest is shown: the bidi
+/// controls (U+202A-202E, U+2066-2069, U+200E/200F, U+061C), the other format characters
+/// (Unicode category Cf: zero-width space and joiners, word joiner, BOM, soft hyphen, tags,
+/// ...), the rest of the default-ignorable code points (Hangul fillers U+115F, U+1160, U+3164,
+/// U+FFA0; variation selectors; the combining grapheme joiner), line and paragraph separators,
+/// and the object replacement character U+FFFC. Letters, digits, punctuation and visible
+/// symbols of every script stay.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFC}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 fn truncate_keeping_extension(name: &str, max: usize) -> String {
@@ -206,6 +253,62 @@ mod tests {
 
         let cut = safe_name(Some(long_utf8.as_bytes()), &id());
         assert!(cut.len() <= 200 && cut.ends_with("é.iso"), "{cut}");
+    }
+
+    /// Issue 11, item 4: names that look like another (bidi overrides, invisible characters,
+    /// two spellings of one text) are reduced to what they show, in one spelling.
+    #[test]
+    fn names_cannot_be_spoofed_visually() {
+        let fallback = "upload-0123456789abcdef0123456789abcdef";
+        let table: &[(&str, &str)] = &[
+            ("rtl\u{202e}TXT.exe", "rtlTXT.exe"),
+            ("a\u{202a}b\u{202b}c\u{202c}d\u{202d}e", "abcde"),
+            ("\u{2066}x\u{2067}y\u{2068}z\u{2069}.txt", "xyz.txt"),
+            ("left\u{200e}right\u{200f}\u{61c}.pdf", "leftright.pdf"),
+            (
+                "zero\u{200b}width\u{200c}\u{200d}\u{2060}.iso",
+                "zerowidth.iso",
+            ),
+            ("\u{feff}bom.txt", "bom.txt"),
+            ("soft\u{ad}hyphen", "softhyphen"),
+            ("cafe\u{301}.txt", "caf\u{e9}.txt"),
+            ("caf\u{e9}.txt", "caf\u{e9}.txt"),
+            ("\u{1100}\u{1161}.txt", "\u{ac00}.txt"),
+            ("\u{3164}", fallback),
+            ("\u{115f}\u{1160}\u{ffa0}", fallback),
+            ("x\u{fffc}y", "xy"),
+            ("tag\u{e0041}\u{e007f}s", "tags"),
+            ("e\u{34f}\u{301}", "\u{e9}"),
+            ("\u{200e}.hidden", "hidden"),
+            ("\u{200b} \u{200b}", fallback),
+            (
+                "no\u{a0}break\u{3000}space\u{2003}.txt",
+                "no break space .txt",
+            ),
+            ("line\u{2028}sep\u{2029}", "linesep"),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                safe_name(Some(input.as_bytes()), &id()),
+                *want,
+                "{:?}",
+                input.escape_unicode().to_string()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The spoofing properties on any text (fuzz/fuzz_targets/safe_name.rs checks them on
+        /// any bytes): nothing invisible, one kind of space, NFC, and reduced to itself when
+        /// reduced again.
+        #[test]
+        fn any_name_is_visible_and_normalised(text in proptest::prelude::any::<String>()) {
+            let name = safe_name(Some(text.as_bytes()), &id());
+            proptest::prop_assert!(!name.chars().any(is_invisible), "{:?}", name);
+            proptest::prop_assert!(!name.chars().any(|c| c.is_whitespace() && c != ' '));
+            proptest::prop_assert!(unicode_normalization::is_nfc(&name), "{:?}", name);
+            proptest::prop_assert_eq!(safe_name(Some(name.as_bytes()), &id()), name);
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
 //! After a crash the part file may hold more than the offset (bytes written, never committed);
-//! loading truncates it. Everything here is blocking `std::fs`: callers run it on the blocking
+//! loading truncates it. A finished upload's part file left by a kill during publishing goes at
+//! the next start ([`Store::recover`]). Everything here is blocking `std::fs`: callers run it on the blocking
 //! pool.
 
 use super::names::{self, Id};
@@ -37,7 +38,9 @@ pub struct Info {
     pub offset: u64,
     /// `Upload-Metadata` as received, echoed on HEAD.
     pub metadata: String,
-    /// The declared whole-file SHA-256 (hex), from metadata `sha256`.
+    /// The declared whole-file SHA-256 (hex): metadata `sha256` at creation, or the first
+    /// `Repr-Digest` a request carried, recorded before any byte of that request was kept.
+    /// Completing the upload checks it; only an upload without one is published unverified.
     pub expected_sha256: Option<String>,
     /// The name of the token that created the upload (never the token itself). `None` without
     /// auth, and in info files written before owners were recorded.
@@ -84,6 +87,17 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What stands where a token's directory goes (see [`Store::token_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenDir {
+    /// Nothing yet: created on the first publication.
+    Absent,
+    /// A real directory.
+    Directory,
+    /// Something that must not be used, said for people ("a symbolic link", ...).
+    Unusable(&'static str),
 }
 
 /// The upload directory and its `.partial` subdirectory.
@@ -240,12 +254,7 @@ impl Store {
                 names::check_dir_name(subdir).map_err(|why| {
                     io::Error::other(format!("owner {subdir:?} in the info file: {why}"))
                 })?;
-                let dir = self.dir.join(subdir);
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir)?;
-                    sync_dir(&self.dir)?;
-                }
-                dir
+                self.make_token_dir(subdir)?
             }
         };
         for n in 0..10_000 {
@@ -268,6 +277,104 @@ impl Store {
         Err(io::Error::other(format!(
             "10000 files named like {name:?} exist already"
         )))
+    }
+
+    /// Removes the part files of finished uploads, at start-up. Publishing records the name and
+    /// only then removes the part file, which is by then a second hard link to the published
+    /// file (and a failed upload's record is written before its data goes): a kill in between
+    /// leaves the part file beside a record that no longer needs it, for as long as the record
+    /// lives (the expiry, a week by default). Returns how many went.
+    pub fn recover(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.partial)? {
+            let file_name = entry?.file_name();
+            let Some(id) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".info"))
+                .and_then(Id::parse)
+            else {
+                continue;
+            };
+            let part = self.part_path(&id);
+            if !part.exists() {
+                continue;
+            }
+            let Ok(json) = fs::read(self.info_path(&id)) else {
+                continue;
+            };
+            let finished = serde_json::from_slice::<Info>(&json)
+                .is_ok_and(|info| !matches!(info.state, State::Partial));
+            if finished {
+                tracing::info!(%id, "removing the part file of a finished upload");
+                remove_if_present(&part)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.partial)?;
+        }
+        Ok(removed)
+    }
+
+    /// What stands at `DIR/<name>`, where a token's uploads are published with per-token
+    /// directories. Never follows a symbolic link there: the uploads would land wherever it
+    /// points.
+    pub fn token_dir(&self, name: &str) -> io::Result<TokenDir> {
+        let path = self.dir.join(name);
+        let file_type = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta.file_type(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(TokenDir::Absent),
+            Err(e) => return Err(e),
+        };
+        Ok(if file_type.is_dir() {
+            TokenDir::Directory
+        } else if file_type.is_symlink() {
+            TokenDir::Unusable("a symbolic link")
+        } else if file_type.is_file() {
+            TokenDir::Unusable("a regular file")
+        } else {
+            TokenDir::Unusable("not a directory")
+        })
+    }
+
+    /// `DIR/<name>`, created when absent; an error of kind `NotADirectory` when something else
+    /// stands there (see [`Store::token_dir`]).
+    fn make_token_dir(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.dir.join(name);
+        for _ in 0..2 {
+            match self.token_dir(name)? {
+                TokenDir::Directory => return Ok(path),
+                TokenDir::Unusable(what) => {
+                    return Err(io::Error::new(
+                        ErrorKind::NotADirectory,
+                        format!("{} is {what}", path.display()),
+                    ));
+                }
+                TokenDir::Absent => match fs::create_dir(&path) {
+                    Ok(()) => {
+                        sync_dir(&self.dir)?;
+                        return Ok(path);
+                    }
+                    // Created in between: look again at what it is.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Err(io::Error::new(
+            ErrorKind::NotADirectory,
+            format!("{} keeps changing", path.display()),
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes an unprivileged process can still write in the upload directory's file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without

@@ -7,7 +7,7 @@
 //! "locked": it bumps the slot's takeover counter, which the running PATCH selects against its
 //! body frames; that PATCH stops, commits or discards its partial body, and lets go.
 //!
-//! With per-token directories a request may only see its own token's uploads. Someone else's
+//! A token may only see its own uploads (unless uploads are shared, or there is no auth). Someone else's
 //! upload is `NotFound`, and that is decided before any takeover: a request must not be able
 //! to interrupt (or, by its timing, detect) another token's upload in progress. The slot
 //! remembers the owner once the upload is loaded, so this needs no lock.
