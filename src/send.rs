@@ -12,6 +12,12 @@
 //!   whole-file SHA-256), once to send it. A change in between makes the server answer 460,
 //!   and a change anywhere else changes the file's mtime or ctime, checked before every chunk
 //!   and before the final one carries the whole file's digest (`Repr-Digest`).
+//! - The last chunk is different: nothing comes after it to notice a change, and the server
+//!   publishes as soon as its last byte arrives. So its last piece is held back until the file
+//!   is proved to be the one that was hashed ([`prove_unchanged`], after the last byte was
+//!   read): a change then aborts the request, the server never has every byte and publishes
+//!   nothing (issue 11, item 3). A change in the instant after that proof is still seen after
+//!   the server's answer, and reported as what it is: the version read was published.
 //! - Only a chunk the server acknowledged advances the offset and the running hash.
 //!
 //! Reading streams through a bounded channel in pieces sized by the [`Throttle`], so memory is
@@ -142,6 +148,21 @@ pub enum SendError {
         path.display()
     )]
     SourceChanged { path: PathBuf, what: String },
+    /// The race that no hold-back can close: the file changed after its last byte was read
+    /// and proved, while the server verified and published what was read.
+    #[error(
+        "\"{}\" changed just after its last byte was sent: {what}. The server verified and \
+         published the version that was read{}, SHA-256 {sha256}, which is not the file as it \
+         is now. Rerun with --restart to upload the new version",
+        path.display(),
+        published_as.as_deref().map(|n| format!(" as {n}")).unwrap_or_default()
+    )]
+    ChangedAfterPublished {
+        path: PathBuf,
+        what: String,
+        published_as: Option<String>,
+        sha256: String,
+    },
     #[error(
         "this transfer is being sent by another upload process ({owner}); wait for it or stop it"
     )]
@@ -205,6 +226,44 @@ impl Identity {
         } else {
             None
         }
+    }
+}
+
+/// What a look at the source after its last byte was read found.
+#[derive(Debug)]
+enum LastBytes {
+    /// Not the last chunk: nothing to prove here.
+    NotFinal,
+    /// The file is the one that was hashed (perhaps with a moved change time, now adopted).
+    Proved(Identity),
+    /// It is not, in words.
+    Changed(String),
+}
+
+/// Whether the file at `path` is still the one whose every byte hashes to `digest`, as
+/// `identity` described it. A moved change time alone (a chmod, or an edit that put the
+/// modification time back) is settled by reading the file again: rare, and cheap next to
+/// publishing the wrong bytes.
+fn prove_unchanged(path: &Path, identity: Identity, digest: &[u8; 32]) -> LastBytes {
+    let now = match std::fs::metadata(path) {
+        Ok(m) => Identity::of(&m),
+        Err(e) => return LastBytes::Changed(format!("it can no longer be read ({e})")),
+    };
+    match identity.difference(&now) {
+        None => LastBytes::Proved(now),
+        Some(_) if identity.same_but_ctime(&now) => {
+            let mut h = Sha256::new();
+            match read_range(path, 0, now.size, |b| h.update(b)) {
+                Ok(()) if <[u8; 32]>::from(h.finalize()) == *digest => LastBytes::Proved(now),
+                Ok(()) => LastBytes::Changed(
+                    "its content changed while it was being sent (its size and modification \
+                     time are the same)"
+                        .into(),
+                ),
+                Err(e) => LastBytes::Changed(format!("it can no longer be read ({e})")),
+            }
+        }
+        Some(what) => LastBytes::Changed(format!("{what} while it was being sent")),
     }
 }
 
@@ -1156,8 +1215,9 @@ impl Transfer_ {
         let (tx, body) = ChannelBody::new(len, 4);
         let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            produce(path, offset, len, tx, throttle, wire, runtime)
+        let last = digest.map(|d| (self.identity, d));
+        let producer = tokio::task::spawn_blocking(move || {
+            produce(path, offset, len, last, tx, throttle, wire, runtime)
         });
         let began = Instant::now();
         let stall = self.stall;
@@ -1168,6 +1228,20 @@ impl Transfer_ {
             r = patch => r,
             () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),
         };
+        // The request is gone (sent or dropped), so the producer ends soon; for the last
+        // chunk, what it found decides before anything the server said.
+        match producer.await.expect("chunk producer panicked") {
+            LastBytes::NotFinal => {}
+            LastBytes::Proved(now) => self.identity = now,
+            LastBytes::Changed(what) => {
+                return Err(StepError::Stop(SendError::SourceChanged {
+                    path: self.path.clone(),
+                    what: format!(
+                        "{what} (its last bytes were held back: the server publishes nothing)"
+                    ),
+                }));
+            }
+        }
         let outcome = match result {
             Ok(o) => o,
             Err(ClientError::ChecksumMismatch) => {
@@ -1220,6 +1294,18 @@ impl Transfer_ {
                     hex::encode(ours)
                 ))));
             }
+            // Success is reported only for the file as it is now.
+            let (path, identity) = (self.path.clone(), self.identity);
+            if let LastBytes::Changed(what) =
+                blocking(move || prove_unchanged(&path, identity, &ours)).await
+            {
+                return Err(StepError::Stop(SendError::ChangedAfterPublished {
+                    path: self.path.clone(),
+                    what,
+                    published_as: outcome.published_as,
+                    sha256: hex::encode(ours),
+                }));
+            }
             return Ok(Some((hex::encode(ours), outcome.published_as)));
         }
         Ok(None)
@@ -1230,15 +1316,22 @@ impl Transfer_ {
 /// thread of its own (plain reads straight into the piece: tokio's file type would copy every
 /// byte once more); the bounded channel stops it when the connection does not take more, and
 /// it ends when the request is gone.
+///
+/// For the last chunk (`last`: the identity the file was hashed with and the whole file's
+/// digest) the last piece is read, then the file is proved unchanged, and only then is the
+/// piece sent; a changed file fails the body instead, so the server never has every byte.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     path: PathBuf,
     offset: u64,
     len: u64,
+    last: Option<(Identity, [u8; 32])>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     throttle: Throttle,
     wire: Arc<WireCount>,
     runtime: tokio::runtime::Handle,
-) {
+) -> LastBytes {
+    let mut verdict = LastBytes::NotFinal;
     let mut file = match File::open(&path).and_then(|mut f| {
         f.seek(SeekFrom::Start(offset))?;
         Ok(f)
@@ -1246,7 +1339,7 @@ fn produce(
         Ok(f) => f,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
-            return;
+            return verdict;
         }
     };
     let mut at = offset;
@@ -1267,16 +1360,28 @@ fn produce(
             }
         }) {
             let _ = tx.blocking_send(Err(e));
-            return;
+            return verdict;
         }
         // Sleeping here is fine: this thread exists to feed this one chunk.
         runtime.block_on(throttle.acquire(piece));
+        if at + piece as u64 == end
+            && let Some((identity, digest)) = &last
+        {
+            verdict = prove_unchanged(&path, *identity, digest);
+            if matches!(verdict, LastBytes::Changed(_)) {
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "the source changed while its last chunk was sent",
+                )));
+                return verdict;
+            }
+        }
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-            return;
+            return verdict;
         }
         wire.record(at, piece as u64);
         at += piece as u64;
     }
+    verdict
 }
 
 /// Resolves when the connection made no progress (nothing acknowledged by the server, nothing

@@ -139,7 +139,7 @@ fn exit_code(e: &SendError) -> u8 {
         SendError::Url(_) | SendError::Tls(_) => exit::USAGE,
         SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
         SendError::NotAFile { .. } => exit::NOT_A_FILE,
-        SendError::SourceChanged { .. } => exit::CHANGED,
+        SendError::SourceChanged { .. } | SendError::ChangedAfterPublished { .. } => exit::CHANGED,
         SendError::GaveUp { .. } => exit::NETWORK,
         SendError::Busy { .. } => exit::BUSY,
         SendError::Interrupted => exit::INTERRUPTED,
