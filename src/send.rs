@@ -172,7 +172,10 @@ pub enum SendError {
     /// The TLS trust roots cannot be loaded (a bad `--ca` file, no system roots).
     #[error("{0}")]
     Tls(crate::tls::TlsError),
-    #[error("{error} (gave up after {attempts} attempts; --max-retries sets how many)")]
+    #[error(
+        "{error} (gave up after {attempts} attempts; --max-retries and --give-up-after, or \
+         give_up_after in the configuration file, set when)"
+    )]
     GaveUp { attempts: u32, error: ClientError },
     #[error("{0}")]
     Server(ClientError),

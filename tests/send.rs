@@ -700,3 +700,57 @@ fn a_file_still_being_written_is_not_published_truncated() {
     assert_eq!(code, Some(5), "{stderr}");
     assert!(!server.dir.join("growing.iso").exists());
 }
+
+/// Issue 11's closing remark: a `give_up_after` in the configuration file (which `config
+/// show` reports) is what `upload send` does; a flag still overrides it.
+#[test]
+fn the_config_files_give_up_after_is_honoured_by_send() {
+    let env = Env::new();
+    let config = env.path("config/upload/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "give_up_after = \"2s\"\n").unwrap();
+    let file = env.file("f.iso", 100);
+    // A closed port: failing from the first attempt.
+    let dead = "http://127.0.0.1:9/files/";
+    let (out, stdout, _) = run(env.upload().args(["config", "show", "--json"]));
+    assert!(out.status.success());
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["settings"]["give_up_after"]["source"], "config");
+    assert_eq!(shown["settings"]["give_up_after"]["send_seconds"], 2.0);
+
+    let began = Instant::now();
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(dead)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("gave up"), "{stderr}");
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
+
+    // The flag wins over the file: 1 h would not end within the test's patience.
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(dead)
+        .args(["--give-up-after", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(child.try_wait().unwrap().is_none(), "gave up before 1 h");
+    kill9(&mut child);
+}

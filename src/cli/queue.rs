@@ -101,7 +101,12 @@ pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, 
         .context("reading settings")?
     {
         Some(t) => Some(t),
-        None => global.timetable()?,
+        None => {
+            global
+                .settings(crate::config::Flags::default())?
+                .timetable
+                .value
+        }
     };
     match text {
         None => Ok(Timetable::constant(Budget::Unlimited)),
