@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use upload::queue;
 use upload::schedule::Timetable;
-use upload::store::{NewTransfer, Store, TransferState};
+use upload::store::{NewTransfer, Origin, Store, TransferState};
 use upload::units::Rate;
 
 fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
@@ -28,6 +28,7 @@ fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
                 priority: (i % 5) as i64,
                 deadline: None,
                 rate_limit_bps: None,
+                origin: Origin::Queue,
             })
             .unwrap();
     }

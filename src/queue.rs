@@ -17,7 +17,7 @@
 
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
-use crate::store::{Store, StoreError, Transfer, TransferState};
+use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, GateState, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
@@ -216,8 +216,70 @@ fn log_event(id: i64, e: &Event) {
     }
 }
 
-/// Whether the daemon may pick up this row: queued, or left running by a process that died.
+/// What a transfer is doing, as far as the database can tell: its stored state, corrected for
+/// what the row cannot say itself. A row stays `running` when its process dies (kill -9, a
+/// pipe's Ctrl-C) or while the run's gate holds it in a `pause` slot; `upload status` must not
+/// show a rate for either (issue 10, item 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Queued,
+    Running,
+    /// Held: `upload queue pause`, an interrupted `upload send`, or the run's budget is
+    /// `pause` (timetable or `upload limit pause`).
+    Paused,
+    Done,
+    Failed,
+    /// Marked running, but the process sending it is gone; the next `upload run` (queued
+    /// work) or a rerun of `upload send` continues it.
+    Interrupted,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Queued => "queued",
+            Activity::Running => "running",
+            Activity::Paused => "paused",
+            Activity::Done => "done",
+            Activity::Failed => "failed",
+            Activity::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// `t`'s [`Activity`] while the run's budget is `budget`.
+pub fn activity(t: &Transfer, budget: Budget) -> Activity {
+    match t.state {
+        TransferState::Queued => Activity::Queued,
+        TransferState::Paused => Activity::Paused,
+        TransferState::Done => Activity::Done,
+        TransferState::Failed => Activity::Failed,
+        TransferState::Running => match t.lock_owner.as_deref() {
+            None => Activity::Interrupted,
+            Some(owner) if send::owner_is_dead(owner) => Activity::Interrupted,
+            // Only the run's transfers pass its gate.
+            Some(_) if t.origin == Origin::Queue && budget == Budget::Paused => Activity::Paused,
+            Some(_) => Activity::Running,
+        },
+    }
+}
+
+/// The run's budget at `now`: `upload limit`'s override, else the timetable's.
+pub fn budget_in_force<Tz: chrono::TimeZone>(
+    timetable: &Timetable,
+    over: Option<Budget>,
+    now: &DateTime<Tz>,
+) -> Budget {
+    budget_now(timetable, over, now).0
+}
+
+/// Whether the daemon may pick up this row: queued work (not an `upload send`'s), queued or
+/// left running by a process that died.
 fn runnable(t: &Transfer) -> bool {
+    if t.origin != Origin::Queue {
+        return false;
+    }
     match t.state {
         TransferState::Queued => true,
         TransferState::Running => t.lock_owner.as_deref().is_none_or(send::owner_is_dead),
@@ -546,6 +608,7 @@ mod tests {
             updated_at: now,
             finished_at: None,
             rate_bps: None,
+            origin: Origin::Queue,
         }
     }
 
@@ -564,6 +627,39 @@ mod tests {
         assert_eq!(o[1].windows, Some(2));
         // Alone, the second would finish on the first night.
         assert_eq!(o[1].earliest_finish, Some(now + TimeDelta::hours(8)));
+    }
+
+    #[test]
+    fn a_dead_or_held_transfer_is_not_shown_running() {
+        let mut t = queued(1, 10);
+        t.state = TransferState::Running;
+        let rate = Budget::Limited(Rate::from_bits_per_second(32_000.0).unwrap());
+        assert_eq!(activity(&t, rate), Activity::Interrupted, "no owner");
+        t.lock_owner = Some(send::lock_owner());
+        assert_eq!(activity(&t, rate), Activity::Running);
+        assert_eq!(activity(&t, Budget::Paused), Activity::Paused);
+        t.lock_owner = Some(format!(
+            "4000000000@{}",
+            send::lock_owner().split_once('@').unwrap().1
+        ));
+        assert_eq!(activity(&t, rate), Activity::Interrupted, "dead owner");
+        // An `upload send` is not held by the run's pause.
+        t.lock_owner = Some(send::lock_owner());
+        t.origin = Origin::Send;
+        assert_eq!(activity(&t, Budget::Paused), Activity::Running);
+    }
+
+    #[test]
+    fn a_sends_transfer_is_not_the_runs_work() {
+        let mut t = queued(1, 10);
+        assert!(runnable(&t));
+        t.origin = Origin::Send;
+        assert!(!runnable(&t));
+        t.state = TransferState::Running;
+        assert!(
+            !runnable(&t),
+            "a dead ad-hoc send is not taken over by the run"
+        );
     }
 
     #[test]

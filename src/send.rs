@@ -26,7 +26,7 @@
 use crate::client::{ChannelBody, ClientError, LinkProbe, Retry, TusClient, parse_endpoint};
 use crate::estimate::chunk_size_for;
 use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, ext, meta};
-use crate::store::{LinkSample, NewTransfer, Store, StoreError, Transfer, TransferState};
+use crate::store::{LinkSample, NewTransfer, Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use bytes::Bytes;
@@ -591,8 +591,11 @@ pub async fn send(
     let _ = blocking(move || s.unlock(id, &o)).await;
     let state = match &result {
         Ok(_) => None,
-        // Progress is in the database; the next run continues.
-        Err(SendError::Interrupted) => Some(TransferState::Queued),
+        // Progress is in the database. A queued transfer goes back to the queue; an
+        // `upload send`'s is held until that command is rerun (or `upload queue resume`
+        // hands it to the run): nobody asked `upload run` to send it.
+        Err(SendError::Interrupted) if t.row.origin == Origin::Queue => Some(TransferState::Queued),
+        Err(SendError::Interrupted) => Some(TransferState::Paused),
         // Another process has it now: its state is its own.
         Err(SendError::Busy { .. }) => None,
         Err(_) => Some(TransferState::Failed),
@@ -686,6 +689,7 @@ async fn find_or_create_row(
         priority: 0,
         deadline: None,
         rate_limit_bps: opts.limit.map(Rate::bits_per_second),
+        origin: Origin::Send,
     };
     let s = store.clone();
     Ok(blocking(move || s.insert_transfer(&new)).await?)

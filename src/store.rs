@@ -96,6 +96,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE transfers ADD COLUMN rate_bps REAL;  -- bits per second the server confirmed lately
     "#,
+    // 2 -> 3: who asked for a transfer. Only `upload queue add`'s are the run's work; an
+    // interrupted `upload send` must not be sent by the next `upload run` (issue 10, item 4).
+    // Rows from before cannot be told apart and stay what they were: queued work.
+    r#"
+    ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'queue';  -- queue|send
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -214,6 +220,30 @@ impl FromStr for TransferState {
     }
 }
 
+/// Who asked for a transfer: `upload queue add` (the run's work) or `upload send` (its own
+/// process's, continued by rerunning it, or handed to the run by `upload queue resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Queue,
+    Send,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Queue => "queue",
+            Origin::Send => "send",
+        }
+    }
+
+    fn from_column(s: &str) -> Option<Origin> {
+        [Origin::Queue, Origin::Send]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
 /// One measurement of the link: `bytes` acknowledged in `seconds` to `host`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkSample {
@@ -250,6 +280,7 @@ pub struct Transfer {
     pub finished_at: Option<DateTime<Utc>>,
     /// Bits per second the server confirmed over the last minute, while running.
     pub rate_bps: Option<f64>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +295,7 @@ pub struct NewTransfer {
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
     pub rate_limit_bps: Option<f64>,
+    pub origin: Origin,
 }
 
 /// A handle on the database. Clones share one connection.
@@ -282,7 +314,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps";
+     rate_bps, origin";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -387,8 +419,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
-             state, priority, deadline, rate_limit_bps, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 t.name,
                 source,
@@ -401,6 +433,7 @@ impl Store {
                 t.deadline.map(|d| d.timestamp()),
                 t.rate_limit_bps,
                 now,
+                t.origin.as_str(),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -519,6 +552,16 @@ impl Store {
              sha256 = NULL, size = ?2, mtime_ns = ?3, state = 'queued', last_error = NULL, \
              finished_at = NULL, updated_at = ?4 WHERE id = ?1",
             params![id, size, mtime_ns, Utc::now().timestamp()],
+        )
+    }
+
+    /// `upload queue resume` of an `upload send`'s transfer: it becomes the run's work.
+    pub fn hand_to_queue(&self, id: i64) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE transfers SET origin = 'queue', state = 'queued', last_error = NULL, \
+             updated_at = ?2 WHERE id = ?1",
+            params![id, Utc::now().timestamp()],
         )
     }
 
@@ -782,6 +825,16 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
         updated_at: time_from_row(r, 21)?,
         finished_at: opt_time_from_row(r, 22)?,
         rate_bps: r.get(23)?,
+        origin: {
+            let o: String = r.get(24)?;
+            Origin::from_column(&o).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    24,
+                    rusqlite::types::Type::Text,
+                    format!("unknown origin {o:?}").into(),
+                )
+            })?
+        },
     })
 }
 
@@ -809,6 +862,7 @@ mod tests {
             priority: 0,
             deadline: None,
             rate_limit_bps: None,
+            origin: Origin::Queue,
         }
     }
 
@@ -825,7 +879,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         assert!(s.path().is_none());
     }
 
@@ -859,9 +913,32 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let t = &s.list_transfers().unwrap()[0];
         assert_eq!((t.name.as_str(), t.size, t.rate_bps), ("old.iso", 10, None));
+        // Rows from before origins were recorded stay queued work.
+        assert_eq!(t.origin, Origin::Queue);
+    }
+
+    #[test]
+    fn a_sends_transfer_is_handed_to_the_queue_explicitly() {
+        let s = Store::open_in_memory().unwrap();
+        let mut new = new_transfer("adhoc.iso");
+        new.origin = Origin::Send;
+        let t = s.insert_transfer(&new).unwrap();
+        assert_eq!(t.origin, Origin::Send);
+        s.set_state(t.id, TransferState::Paused, Some("interrupted"))
+            .unwrap();
+        s.hand_to_queue(t.id).unwrap();
+        let t = s.transfer(t.id).unwrap();
+        assert_eq!(
+            (t.origin, t.state, t.last_error),
+            (Origin::Queue, TransferState::Queued, None)
+        );
+        assert!(matches!(
+            s.hand_to_queue(999),
+            Err(StoreError::NotFound(999))
+        ));
     }
 
     #[test]

@@ -344,8 +344,20 @@ fn run_killed_with_sigkill_resumes_every_transfer() {
     });
     runner.signal("-KILL");
     runner.wait(Duration::from_secs(5));
+    // Still marked running in the database, but its process is gone: status says so and
+    // shows no rate (issue 10, item 6).
     let before = status(&env);
-    assert!(before.iter().all(|t| t["state"] == "running"), "{before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|t| t["state"] == "interrupted" && t["rate_bps"].is_null()),
+        "{before:?}"
+    );
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(
+        text.contains("is gone; the next `upload run` continues it"),
+        "{text}"
+    );
     let mut again = Runner::start(&env, &["--jobs", "2"], None);
     assert!(again.wait(Duration::from_secs(60)).success());
     let resumed: Vec<Value> = again.events("sending");
@@ -433,4 +445,89 @@ fn the_example_config_and_systemd_units_are_valid() {
             assert!(out.status.success(), "{unit}: {line}: {stderr}");
         }
     }
+}
+
+/// Issue 10, item 4: an `upload send` that was interrupted (Ctrl-C) or killed is not queued
+/// work: a later `upload run` leaves it alone, `queue list` says how to continue it, and
+/// `queue resume` hands it to the run explicitly.
+#[test]
+fn an_interrupted_send_is_not_sent_by_a_later_run() {
+    use crate::helper::{kill9, send_until_progress};
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let url = server.url();
+    let args = ["--limit", "256KiB/s", "--chunk", "64KiB"];
+    let ctrl_c = env.file("ctrl-c.iso", 1024 * 1024);
+    let mut child = send_until_progress(&env, &ctrl_c, &url, &args, 64 * 1024);
+    signal(child.id(), "-INT");
+    assert_eq!(
+        crate::helper::wait_at_most(&mut child, Duration::from_secs(10)).code(),
+        Some(130)
+    );
+    let killed = env.file("killed.iso", 1024 * 1024);
+    let mut child = send_until_progress(&env, &killed, &url, &args, 64 * 1024);
+    kill9(&mut child);
+
+    let mut runner = Runner::start(&env, &[], None);
+    assert!(runner.wait(Duration::from_secs(20)).success());
+    assert!(
+        runner.events("starting").is_empty(),
+        "the run sent an ad-hoc send"
+    );
+    for name in ["ctrl-c.iso", "killed.iso"] {
+        assert!(
+            !server.dir.join(name).exists(),
+            "{name} was sent by the run"
+        );
+    }
+    let rows = status(&env);
+    for row in &rows {
+        assert_eq!(row["origin"], "send", "{row}");
+        assert_ne!(row["state"], "queued", "{row}");
+    }
+    let (out, stdout, _) = run(env.upload().args(["queue", "list"]));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("rerun `upload send` to continue"),
+        "{stdout}"
+    );
+
+    // Handed over explicitly, it is the run's.
+    let id = rows.iter().find(|r| r["name"] == "ctrl-c.iso").unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (out, _, stderr) = run(env.upload().args(["queue", "resume", &id.to_string()]));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(by_id(&status(&env), id)["origin"], "queue");
+    let mut runner = Runner::start(&env, &[], None);
+    assert!(runner.wait(Duration::from_secs(30)).success());
+    server.assert_delivered("ctrl-c.iso", &ctrl_c);
+    assert!(!server.dir.join("killed.iso").exists());
+}
+
+/// Issue 10, item 6: a transfer the run holds in a pause (`upload limit pause`, or the
+/// timetable's) is shown paused, without a rate, while its row still says running.
+#[test]
+fn status_shows_a_held_transfer_paused() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("held.iso", 2 * 1024 * 1024);
+    let id = add(&env, &file, &server.url(), &["--chunk", "16KiB"]);
+    let mut runner = Runner::start(&env, &["--timetable", "256kbit"], None);
+    wait_until(Duration::from_secs(30), "progress", || {
+        by_id(&status(&env), id)["offset"].as_u64().unwrap() > 0
+    });
+    let row = by_id(&status(&env), id);
+    assert_eq!(row["state"], "running", "{row}");
+    assert!(row["rate_bps"].as_f64().is_some(), "{row}");
+    let (out, _, stderr) = run(env.upload().args(["limit", "pause"]));
+    assert!(out.status.success(), "{stderr}");
+    let row = by_id(&status(&env), id);
+    assert_eq!(row["state"], "paused", "{row}");
+    assert!(row["rate_bps"].is_null(), "{row}");
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(text.contains("paused"), "{text}");
+    assert!(!text.contains("/s"), "a rate for a paused transfer: {text}");
+    runner.signal("-TERM");
+    runner.wait(Duration::from_secs(10));
 }

@@ -2,7 +2,9 @@
 //! after kills and restarts, damaged chunks, changed sources, auth, and the error statuses.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, event, json_events, kill9, pattern, run, sha256_file, wait_at_most};
+use crate::helper::{
+    Env, event, json_events, kill9, pattern, run, send_until_progress, sha256_file, wait_at_most,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,41 +20,6 @@ fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<
         .arg("--json")
         .args(extra));
     (out.status.code(), json_events(&stdout), stderr)
-}
-
-/// Starts `send --json` and returns once it reported confirmed progress beyond `min_offset`.
-fn send_until_progress(
-    env: &Env,
-    file: &Path,
-    url: &str,
-    extra: &[&str],
-    min_offset: u64,
-) -> Child {
-    let mut child = env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset {
-            // Keep the pipe drained in the background so the client never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            return child;
-        }
-    }
-    kill9(&mut child);
-    panic!("no progress beyond {min_offset} within 30 s");
 }
 
 #[test]

@@ -4,9 +4,9 @@
 use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
 use crate::estimate::{self, chunk_size_for};
-use crate::queue::{self, Clock, Outlook};
+use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable};
-use crate::store::{NewTransfer, Store, Transfer, TransferState};
+use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Local, Utc};
@@ -149,7 +149,26 @@ pub fn finish_words(
     }
 }
 
-fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> serde_json::Value {
+/// The `upload limit` override saved in the database, if any.
+fn budget_override(store: &Store) -> Result<Option<Budget>, Failure> {
+    Ok(store
+        .get_setting(queue::BUDGET_OVERRIDE)
+        .context("reading settings")?
+        .and_then(|v| v.parse().ok()))
+}
+
+/// The run's budget now: `upload limit`'s override, else the timetable's.
+fn budget_now(store: &Store, global: &Global, now: &DateTime<Local>) -> Result<Budget, Failure> {
+    let tt = effective_timetable(store, global)?;
+    Ok(queue::budget_in_force(&tt, budget_override(store)?, now))
+}
+
+fn transfer_json(
+    t: &Transfer,
+    o: Option<&Outlook>,
+    now: &DateTime<Local>,
+    activity: Activity,
+) -> serde_json::Value {
     let eta = o
         .and_then(|o| o.finish_at)
         .map(|f| (f - now.fixed_offset()).num_seconds().max(0));
@@ -159,13 +178,14 @@ fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> se
         "file": t.source_path,
         "url": t.dest_url,
         "upload_url": t.upload_url,
-        "state": t.state,
+        "state": activity,
+        "origin": t.origin,
         "offset": t.offset,
         "size": t.size,
         "priority": t.priority,
         "deadline": t.deadline.map(|d| d.with_timezone(&Local).to_rfc3339()),
         "limit_bps": t.rate_limit_bps,
-        "rate_bps": if t.state == TransferState::Running { t.rate_bps } else { None },
+        "rate_bps": if activity == Activity::Running { t.rate_bps } else { None },
         "eta_seconds": eta,
         "finish_at": o.and_then(|o| o.finish_at).map(|f| f.to_rfc3339()),
         "earliest_finish": o.and_then(|o| o.earliest_finish).map(|f| f.to_rfc3339()),
@@ -207,6 +227,27 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         }
         QueueCommand::Resume { id } => {
             let t = get(&store, id)?;
+            if t.origin == Origin::Send {
+                // An `upload send`'s transfer becomes the run's work only when asked here.
+                let live = queue::activity(&t, Budget::Unlimited) == Activity::Running;
+                if t.state == TransferState::Done || live {
+                    return Err(Failure::usage(anyhow!(
+                        "#{id} is {}; only a stopped transfer can be handed to `upload run`",
+                        if live {
+                            "being sent by `upload send`"
+                        } else {
+                            "done"
+                        }
+                    )));
+                }
+                store.hand_to_queue(id).context("resuming")?;
+                println!(
+                    "queued #{id} {}: `upload run` sends it from {} on",
+                    t.name,
+                    format_size(t.offset)
+                );
+                return Ok(());
+            }
             if !matches!(t.state, TransferState::Paused | TransferState::Failed) {
                 return Err(Failure::usage(anyhow!(
                     "#{id} is {}, not paused or failed",
@@ -280,13 +321,17 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         priority: a.priority,
         deadline,
         rate_limit_bps: a.limit.map(Rate::bits_per_second),
+        origin: Origin::Queue,
     };
     let t = store.insert_transfer(&new).context("queueing")?;
     let rows = store.list_transfers().context("reading the queue")?;
     let outlook = plan(store, global, &rows)?;
     let o = outlook.iter().find(|o| o.id == t.id);
     if a.json {
-        println!("{}", transfer_json(&t, o, &now));
+        println!(
+            "{}",
+            transfer_json(&t, o, &now, queue::activity(&t, Budget::Unlimited))
+        );
         return Ok(());
     }
     let finish = o
@@ -331,15 +376,22 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
     }
     let outlook = plan(store, global, &rows)?;
     let now = clock()?.now();
-    let shown: Vec<(&Transfer, Option<&Outlook>)> = rows
+    let budget = budget_now(store, global, &now)?;
+    let shown: Vec<(&Transfer, Option<&Outlook>, Activity)> = rows
         .iter()
         .filter(|t| id.is_none_or(|i| i == t.id))
-        .map(|t| (t, outlook.iter().find(|o| o.id == t.id)))
+        .map(|t| {
+            (
+                t,
+                outlook.iter().find(|o| o.id == t.id),
+                queue::activity(t, budget),
+            )
+        })
         .collect();
     if json {
         let arr: Vec<serde_json::Value> = shown
             .iter()
-            .map(|(t, o)| transfer_json(t, *o, &now))
+            .map(|(t, o, a)| transfer_json(t, *o, &now, *a))
             .collect();
         println!("{}", serde_json::Value::Array(arr));
         return Ok(());
@@ -348,7 +400,7 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         println!("the queue is empty; add with `upload queue add FILE URL`");
         return Ok(());
     }
-    for (t, o) in shown {
+    for (t, o, activity) in shown {
         let pct = if t.size == 0 {
             100.0
         } else {
@@ -357,13 +409,13 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         let mut line = format!(
             "#{:<4} {:<8} p{:<3} {:<24} {:>5.1} % of {:>10}",
             t.id,
-            t.state.as_str(),
+            activity.as_str(),
             t.priority,
             t.name,
             pct,
             format_size(t.size)
         );
-        if t.state == TransferState::Running
+        if activity == Activity::Running
             && let Some(r) = t.rate_bps
         {
             line += &format!("  {}", format_byte_rate(r / 8.0));
@@ -387,6 +439,9 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
             _ => {}
         }
         println!("{line}");
+        if let Some(why) = hint(t, activity) {
+            println!("       {why}");
+        }
         if let Some(e) = &t.last_error
             && t.state != TransferState::Done
         {
@@ -394,6 +449,28 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+/// What a row's state means for the user, where the word alone does not say it.
+fn hint(t: &Transfer, activity: Activity) -> Option<String> {
+    let stopped = !matches!(activity, Activity::Running | Activity::Done);
+    match (t.origin, activity) {
+        (Origin::Send, _) if stopped => Some(format!(
+            "from `upload send`{}: rerun `upload send` to continue, or `upload queue resume {}` \
+             to let `upload run` send it",
+            if activity == Activity::Interrupted {
+                ", whose process is gone"
+            } else {
+                ""
+            },
+            t.id
+        )),
+        (Origin::Queue, Activity::Interrupted) => Some(format!(
+            "its process ({}) is gone; the next `upload run` continues it",
+            t.lock_owner.as_deref().unwrap_or("unknown")
+        )),
+        _ => None,
+    }
 }
 
 pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
