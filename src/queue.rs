@@ -33,6 +33,25 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const BUDGET_OVERRIDE: &str = "budget_override";
 /// The settings key where a running daemon publishes its timetable, for `upload status`.
 pub const TIMETABLE: &str = "timetable";
+/// The settings key where a running `upload run` records itself (`pid@host`), so `upload
+/// limit` can say whether anyone takes its budget now.
+pub const RUN_OWNER: &str = "run_owner";
+
+/// The budget `upload limit` saved, if any: it holds every run instead of the timetable until
+/// `upload limit --clear`.
+pub fn budget_override(store: &Store) -> Result<Option<Budget>, StoreError> {
+    Ok(store
+        .get_setting(BUDGET_OVERRIDE)?
+        .and_then(|v| v.parse().ok()))
+}
+
+/// The `pid@host` of the `upload run` using this database now, if one is. A run killed with
+/// SIGKILL leaves its record behind; a dead process on this host does not count.
+pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .get_setting(RUN_OWNER)?
+        .filter(|owner| !send::owner_is_dead(owner)))
+}
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
 pub fn weight(priority: i64) -> f64 {
@@ -307,8 +326,21 @@ pub async fn run(
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
     {
-        let (s, tt) = (store.clone(), opts.timetable.to_string());
-        blocking(move || s.set_setting(TIMETABLE, &tt)).await?;
+        let (s, tt, o) = (store.clone(), opts.timetable.to_string(), owner.clone());
+        let over = blocking(move || {
+            s.set_setting(TIMETABLE, &tt)?;
+            s.set_setting(RUN_OWNER, &o)?;
+            budget_override(&s)
+        })
+        .await?;
+        if let Some(b) = over {
+            // Saved perhaps long ago: the timetable does not apply until `upload limit --clear`.
+            tracing::warn!(
+                budget = %b,
+                timetable = %opts.timetable,
+                "budget override from `upload limit` in force"
+            );
+        }
     }
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(POLL);
@@ -417,6 +449,16 @@ pub async fn run(
                 break;
             }
         }
+    }
+    {
+        let (s, o) = (store.clone(), owner.clone());
+        let _ = blocking(move || {
+            if s.get_setting(RUN_OWNER)?.as_deref() == Some(o.as_str()) {
+                s.delete_setting(RUN_OWNER)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
     }
     // Put what still runs back in the queue; its progress is already in the database.
     for (id, r) in running.drain() {

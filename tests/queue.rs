@@ -531,3 +531,70 @@ fn status_shows_a_held_transfer_paused() {
     runner.signal("-TERM");
     runner.wait(Duration::from_secs(10));
 }
+
+/// Issue 10, item 2: `upload limit` without a run says so and what the saved budget will do;
+/// without an argument it prints what is in force; an override shows in `status`, `config
+/// show` and the run's start-up log, and counts in finish times.
+#[test]
+fn a_saved_budget_override_is_visible_everywhere() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("slow.iso", 100_000);
+    let id = add(&env, &file, &server.url(), &[]);
+    let eta = |env: &Env| by_id(&status(env), id)["eta_seconds"].as_f64().unwrap();
+    let unlimited = eta(&env);
+
+    let (out, stdout, stderr) = run(env.upload().args(["limit", "64kbit"]));
+    assert!(out.status.success(), "{stderr}");
+    let said = format!("{stdout}{stderr}");
+    assert!(said.contains("no `upload run` is active"), "{said}");
+    assert!(said.contains("the next `upload run`"), "{said}");
+
+    let (out, stdout, _) = run(env.upload().arg("limit"));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("64 kbit/s") && stdout.contains("--clear"),
+        "{stdout}"
+    );
+
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(
+        text.contains("budget 64 kbit/s set by `upload limit`"),
+        "{text}"
+    );
+    let (_, shown, _) = run(env.upload().args(["config", "show"]));
+    assert!(
+        shown.contains("64 kbit/s") && shown.contains("upload limit"),
+        "{shown}"
+    );
+    let (_, shown, _) = run(env.upload().args(["config", "show", "--json"]));
+    let v: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["budget_override"]["bits_per_second"], 64_000.0, "{v}");
+    // 100 kB at 64 kbit/s is at least 12.5 s; the assumed 128 kbit/s link half that.
+    assert!(
+        eta(&env) >= 12.0 && eta(&env) > unlimited * 1.8,
+        "{} vs {unlimited}",
+        eta(&env)
+    );
+
+    let mut runner = Runner::start(&env, &[], None);
+    wait_until(Duration::from_secs(10), "the start-up log", || {
+        !runner
+            .events("budget override from `upload limit` in force")
+            .is_empty()
+    });
+    let (_, stdout, _) = run(env.upload().arg("limit"));
+    assert!(stdout.contains("a running `upload run`"), "{stdout}");
+    runner.signal("-TERM");
+    runner.wait(Duration::from_secs(10));
+
+    let (out, _, _) = run(env.upload().args(["limit", "--clear"]));
+    assert!(out.status.success());
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(!text.contains("upload limit"), "{text}");
+    let (_, stdout, _) = run(env.upload().arg("limit"));
+    assert!(
+        stdout.contains("no budget is set: no timetable"),
+        "{stdout}"
+    );
+}

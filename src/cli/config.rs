@@ -6,6 +6,7 @@ use super::{Failure, Global, exit};
 use crate::config::{
     Config, ConfigPath, Effective, Flags, Setting, SettingsFor, Source, TokenSource,
 };
+use crate::schedule::Budget;
 use crate::units::format_duration;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -72,10 +73,37 @@ fn show(global: &Global, json: bool) -> Result<(), Failure> {
     } else {
         Source::Default
     };
+    // Not a setting of the file but in force all the same: `upload limit`'s saved budget. A
+    // database that does not exist yet holds none, and is not created just to say so.
+    let over = match effective.db.value.as_deref().filter(|p| p.exists()) {
+        Some(path) => {
+            let store = crate::store::Store::open(path)?;
+            crate::queue::budget_override(&store)?
+        }
+        None => None,
+    };
     if json {
-        println!("{}", to_json(&location, file_source, &effective, config));
+        let mut v = to_json(&location, file_source, &effective, config);
+        v["budget_override"] = match over {
+            Some(b) => json!({
+                "value": b.to_string(),
+                "bits_per_second": match b {
+                    Budget::Limited(r) => Some(r.bits_per_second()),
+                    _ => None,
+                },
+                "source": "upload limit",
+            }),
+            None => json!(null),
+        };
+        println!("{v}");
     } else {
         print!("{}", to_text(&location, file_source, &effective, config));
+        if let Some(b) = over {
+            println!(
+                "budget override: {b} (saved by `upload limit`; holds every `upload run` \
+                 instead of the timetable until `upload limit --clear`)"
+            );
+        }
     }
     Ok(())
 }

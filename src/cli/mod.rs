@@ -144,7 +144,7 @@ pub enum Command {
     /// Each transfer's state, offset, rate, finish time within the timetable, last error.
     Status(queue::StatusArgs),
 
-    /// Change the budget of a running `upload run` (rate, off, pause), or --clear it.
+    /// Show or change the budget of `upload run` (rate, off, pause), or --clear it.
     Limit(queue::LimitArgs),
 
     /// Show the configuration in force: the file read, each setting and where it comes from.

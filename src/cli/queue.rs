@@ -43,11 +43,21 @@ pub enum QueueCommand {
     },
     /// Remove a transfer from the queue (a running one stops; the server's partial upload
     /// expires there).
-    Rm { id: i64 },
+    Rm {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
     /// Hold a transfer: `upload run` stops it between chunks and skips it until resumed.
-    Pause { id: i64 },
-    /// Put a paused or failed transfer back in the queue.
-    Resume { id: i64 },
+    Pause {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
+    /// Put a paused or failed transfer back in the queue; an `upload send`'s is handed to
+    /// `upload run`.
+    Resume {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,16 +161,39 @@ pub fn finish_words(
 
 /// The `upload limit` override saved in the database, if any.
 fn budget_override(store: &Store) -> Result<Option<Budget>, Failure> {
-    Ok(store
-        .get_setting(queue::BUDGET_OVERRIDE)
-        .context("reading settings")?
-        .and_then(|v| v.parse().ok()))
+    Ok(queue::budget_override(store).context("reading settings")?)
 }
 
 /// The run's budget now: `upload limit`'s override, else the timetable's.
 fn budget_now(store: &Store, global: &Global, now: &DateTime<Local>) -> Result<Budget, Failure> {
     let tt = effective_timetable(store, global)?;
     Ok(queue::budget_in_force(&tt, budget_override(store)?, now))
+}
+
+/// The timetable finish times follow: an `upload limit` override holds until cleared, so it
+/// stands for the whole timetable.
+fn planning_timetable(store: &Store, global: &Global) -> Result<Timetable, Failure> {
+    Ok(match budget_override(store)? {
+        Some(b) => Timetable::constant(b),
+        None => effective_timetable(store, global)?,
+    })
+}
+
+/// The timetable as `upload limit` names it.
+fn timetable_words(tt: &Timetable) -> String {
+    if *tt == Timetable::constant(Budget::Unlimited) {
+        "no timetable (full speed at all hours)".into()
+    } else {
+        format!("the timetable {tt}")
+    }
+}
+
+/// One line on an override in force, for `status` and `upload limit`.
+fn override_line(b: Budget) -> String {
+    format!(
+        "budget {b} set by `upload limit`, in force instead of the timetable until \
+         `upload limit --clear`"
+    )
 }
 
 fn transfer_json(
@@ -198,7 +231,7 @@ fn transfer_json(
 }
 
 fn plan(store: &Store, global: &Global, rows: &[Transfer]) -> Result<Vec<Outlook>, Failure> {
-    let tt = effective_timetable(store, global)?;
+    let tt = planning_timetable(store, global)?;
     let link = link_rate(store)?;
     Ok(queue::outlook(rows, &tt, link, clock()?.now()))
 }
@@ -396,6 +429,9 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         println!("{}", serde_json::Value::Array(arr));
         return Ok(());
     }
+    if let Some(b) = budget_override(store)? {
+        println!("{}", override_line(b));
+    }
     if shown.is_empty() {
         println!("the queue is empty; add with `upload queue add FILE URL`");
         return Ok(());
@@ -481,11 +517,14 @@ pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
 /// `upload limit`: changes a running daemon's budget through the database.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  upload limit 64kbit\n  upload limit off\n  upload limit pause\n  upload limit --clear"
+    after_help = "Examples:\n  upload limit             # what is in force\n  upload limit 64kbit\n  \
+                  upload limit off\n  upload limit pause\n  upload limit --clear\n\n\
+                  The budget is saved in the state database: it holds the running `upload run`, \
+                  and every later one, instead of the timetable until `upload limit --clear`."
 )]
 pub struct LimitArgs {
-    /// The new budget: a rate (64kbit, 8KiB/s), off (no limit) or pause.
-    #[arg(required_unless_present = "clear")]
+    /// The new budget: a rate (64kbit, 8KiB/s), off (no limit) or pause [default: print the
+    /// budget in force].
     pub budget: Option<Budget>,
     /// Go back to the timetable.
     #[arg(long, conflicts_with = "budget")]
@@ -494,21 +533,60 @@ pub struct LimitArgs {
 
 pub fn limit(global: &Global, args: LimitArgs) -> Result<(), Failure> {
     let store = open(global)?;
-    match args.budget {
-        Some(b) => {
+    let run = queue::active_run(&store).context("reading settings")?;
+    let taken = |what: &str| match &run {
+        Some(owner) => format!(
+            "a running `upload run` ({owner}) takes {what} within {} s",
+            queue::POLL.as_secs()
+        ),
+        None => format!("no `upload run` is active: the next `upload run` takes {what}"),
+    };
+    match (args.budget, args.clear) {
+        (Some(b), _) => {
             store
                 .set_setting(queue::BUDGET_OVERRIDE, &b.to_string())
                 .context("saving the budget")?;
-            println!(
-                "budget {b} until `upload limit --clear`; a running `upload run` takes it within {} s",
-                queue::POLL.as_secs()
-            );
+            println!("{}", override_line(b));
+            match &run {
+                Some(_) => println!("{}", taken("it")),
+                None => println!(
+                    "no `upload run` is active: the budget is saved, and the next `upload run` \
+                     sends at {b} whatever its timetable says, until `upload limit --clear`"
+                ),
+            }
         }
-        None => {
+        (None, true) => {
+            let had = budget_override(&store)?;
             store
                 .delete_setting(queue::BUDGET_OVERRIDE)
                 .context("clearing the budget")?;
-            println!("budget follows the timetable again");
+            let tt = effective_timetable(&store, global)?;
+            match had {
+                Some(b) => println!("cleared the budget {b}; back to {}", timetable_words(&tt)),
+                None => println!("no budget was set; {}", timetable_words(&tt)),
+            }
+            if run.is_some() {
+                println!("{}", taken("the timetable's"));
+            }
+        }
+        (None, false) => {
+            let now = clock()?.now();
+            let tt = effective_timetable(&store, global)?;
+            match budget_override(&store)? {
+                Some(b) => println!("{}", override_line(b)),
+                None if tt == Timetable::constant(Budget::Unlimited) => {
+                    println!("no budget is set: {}", timetable_words(&tt))
+                }
+                None => println!(
+                    "no budget is set: {}, {} now",
+                    timetable_words(&tt),
+                    queue::budget_in_force(&tt, None, &now)
+                ),
+            }
+            match &run {
+                Some(owner) => println!("a running `upload run` ({owner}) sends by it"),
+                None => println!("no `upload run` is active"),
+            }
         }
     }
     Ok(())
