@@ -598,3 +598,36 @@ fn a_saved_budget_override_is_visible_everywhere() {
         "{stdout}"
     );
 }
+
+/// Issue 10, item 3: README's `--deadline "Fri 07:00"` is the next Friday at 07:00, local
+/// time; a deadline already past is refused plainly instead of queued as merely late.
+#[test]
+fn weekday_deadlines_are_accepted_and_past_ones_refused() {
+    use chrono::{Datelike, Timelike};
+    let env = Env::new();
+    let file = env.file("d.iso", 1000);
+    let url = "http://127.0.0.1:9/files/";
+    let id = add(&env, &file, url, &["--deadline", "Fri 07:00"]);
+    let row = by_id(&status(&env), id);
+    let deadline = chrono::DateTime::parse_from_rfc3339(row["deadline"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc); // the tests' local time is UTC
+    assert_eq!(deadline.weekday(), chrono::Weekday::Fri, "{row}");
+    assert_eq!((deadline.hour(), deadline.minute()), (7, 0), "{row}");
+    let ahead = deadline - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::zero() && ahead <= chrono::Duration::days(7),
+        "{row}"
+    );
+
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["queue", "add"])
+        .arg(&file)
+        .arg(url)
+        .args(["--deadline", "2020-01-03 07:00"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already past"), "{stderr}");
+    assert!(stderr.contains("Fri 07:00"), "{stderr}");
+    assert_eq!(status(&env).len(), 1, "a past deadline was queued");
+}

@@ -69,8 +69,8 @@ pub struct AddArgs {
     /// Higher goes first, and gets a larger share when transfers run together.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
-    /// When it must be on the server, local time, e.g. "2026-01-03 07:00"; flagged if the
-    /// timetable cannot make it.
+    /// When it must be on the server, local time, e.g. "Fri 07:00" (the next Friday) or
+    /// "2026-01-03 07:00"; flagged if the timetable cannot make it.
     #[arg(long, value_name = "TIME")]
     pub deadline: Option<String>,
     /// This transfer's own cap, within the shared budget, e.g. 32kbit.
@@ -324,11 +324,23 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,
-        Some(d) => Some(
-            schedule::parse_local_time(d, &Local, now)
-                .map_err(Failure::usage)?
-                .with_timezone(&Utc),
-        ),
+        Some(d) => {
+            let mut at = schedule::parse_local_time(d, &Local, now).map_err(Failure::usage)?;
+            // A bare time already past today means tomorrow's, as for `upload run --until`.
+            if at <= now && schedule::parse_clock(d).is_some() {
+                at += chrono::Duration::days(1);
+            }
+            if at <= now {
+                return Err(Failure::usage(anyhow!(
+                    "the deadline {} is already past (it is {} now): give a time to come, \
+                     e.g. --deadline \"Fri 07:00\" or --deadline \"{}\"",
+                    at.format("%a %Y-%m-%d %H:%M"),
+                    now.format("%a %Y-%m-%d %H:%M"),
+                    (now + chrono::Duration::days(2)).format("%Y-%m-%d 07:00")
+                )));
+            }
+            Some(at.with_timezone(&Utc))
+        }
     };
     let link = link_rate(store)?;
     let expected = match a.limit {
