@@ -460,6 +460,9 @@ struct Transfer_ {
     /// Payload confirmed by this process and the time spent sending it, for link samples.
     confirmed_here: u64,
     sending_time: Duration,
+    /// The highest rate the throttle held a chunk to, bits per second: a sample of a
+    /// throttled transfer measured the throttle, not the link.
+    throttled_to: Option<f64>,
     /// What we know locally: the confirmed offset and the hash state before it.
     pos: Option<Position>,
     /// From the last HEAD of a finished upload.
@@ -566,6 +569,7 @@ pub async fn send(
         wire: Arc::new(WireCount::default()),
         confirmed_here: 0,
         sending_time: Duration::ZERO,
+        throttled_to: None,
         pos: None,
         server_sha256: None,
         published_as: None,
@@ -859,6 +863,7 @@ impl Transfer_ {
                 at: chrono::Utc::now(),
                 bytes: self.confirmed_here,
                 seconds: self.sending_time.as_secs_f64(),
+                limit_bps: self.throttled_to,
             };
             let s = self.store.clone();
             blocking(move || s.add_link_sample(&sample)).await?;
@@ -1227,6 +1232,7 @@ impl Transfer_ {
             produce(path, offset, len, last, tx, throttle, wire, runtime)
         });
         let began = Instant::now();
+        let throttled_at_start = self.throttle.rate();
         let stall = self.stall;
         let patch = self
             .client
@@ -1275,6 +1281,15 @@ impl Transfer_ {
             }));
         }
         self.url_answered = true;
+        // The rate may have changed while the chunk was sent (a run's budget); either one
+        // held it.
+        for rate in [throttled_at_start, self.throttle.rate()]
+            .into_iter()
+            .flatten()
+        {
+            let bps = rate.bits_per_second();
+            self.throttled_to = Some(self.throttled_to.map_or(bps, |t| t.max(bps)));
+        }
         self.sending_time += began.elapsed();
         self.confirmed_here += len;
         self.last_chunk = len;

@@ -102,6 +102,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'queue';  -- queue|send
     "#,
+    // 3 -> 4: whether a link sample was held to a rate (a --limit, the run's budget): then it
+    // measured the limit, not what the link can do (issue 10, item 5). Older samples cannot
+    // be told apart and count as unlimited, as they did.
+    r#"
+    ALTER TABLE link_samples ADD COLUMN limit_bps REAL;  -- the throttle's rate; NULL: unthrottled
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -251,6 +257,9 @@ pub struct LinkSample {
     pub at: DateTime<Utc>,
     pub bytes: u64,
     pub seconds: f64,
+    /// The highest rate the transfer was throttled to, bits per second; `None` when it was
+    /// not throttled, so the sample shows what the link could do.
+    pub limit_bps: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -378,8 +387,9 @@ impl Store {
 
     pub fn add_link_sample(&self, s: &LinkSample) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO link_samples (host, at, bytes, seconds) VALUES (?1, ?2, ?3, ?4)",
-            params![s.host, s.at.timestamp(), s.bytes, s.seconds],
+            "INSERT INTO link_samples (host, at, bytes, seconds, limit_bps) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.host, s.at.timestamp(), s.bytes, s.seconds, s.limit_bps],
         )?;
         Ok(())
     }
@@ -390,20 +400,41 @@ impl Store {
         host: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LinkSample>, StoreError> {
+        self.link_samples(host, limit, false)
+    }
+
+    /// As [`Self::recent_link_samples`], only those of unthrottled transfers: what the link
+    /// could do, for estimates.
+    pub fn recent_unthrottled_link_samples(
+        &self,
+        host: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LinkSample>, StoreError> {
+        self.link_samples(host, limit, true)
+    }
+
+    fn link_samples(
+        &self,
+        host: Option<&str>,
+        limit: usize,
+        unthrottled_only: bool,
+    ) -> Result<Vec<LinkSample>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let conn = self.conn();
         // `?1 IS NULL OR host = ?1` keeps one statement; with a host the
         // (host, at) index still serves it.
         let mut stmt = conn.prepare_cached(
-            "SELECT host, at, bytes, seconds FROM link_samples \
-             WHERE ?1 IS NULL OR host = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
+            "SELECT host, at, bytes, seconds, limit_bps FROM link_samples \
+             WHERE (?1 IS NULL OR host = ?1) AND (NOT ?3 OR limit_bps IS NULL) \
+             ORDER BY at DESC, id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![host, limit], |r| {
+        let rows = stmt.query_map(params![host, limit, unthrottled_only], |r| {
             Ok(LinkSample {
                 host: r.get(0)?,
                 at: time_from_row(r, 1)?,
                 bytes: r.get(2)?,
                 seconds: r.get(3)?,
+                limit_bps: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -879,7 +910,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         assert!(s.path().is_none());
     }
 
@@ -1025,6 +1056,7 @@ mod tests {
                     at: at(1_700_000_000 + i),
                     bytes: 1000 * (i as u64 + 1),
                     seconds: 0.5 + i as f64,
+                    limit_bps: None,
                 })
                 .unwrap();
             }
@@ -1038,7 +1070,8 @@ mod tests {
                 host: "a.example".into(),
                 at: at(1_700_000_004),
                 bytes: 5000,
-                seconds: 4.5
+                seconds: 4.5,
+                limit_bps: None,
             }
         );
         assert!(a.windows(2).all(|w| w[0].at >= w[1].at));
@@ -1051,6 +1084,51 @@ mod tests {
                 .is_empty()
         );
         assert!(s.recent_link_samples(None, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn throttled_link_samples_are_kept_but_left_out_of_estimates() {
+        let s = Store::open_in_memory().unwrap();
+        for (i, limit) in [None, Some(1e6), None].into_iter().enumerate() {
+            s.add_link_sample(&LinkSample {
+                host: "a.example".into(),
+                at: at(1_700_000_000 + i as i64),
+                bytes: 1000,
+                seconds: 1.0,
+                limit_bps: limit,
+            })
+            .unwrap();
+        }
+        let all = s.recent_link_samples(None, 10).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].limit_bps, Some(1e6));
+        let free = s
+            .recent_unthrottled_link_samples(Some("a.example"), 10)
+            .unwrap();
+        assert_eq!(free.len(), 2);
+        assert!(free.iter().all(|x| x.limit_bps.is_none()));
+    }
+
+    #[test]
+    fn a_version_3_databases_link_samples_count_as_unthrottled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO link_samples (host, at, bytes, seconds) \
+                 VALUES ('a.example', 5, 16000, 1.0); PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let got = s.recent_unthrottled_link_samples(None, 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].bytes, got[0].limit_bps), (16000, None));
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, 
 /// The link's rate for planning: the median of recent transfers, else the estimate default.
 fn link_rate(store: &Store) -> Result<Rate, Failure> {
     let samples = store
-        .recent_link_samples(None, estimate::HISTORY_SAMPLES)
+        .recent_unthrottled_link_samples(None, estimate::HISTORY_SAMPLES)
         .context("reading link history")?;
     let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
     Ok(estimate::median_goodput(&pairs).unwrap_or_else(|| {
