@@ -53,7 +53,10 @@ fn scheduler(c: &mut Criterion) {
     });
     let rows = store.list_transfers().unwrap();
     let tt: Timetable = "07:00,32kbit 23:00,off".parse().unwrap();
-    let link = Rate::from_bits_per_second(128_000.0).unwrap();
+    let link = upload::estimate::LinkRate {
+        rate: Rate::from_bits_per_second(128_000.0).unwrap(),
+        measured: false,
+    };
     let now = chrono::Local::now();
     c.bench_function("outlook of 1000 through a timetable", |b| {
         b.iter(|| black_box(queue::outlook(&rows, &tt, link, now)))

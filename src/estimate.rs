@@ -138,6 +138,28 @@ pub fn wire_bytes(payload: u64, chunk: u64, tls: bool) -> Wire {
     }
 }
 
+/// The rate a planner may assume for the link, and whether it was measured: a measured
+/// goodput already has the wire overhead inside it, an assumed or given link rate does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkRate {
+    pub rate: Rate,
+    pub measured: bool,
+}
+
+impl LinkRate {
+    /// The payload rate this link gives an upload of `payload` bytes in `chunk`-byte PATCHes:
+    /// the wire model's share of the link for a rate that does not include it. Every finish
+    /// time the tool prints goes through here or [`plan`], so they agree.
+    pub fn payload_rate(&self, payload: u64, chunk: u64, tls: bool) -> Rate {
+        if self.measured || payload == 0 {
+            return self.rate;
+        }
+        let wire = wire_bytes(payload, chunk, tls);
+        let share = payload as f64 / wire.total as f64;
+        Rate::from_bits_per_second(self.rate.bits_per_second() * share).unwrap_or(self.rate)
+    }
+}
+
 /// What to plan.
 #[derive(Debug, Clone)]
 pub struct Request<Tz: TimeZone> {

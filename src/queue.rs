@@ -15,6 +15,7 @@
 //! Finish times follow the timetable ([`outlook`]): the queue is played forward in order
 //! through the slots' rates, `off` slots at the link's measured (or assumed) rate.
 
+use crate::estimate::LinkRate;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
@@ -526,13 +527,15 @@ pub struct Outlook {
 }
 
 /// Plays the active queue (queued and running, in queue order) forward from `now` through
-/// `timetable`, `off` slots at `link` (a transfer's own limit below it slows its part).
+/// `timetable`, `off` slots at `link` (a transfer's own limit below it slows its part). An
+/// unmeasured link rate carries the wire overhead of estimate's model ([`LinkRate`]); limits
+/// and budgets are payload rates, as the throttle counts them.
 /// Transfers share the link in reality; in sequence the total is the same, and the order is
 /// the queue's.
 pub fn outlook<Tz: chrono::TimeZone>(
     transfers: &[Transfer],
     timetable: &Timetable,
-    link: Rate,
+    link: LinkRate,
     now: DateTime<Tz>,
 ) -> Vec<Outlook> {
     // The queue is played forward from where the one before left off, so the whole outlook
@@ -554,6 +557,8 @@ pub fn outlook<Tz: chrono::TimeZone>(
                 };
             }
             let left = t.size.saturating_sub(t.offset);
+            let tls = t.dest_url.starts_with("https:");
+            let link = link.payload_rate(left, t.chunk_size, tls);
             // A transfer's own limit slows only its own part.
             let own_link = match t
                 .rate_limit_bps
@@ -658,7 +663,10 @@ mod tests {
     fn the_outlook_plays_the_queue_forward_through_the_nights() {
         // Nights only (23:00-07:00) at 128 kbit/s: 8 h carry 460.8 MB.
         let tt: Timetable = "07:00,pause 23:00,128kbit".parse().unwrap();
-        let link = Rate::from_bits_per_second(128_000.0).unwrap();
+        let link = LinkRate {
+            rate: Rate::from_bits_per_second(128_000.0).unwrap(),
+            measured: true,
+        };
         let now = DateTime::parse_from_rfc3339("2026-01-01T23:00:00+00:00").unwrap();
         let rows = vec![queued(1, 230_400_000), queued(2, 460_800_000)];
         let o = outlook(&rows, &tt, link, now);
@@ -669,6 +677,29 @@ mod tests {
         assert_eq!(o[1].windows, Some(2));
         // Alone, the second would finish on the first night.
         assert_eq!(o[1].earliest_finish, Some(now + TimeDelta::hours(8)));
+    }
+
+    #[test]
+    fn an_assumed_link_rate_carries_the_wire_overhead() {
+        let tt = Timetable::constant(Budget::Unlimited);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T23:00:00+00:00").unwrap();
+        let mut t = queued(1, 1_572_864);
+        t.chunk_size = 327_680;
+        let rate = Rate::from_bits_per_second(128_000.0).unwrap();
+        let secs = |measured| {
+            let o = outlook(&[t.clone()], &tt, LinkRate { rate, measured }, now);
+            (o[0].finish_at.unwrap() - now).num_milliseconds() as f64 / 1000.0
+        };
+        // Measured goodput: the payload alone, 1.5 MiB at 16 000 B/s.
+        assert!((secs(true) - 98.304).abs() < 0.01, "{}", secs(true));
+        // Assumed: as estimate's wire model has it.
+        let wire = crate::estimate::wire_bytes(1_572_864, 327_680, false);
+        let want = wire.total as f64 * 8.0 / 128_000.0;
+        assert!(
+            (secs(false) - want).abs() < 0.01,
+            "{} vs {want}",
+            secs(false)
+        );
     }
 
     #[test]

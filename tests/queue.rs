@@ -631,3 +631,23 @@ fn weekday_deadlines_are_accepted_and_past_ones_refused() {
     assert!(stderr.contains("Fri 07:00"), "{stderr}");
     assert_eq!(status(&env).len(), 1, "a past deadline was queued");
 }
+
+/// Issue 10, item 11: `status` and `queue add` predict a finish with estimate's wire model
+/// (TCP/IP framing, HTTP), as `upload estimate` does, not from the payload alone.
+#[test]
+fn status_finish_times_count_the_wire_overhead_as_estimate_does() {
+    let env = Env::new();
+    let file = env.file("wire.iso", 1536 * 1024);
+    let id = add(&env, &file, "http://127.0.0.1:9/files/", &[]);
+    let eta = by_id(&status(&env), id)["eta_seconds"].as_f64().unwrap();
+    let (out, stdout, _) = run(env.upload().args(["estimate", "1.5MiB", "--json"]));
+    assert!(out.status.success());
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    let total = plan["total_seconds"].as_f64().unwrap();
+    let payload_only = plan["link_seconds"].as_f64().unwrap();
+    assert!(total > payload_only + 3.0, "{plan}");
+    assert!(
+        (eta - total).abs() <= 1.0,
+        "status {eta} s, estimate {total} s"
+    );
+}

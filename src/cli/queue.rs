@@ -3,7 +3,7 @@
 
 use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
-use crate::estimate::{self, chunk_size_for};
+use crate::estimate::{self, LinkRate, chunk_size_for};
 use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable};
 use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
@@ -125,14 +125,21 @@ pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, 
 }
 
 /// The link's rate for planning: the median of recent transfers, else the estimate default.
-fn link_rate(store: &Store) -> Result<Rate, Failure> {
+fn link_rate(store: &Store) -> Result<LinkRate, Failure> {
     let samples = store
         .recent_unthrottled_link_samples(None, estimate::HISTORY_SAMPLES)
         .context("reading link history")?;
     let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
-    Ok(estimate::median_goodput(&pairs).unwrap_or_else(|| {
-        Rate::from_bits_per_second(estimate::DEFAULT_RATE_BPS).expect("positive default")
-    }))
+    Ok(match estimate::median_goodput(&pairs) {
+        Some(rate) => LinkRate {
+            rate,
+            measured: true,
+        },
+        None => LinkRate {
+            rate: Rate::from_bits_per_second(estimate::DEFAULT_RATE_BPS).expect("positive default"),
+            measured: false,
+        },
+    })
 }
 
 fn clock() -> Result<Clock, Failure> {
@@ -342,7 +349,7 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
             Some(at.with_timezone(&Utc))
         }
     };
-    let link = link_rate(store)?;
+    let link = link_rate(store)?.rate;
     let expected = match a.limit {
         Some(l) if l.bits_per_second() < link.bits_per_second() => l,
         _ => link,
