@@ -160,6 +160,11 @@ impl LinkRate {
     }
 }
 
+/// Timestamps in `--json` output: [`schedule::json_time`], as in every other command's.
+fn json_time<S: serde::Serializer>(t: &DateTime<FixedOffset>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&schedule::json_time(t))
+}
+
 /// What to plan.
 #[derive(Debug, Clone)]
 pub struct Request<Tz: TimeZone> {
@@ -192,7 +197,9 @@ pub struct Estimate {
     pub wire: Wire,
     pub link_seconds: f64,
     pub total_seconds: f64,
+    #[serde(serialize_with = "json_time")]
     pub start_at: DateTime<FixedOffset>,
+    #[serde(serialize_with = "json_time")]
     pub finish_at: DateTime<FixedOffset>,
     pub elapsed_seconds: f64,
     pub windows: Vec<String>,
@@ -208,6 +215,7 @@ pub struct RemoteBuild {
     pub build_seconds: f64,
     /// From the start until the build is done, waits between windows included.
     pub seconds: f64,
+    #[serde(serialize_with = "json_time")]
     pub finish_at: DateTime<FixedOffset>,
     /// How many times sooner the remote build is done than the artefact's upload.
     pub speedup: f64,

@@ -651,3 +651,44 @@ fn status_finish_times_count_the_wire_overhead_as_estimate_does() {
         "status {eta} s, estimate {total} s"
     );
 }
+
+/// Issue 10, item 12: every timestamp in `status`, `queue list`, `queue add` and `estimate`
+/// `--json` is RFC 3339 UTC to the second (`2026-01-02T07:00:00Z`).
+#[test]
+fn json_timestamps_share_one_format() {
+    let env = Env::new();
+    let file = env.file("t.iso", 1000);
+    let url = "http://127.0.0.1:9/files/";
+    let (out, added, stderr) = run(env
+        .upload()
+        .args(["queue", "add"])
+        .arg(&file)
+        .arg(url)
+        .args(["--deadline", "Fri 07:00", "--json"]));
+    assert!(out.status.success(), "{stderr}");
+    let (_, listed, _) = run(env.upload().args(["queue", "list", "--json"]));
+    let (_, status, _) = run(env.upload().args(["status", "--json"]));
+    let (_, estimate, _) =
+        run(env
+            .upload()
+            .args(["estimate", "1MiB", "--json", "--window", "23:00-07:00"]));
+    let (_, shown, _) = run(env.upload().args(["config", "show", "--json"]));
+    let mut seen = 0;
+    for text in [&added, &listed, &status, &estimate, &shown] {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Array(a) => stack.extend(a),
+                Value::Object(o) => stack.extend(o.into_values()),
+                Value::String(s) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => {
+                    seen += 1;
+                    let shape = s.len() == 20 && s.ends_with('Z') && !s.contains('.');
+                    assert!(shape, "{s:?} in {text}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} timestamps");
+}

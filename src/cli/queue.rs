@@ -5,7 +5,7 @@ use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
 use crate::estimate::{self, LinkRate, chunk_size_for};
 use crate::queue::{self, Activity, Clock, Outlook};
-use crate::schedule::{self, Budget, Timetable};
+use crate::schedule::{self, Budget, Timetable, json_time};
 use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
 use anyhow::{Context, anyhow};
@@ -223,14 +223,14 @@ fn transfer_json(
         "offset": t.offset,
         "size": t.size,
         "priority": t.priority,
-        "deadline": t.deadline.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "deadline": t.deadline.as_ref().map(json_time),
         "limit_bps": t.rate_limit_bps,
         "rate_bps": if activity == Activity::Running { t.rate_bps } else { None },
         "eta_seconds": eta,
-        "finish_at": o.and_then(|o| o.finish_at).map(|f| f.to_rfc3339()),
-        "earliest_finish": o.and_then(|o| o.earliest_finish).map(|f| f.to_rfc3339()),
+        "finish_at": o.and_then(|o| o.finish_at).as_ref().map(json_time),
+        "earliest_finish": o.and_then(|o| o.earliest_finish).as_ref().map(json_time),
         "deadline_missed": o.is_some_and(|o| o.late),
-        "finished_at": t.finished_at.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "finished_at": t.finished_at.as_ref().map(json_time),
         "last_error": t.last_error,
         "bytes_sent": t.bytes_sent,
         "resent_bytes": t.resent_bytes,
