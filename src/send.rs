@@ -1538,6 +1538,43 @@ mod tests {
     }
 
     #[test]
+    fn the_last_bytes_are_proved_against_the_digest() {
+        use std::os::unix::fs::{FileExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let digest: [u8; 32] = Sha256::digest(b"hello world").into();
+        assert!(matches!(
+            prove_unchanged(&path, identity, &digest),
+            LastBytes::Proved(_)
+        ));
+        // A chmod moves only the change time: proved by content, and adopted.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let LastBytes::Proved(now) = prove_unchanged(&path, identity, &digest) else {
+            panic!("a chmod is no change");
+        };
+        // An edit that puts the modification time back is caught by content.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(b"J", 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let LastBytes::Changed(what) = prove_unchanged(&path, now, &digest) else {
+            panic!("a hidden edit slipped by");
+        };
+        assert!(what.contains("content"), "{what}");
+        // Replaced by another file of the same size.
+        let other = dir.path().join("g");
+        std::fs::write(&other, b"hello world").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let LastBytes::Changed(what) = prove_unchanged(&path, now, &digest) else {
+            panic!("a replacement slipped by");
+        };
+        assert!(what.contains("replaced"), "{what}");
+    }
+
+    #[test]
     fn dead_owners_are_recognised() {
         assert!(!owner_is_dead(&lock_owner()));
         assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
