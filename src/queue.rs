@@ -8,7 +8,8 @@
 //! sized to end at the boundary, and connections are not dropped for a rate change.
 //!
 //! The database is the queue: `upload queue add/pause/rm` in other processes change rows, and
-//! the daemon reconciles with them every [`POLL`]. Every transfer is an ordinary
+//! the daemon reconciles with them every [`POLL`]. Only rows `queue add` made (or `queue
+//! resume` handed over) are its work; an `upload send`'s row is that process's ([`Origin`]). Every transfer is an ordinary
 //! [`send::send`], so a daemon killed with SIGKILL and restarted resumes each one from the
 //! server's offset; the lock in the store keeps a transfer from being sent twice.
 //!
