@@ -527,6 +527,10 @@ fn status_shows_a_held_transfer_paused() {
     assert!(row["rate_bps"].is_null(), "{row}");
     let (_, text, _) = run(env.upload().arg("status"));
     assert!(text.contains("paused"), "{text}");
+    assert!(
+        text.contains("held between chunks by the run's budget"),
+        "{text}"
+    );
     assert!(!text.contains("/s"), "a rate for a paused transfer: {text}");
     runner.signal("-TERM");
     runner.wait(Duration::from_secs(10));

@@ -520,6 +520,11 @@ fn hint(t: &Transfer, activity: Activity) -> Option<String> {
             },
             t.id
         )),
+        (Origin::Queue, Activity::Paused) if t.state == TransferState::Running => Some(
+            "held between chunks by the run's budget `pause` (its timetable, or `upload limit \
+             pause`); it goes on when the budget opens"
+                .into(),
+        ),
         (Origin::Queue, Activity::Interrupted) => Some(format!(
             "its process ({}) is gone; the next `upload run` continues it",
             t.lock_owner.as_deref().unwrap_or("unknown")
