@@ -1228,8 +1228,10 @@ impl Transfer_ {
         let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
         let runtime = tokio::runtime::Handle::current();
         let last = digest.map(|d| (self.identity, d));
-        let producer = tokio::task::spawn_blocking(move || {
-            produce(path, offset, len, last, tx, throttle, wire, runtime)
+        let verdict = Arc::new(std::sync::Mutex::new(LastBytes::NotFinal));
+        let found = verdict.clone();
+        tokio::task::spawn_blocking(move || {
+            produce(path, offset, len, last, found, tx, throttle, wire, runtime)
         });
         let began = Instant::now();
         let throttled_at_start = self.throttle.rate();
@@ -1241,9 +1243,15 @@ impl Transfer_ {
             r = patch => r,
             () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),
         };
-        // The request is gone (sent or dropped), so the producer ends soon; for the last
-        // chunk, what it found decides before anything the server said.
-        match producer.await.expect("chunk producer panicked") {
+        // For the last chunk, what the producer found decides before anything the server
+        // said. It is not awaited: after a stall it may be blocked on a connection only a
+        // disconnect ends. A proof it had not reached yet is made again before the next
+        // attempt (`check_identity`), and the last bytes were not sent without one.
+        let found = std::mem::replace(
+            &mut *verdict.lock().expect("verdict lock"),
+            LastBytes::NotFinal,
+        );
+        match found {
             LastBytes::NotFinal => {}
             LastBytes::Proved(now) => self.identity = now,
             LastBytes::Changed(what) => {
@@ -1340,20 +1348,21 @@ impl Transfer_ {
 /// it ends when the request is gone.
 ///
 /// For the last chunk (`last`: the identity the file was hashed with and the whole file's
-/// digest) the last piece is read, then the file is proved unchanged, and only then is the
-/// piece sent; a changed file fails the body instead, so the server never has every byte.
+/// digest) the last piece is read, then the file is proved unchanged (the result left in
+/// `verdict` before anything else happens), and only then is the piece sent; a changed file
+/// fails the body instead, so the server never has every byte.
 #[allow(clippy::too_many_arguments)]
 fn produce(
     path: PathBuf,
     offset: u64,
     len: u64,
     last: Option<(Identity, [u8; 32])>,
+    verdict: Arc<std::sync::Mutex<LastBytes>>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     throttle: Throttle,
     wire: Arc<WireCount>,
     runtime: tokio::runtime::Handle,
-) -> LastBytes {
-    let mut verdict = LastBytes::NotFinal;
+) {
     let mut file = match File::open(&path).and_then(|mut f| {
         f.seek(SeekFrom::Start(offset))?;
         Ok(f)
@@ -1361,7 +1370,7 @@ fn produce(
         Ok(f) => f,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
-            return verdict;
+            return;
         }
     };
     let mut at = offset;
@@ -1382,28 +1391,29 @@ fn produce(
             }
         }) {
             let _ = tx.blocking_send(Err(e));
-            return verdict;
+            return;
         }
         // Sleeping here is fine: this thread exists to feed this one chunk.
         runtime.block_on(throttle.acquire(piece));
         if at + piece as u64 == end
             && let Some((identity, digest)) = &last
         {
-            verdict = prove_unchanged(&path, *identity, digest);
-            if matches!(verdict, LastBytes::Changed(_)) {
+            let found = prove_unchanged(&path, *identity, digest);
+            let changed = matches!(found, LastBytes::Changed(_));
+            *verdict.lock().expect("verdict lock") = found;
+            if changed {
                 let _ = tx.blocking_send(Err(std::io::Error::other(
                     "the source changed while its last chunk was sent",
                 )));
-                return verdict;
+                return;
             }
         }
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-            return verdict;
+            return;
         }
         wire.record(at, piece as u64);
         at += piece as u64;
     }
-    verdict
 }
 
 /// Resolves when the connection made no progress (nothing acknowledged by the server, nothing
