@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use upload::queue;
 use upload::schedule::Timetable;
-use upload::store::{NewTransfer, Store, TransferState};
+use upload::store::{NewTransfer, Origin, Store, TransferState};
 use upload::units::Rate;
 
 fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
@@ -28,6 +28,7 @@ fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
                 priority: (i % 5) as i64,
                 deadline: None,
                 rate_limit_bps: None,
+                origin: Origin::Queue,
             })
             .unwrap();
     }
@@ -52,7 +53,10 @@ fn scheduler(c: &mut Criterion) {
     });
     let rows = store.list_transfers().unwrap();
     let tt: Timetable = "07:00,32kbit 23:00,off".parse().unwrap();
-    let link = Rate::from_bits_per_second(128_000.0).unwrap();
+    let link = upload::estimate::LinkRate {
+        rate: Rate::from_bits_per_second(128_000.0).unwrap(),
+        measured: false,
+    };
     let now = chrono::Local::now();
     c.bench_function("outlook of 1000 through a timetable", |b| {
         b.iter(|| black_box(queue::outlook(&rows, &tt, link, now)))

@@ -596,6 +596,18 @@ fn expand_path(raw: &str, base: &Path, home: Option<&Path>) -> Result<PathBuf, S
     })
 }
 
+/// How long `upload run` lets a transfer fail continuously before marking it failed, when
+/// neither flag nor file says: unattended, it must not retry a dead destination forever.
+/// `upload send` has a person watching, and retries until stopped.
+pub const RUN_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The commands whose defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsFor {
+    Send,
+    Run,
+}
+
 /// Where an effective setting came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -643,8 +655,10 @@ pub struct Flags {
     pub give_up_after: Option<Duration>,
 }
 
-/// The settings in force: flags over the configuration file over built-in defaults. `None`
-/// values mean "none": no timetable, no limit, never give up.
+/// The settings in force: flags over the configuration file over built-in defaults, merged
+/// once ([`Effective::merge`]) and read by every command, so that `--help`, `config show` and
+/// what a command does cannot disagree. `None` values mean "none": no timetable, no limit;
+/// for `give_up_after`, the command's own default ([`Effective::give_up_after_for`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
     /// `None` only when no default could be found (no HOME).
@@ -679,6 +693,15 @@ fn pick<T>(flag: Option<T>, flag_source: Source, config: Option<T>, default: T) 
 }
 
 impl Effective {
+    /// When `command` gives a transfer up: the flag's or the file's setting, else the
+    /// command's default ([`RUN_GIVE_UP_AFTER`] for `upload run`, never for `upload send`).
+    pub fn give_up_after_for(&self, command: SettingsFor) -> Option<Duration> {
+        match (self.give_up_after.source, command) {
+            (Source::Default, SettingsFor::Run) => Some(RUN_GIVE_UP_AFTER),
+            _ => self.give_up_after.value,
+        }
+    }
+
     /// Merges `flags` over `config` over the defaults; `default_db` is the XDG default
     /// (`store::default_db_path`), if there is one.
     pub fn merge(flags: &Flags, config: &Config, default_db: Option<PathBuf>) -> Effective {
@@ -776,6 +799,30 @@ mod tests {
         assert_eq!(e.db.value, Some(PathBuf::from("/d.db")));
         assert_eq!(e.limit.source, Source::Default);
         assert_eq!(e.limit.value, None);
+        assert_eq!(e.give_up_after_for(SettingsFor::Send), None);
+        assert_eq!(
+            e.give_up_after_for(SettingsFor::Run),
+            Some(RUN_GIVE_UP_AFTER)
+        );
+    }
+
+    #[test]
+    fn a_configured_give_up_after_holds_for_every_command() {
+        let config = parse_str("give_up_after = \"2s\"").unwrap();
+        let e = Effective::merge(&Flags::default(), &config, None);
+        for command in [SettingsFor::Send, SettingsFor::Run] {
+            assert_eq!(e.give_up_after_for(command), Some(Duration::from_secs(2)));
+        }
+        let flags = Flags {
+            give_up_after: Some(Duration::from_secs(60)),
+            ..Flags::default()
+        };
+        let e = Effective::merge(&flags, &config, None);
+        assert_eq!(e.give_up_after.source, Source::Flag);
+        assert_eq!(
+            e.give_up_after_for(SettingsFor::Send),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

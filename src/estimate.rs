@@ -138,6 +138,33 @@ pub fn wire_bytes(payload: u64, chunk: u64, tls: bool) -> Wire {
     }
 }
 
+/// The rate a planner may assume for the link, and whether it was measured: a measured
+/// goodput already has the wire overhead inside it, an assumed or given link rate does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkRate {
+    pub rate: Rate,
+    pub measured: bool,
+}
+
+impl LinkRate {
+    /// The payload rate this link gives an upload of `payload` bytes in `chunk`-byte PATCHes:
+    /// the wire model's share of the link for a rate that does not include it. Every finish
+    /// time the tool prints goes through here or [`plan`], so they agree.
+    pub fn payload_rate(&self, payload: u64, chunk: u64, tls: bool) -> Rate {
+        if self.measured || payload == 0 {
+            return self.rate;
+        }
+        let wire = wire_bytes(payload, chunk, tls);
+        let share = payload as f64 / wire.total as f64;
+        Rate::from_bits_per_second(self.rate.bits_per_second() * share).unwrap_or(self.rate)
+    }
+}
+
+/// Timestamps in `--json` output: [`schedule::json_time`], as in every other command's.
+fn json_time<S: serde::Serializer>(t: &DateTime<FixedOffset>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&schedule::json_time(t))
+}
+
 /// What to plan.
 #[derive(Debug, Clone)]
 pub struct Request<Tz: TimeZone> {
@@ -170,7 +197,9 @@ pub struct Estimate {
     pub wire: Wire,
     pub link_seconds: f64,
     pub total_seconds: f64,
+    #[serde(serialize_with = "json_time")]
     pub start_at: DateTime<FixedOffset>,
+    #[serde(serialize_with = "json_time")]
     pub finish_at: DateTime<FixedOffset>,
     pub elapsed_seconds: f64,
     pub windows: Vec<String>,
@@ -186,6 +215,7 @@ pub struct RemoteBuild {
     pub build_seconds: f64,
     /// From the start until the build is done, waits between windows included.
     pub seconds: f64,
+    #[serde(serialize_with = "json_time")]
     pub finish_at: DateTime<FixedOffset>,
     /// How many times sooner the remote build is done than the artefact's upload.
     pub speedup: f64,

@@ -8,17 +8,19 @@
 //! sized to end at the boundary, and connections are not dropped for a rate change.
 //!
 //! The database is the queue: `upload queue add/pause/rm` in other processes change rows, and
-//! the daemon reconciles with them every [`POLL`]. Every transfer is an ordinary
+//! the daemon reconciles with them every [`POLL`]. Only rows `queue add` made (or `queue
+//! resume` handed over) are its work; an `upload send`'s row is that process's ([`Origin`]). Every transfer is an ordinary
 //! [`send::send`], so a daemon killed with SIGKILL and restarted resumes each one from the
 //! server's offset; the lock in the store keeps a transfer from being sent twice.
 //!
 //! Finish times follow the timetable ([`outlook`]): the queue is played forward in order
 //! through the slots' rates, `off` slots at the link's measured (or assumed) rate.
 
+use crate::estimate::LinkRate;
 use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
-use crate::store::{Store, StoreError, Transfer, TransferState};
+use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, GateState, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
@@ -34,6 +36,25 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const BUDGET_OVERRIDE: &str = "budget_override";
 /// The settings key where a running daemon publishes its timetable, for `upload status`.
 pub const TIMETABLE: &str = "timetable";
+/// The settings key where a running `upload run` records itself (`pid@host`), so `upload
+/// limit` can say whether anyone takes its budget now.
+pub const RUN_OWNER: &str = "run_owner";
+
+/// The budget `upload limit` saved, if any: it holds every run instead of the timetable until
+/// `upload limit --clear`.
+pub fn budget_override(store: &Store) -> Result<Option<Budget>, StoreError> {
+    Ok(store
+        .get_setting(BUDGET_OVERRIDE)?
+        .and_then(|v| v.parse().ok()))
+}
+
+/// The `pid@host` of the `upload run` using this database now, if one is. A run killed with
+/// SIGKILL leaves its record behind; a dead process on this host does not count.
+pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .get_setting(RUN_OWNER)?
+        .filter(|owner| !send::owner_is_dead(owner)))
+}
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
 pub fn weight(priority: i64) -> f64 {
@@ -231,8 +252,70 @@ fn log_event(id: i64, e: &Event, outage: &std::sync::Mutex<Outage>) {
     }
 }
 
-/// Whether the daemon may pick up this row: queued, or left running by a process that died.
+/// What a transfer is doing, as far as the database can tell: its stored state, corrected for
+/// what the row cannot say itself. A row stays `running` when its process dies (kill -9, a
+/// pipe's Ctrl-C) or while the run's gate holds it in a `pause` slot; `upload status` must not
+/// show a rate for either (issue 10, item 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Queued,
+    Running,
+    /// Held: `upload queue pause`, an interrupted `upload send`, or the run's budget is
+    /// `pause` (timetable or `upload limit pause`).
+    Paused,
+    Done,
+    Failed,
+    /// Marked running, but the process sending it is gone; the next `upload run` (queued
+    /// work) or a rerun of `upload send` continues it.
+    Interrupted,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Queued => "queued",
+            Activity::Running => "running",
+            Activity::Paused => "paused",
+            Activity::Done => "done",
+            Activity::Failed => "failed",
+            Activity::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// `t`'s [`Activity`] while the run's budget is `budget`.
+pub fn activity(t: &Transfer, budget: Budget) -> Activity {
+    match t.state {
+        TransferState::Queued => Activity::Queued,
+        TransferState::Paused => Activity::Paused,
+        TransferState::Done => Activity::Done,
+        TransferState::Failed => Activity::Failed,
+        TransferState::Running => match t.lock_owner.as_deref() {
+            None => Activity::Interrupted,
+            Some(owner) if send::owner_is_dead(owner) => Activity::Interrupted,
+            // Only the run's transfers pass its gate.
+            Some(_) if t.origin == Origin::Queue && budget == Budget::Paused => Activity::Paused,
+            Some(_) => Activity::Running,
+        },
+    }
+}
+
+/// The run's budget at `now`: `upload limit`'s override, else the timetable's.
+pub fn budget_in_force<Tz: chrono::TimeZone>(
+    timetable: &Timetable,
+    over: Option<Budget>,
+    now: &DateTime<Tz>,
+) -> Budget {
+    budget_now(timetable, over, now).0
+}
+
+/// Whether the daemon may pick up this row: queued work (not an `upload send`'s), queued or
+/// left running by a process that died.
 fn runnable(t: &Transfer) -> bool {
+    if t.origin != Origin::Queue {
+        return false;
+    }
     match t.state {
         TransferState::Queued => true,
         TransferState::Running => t.lock_owner.as_deref().is_none_or(send::owner_is_dead),
@@ -260,8 +343,21 @@ pub async fn run(
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
     {
-        let (s, tt) = (store.clone(), opts.timetable.to_string());
-        blocking(move || s.set_setting(TIMETABLE, &tt)).await?;
+        let (s, tt, o) = (store.clone(), opts.timetable.to_string(), owner.clone());
+        let over = blocking(move || {
+            s.set_setting(TIMETABLE, &tt)?;
+            s.set_setting(RUN_OWNER, &o)?;
+            budget_override(&s)
+        })
+        .await?;
+        if let Some(b) = over {
+            // Saved perhaps long ago: the timetable does not apply until `upload limit --clear`.
+            tracing::warn!(
+                budget = %b,
+                timetable = %opts.timetable,
+                "budget override from `upload limit` in force"
+            );
+        }
     }
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(POLL);
@@ -371,6 +467,16 @@ pub async fn run(
             }
         }
     }
+    {
+        let (s, o) = (store.clone(), owner.clone());
+        let _ = blocking(move || {
+            if s.get_setting(RUN_OWNER)?.as_deref() == Some(o.as_str()) {
+                s.delete_setting(RUN_OWNER)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+    }
     // Put what still runs back in the queue; its progress is already in the database.
     for (id, r) in running.drain() {
         drop(r);
@@ -438,13 +544,15 @@ pub struct Outlook {
 }
 
 /// Plays the active queue (queued and running, in queue order) forward from `now` through
-/// `timetable`, `off` slots at `link` (a transfer's own limit below it slows its part).
+/// `timetable`, `off` slots at `link` (a transfer's own limit below it slows its part). An
+/// unmeasured link rate carries the wire overhead of estimate's model ([`LinkRate`]); limits
+/// and budgets are payload rates, as the throttle counts them.
 /// Transfers share the link in reality; in sequence the total is the same, and the order is
 /// the queue's.
 pub fn outlook<Tz: chrono::TimeZone>(
     transfers: &[Transfer],
     timetable: &Timetable,
-    link: Rate,
+    link: LinkRate,
     now: DateTime<Tz>,
 ) -> Vec<Outlook> {
     // The queue is played forward from where the one before left off, so the whole outlook
@@ -466,6 +574,8 @@ pub fn outlook<Tz: chrono::TimeZone>(
                 };
             }
             let left = t.size.saturating_sub(t.offset);
+            let tls = t.dest_url.starts_with("https:");
+            let link = link.payload_rate(left, t.chunk_size, tls);
             // A transfer's own limit slows only its own part.
             let own_link = match t
                 .rate_limit_bps
@@ -562,6 +672,7 @@ mod tests {
             updated_at: now,
             finished_at: None,
             rate_bps: None,
+            origin: Origin::Queue,
         }
     }
 
@@ -569,7 +680,10 @@ mod tests {
     fn the_outlook_plays_the_queue_forward_through_the_nights() {
         // Nights only (23:00-07:00) at 128 kbit/s: 8 h carry 460.8 MB.
         let tt: Timetable = "07:00,pause 23:00,128kbit".parse().unwrap();
-        let link = Rate::from_bits_per_second(128_000.0).unwrap();
+        let link = LinkRate {
+            rate: Rate::from_bits_per_second(128_000.0).unwrap(),
+            measured: true,
+        };
         let now = DateTime::parse_from_rfc3339("2026-01-01T23:00:00+00:00").unwrap();
         let rows = vec![queued(1, 230_400_000), queued(2, 460_800_000)];
         let o = outlook(&rows, &tt, link, now);
@@ -580,6 +694,62 @@ mod tests {
         assert_eq!(o[1].windows, Some(2));
         // Alone, the second would finish on the first night.
         assert_eq!(o[1].earliest_finish, Some(now + TimeDelta::hours(8)));
+    }
+
+    #[test]
+    fn an_assumed_link_rate_carries_the_wire_overhead() {
+        let tt = Timetable::constant(Budget::Unlimited);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T23:00:00+00:00").unwrap();
+        let mut t = queued(1, 1_572_864);
+        t.chunk_size = 327_680;
+        let rate = Rate::from_bits_per_second(128_000.0).unwrap();
+        let secs = |measured| {
+            let o = outlook(&[t.clone()], &tt, LinkRate { rate, measured }, now);
+            (o[0].finish_at.unwrap() - now).num_milliseconds() as f64 / 1000.0
+        };
+        // Measured goodput: the payload alone, 1.5 MiB at 16 000 B/s.
+        assert!((secs(true) - 98.304).abs() < 0.01, "{}", secs(true));
+        // Assumed: as estimate's wire model has it.
+        let wire = crate::estimate::wire_bytes(1_572_864, 327_680, false);
+        let want = wire.total as f64 * 8.0 / 128_000.0;
+        assert!(
+            (secs(false) - want).abs() < 0.01,
+            "{} vs {want}",
+            secs(false)
+        );
+    }
+
+    #[test]
+    fn a_dead_or_held_transfer_is_not_shown_running() {
+        let mut t = queued(1, 10);
+        t.state = TransferState::Running;
+        let rate = Budget::Limited(Rate::from_bits_per_second(32_000.0).unwrap());
+        assert_eq!(activity(&t, rate), Activity::Interrupted, "no owner");
+        t.lock_owner = Some(send::lock_owner());
+        assert_eq!(activity(&t, rate), Activity::Running);
+        assert_eq!(activity(&t, Budget::Paused), Activity::Paused);
+        t.lock_owner = Some(format!(
+            "4000000000@{}",
+            send::lock_owner().split_once('@').unwrap().1
+        ));
+        assert_eq!(activity(&t, rate), Activity::Interrupted, "dead owner");
+        // An `upload send` is not held by the run's pause.
+        t.lock_owner = Some(send::lock_owner());
+        t.origin = Origin::Send;
+        assert_eq!(activity(&t, Budget::Paused), Activity::Running);
+    }
+
+    #[test]
+    fn a_sends_transfer_is_not_the_runs_work() {
+        let mut t = queued(1, 10);
+        assert!(runnable(&t));
+        t.origin = Origin::Send;
+        assert!(!runnable(&t));
+        t.state = TransferState::Running;
+        assert!(
+            !runnable(&t),
+            "a dead ad-hoc send is not taken over by the run"
+        );
     }
 
     #[test]

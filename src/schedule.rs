@@ -30,7 +30,7 @@ pub enum ScheduleError {
     #[error("invalid window \"{0}\": start and end are the same; for all day write 00:00-24:00")]
     EmptyWindow(String),
     #[error(
-        "invalid time \"{0}\": expected a local date and time, e.g. \"2026-01-01 23:00\", 23:00 (today) or 2026-01-01T23:00:00+01:00"
+        "invalid time \"{0}\": expected a local date and time, e.g. \"2026-01-01 23:00\", 23:00 (today), \"Fri 07:00\" (the next Friday) or 2026-01-01T23:00:00+01:00"
     )]
     Time(String),
     #[error("the time \"{0}\" does not exist in the local time zone (a daylight-saving gap)")]
@@ -124,8 +124,16 @@ pub fn parse_clock(s: &str) -> Option<NaiveTime> {
         .ok()
 }
 
+/// `Fri 07:00`, `Friday 7:00` or `Fri-07:00` (as in weekly timetables): the weekday and the
+/// time, apart.
+fn parse_weekday_clock(s: &str) -> Option<(Weekday, NaiveTime)> {
+    let (day, clock) = s.split_once([' ', '-'])?;
+    Some((parse_day(day.trim())?, parse_clock(clock)?))
+}
+
 /// Parses the local times people type: `2026-01-01 23:00`, `2026-01-01T23:00:00`, an RFC 3339
-/// time with an offset, or a bare `23:00` meaning that time on `now`'s day.
+/// time with an offset, a bare `23:00` meaning that time on `now`'s day, or a weekday and a
+/// time, `Fri 07:00`, meaning the next such moment after `now` (today's when still ahead).
 pub fn parse_local_time<Tz: TimeZone>(
     s: &str,
     tz: &Tz,
@@ -134,6 +142,17 @@ pub fn parse_local_time<Tz: TimeZone>(
     let t = s.trim();
     if let Ok(fixed) = DateTime::parse_from_rfc3339(t) {
         return Ok(fixed.with_timezone(tz));
+    }
+    if let Some((day, clock)) = parse_weekday_clock(t) {
+        let today = now.date_naive();
+        let ahead = (7 + day.num_days_from_monday() as i64
+            - today.weekday().num_days_from_monday() as i64)
+            % 7;
+        let mut date = today + ChronoDuration::days(ahead);
+        if ahead == 0 && resolve(tz, date.and_time(clock)) <= now {
+            date += ChronoDuration::days(7);
+        }
+        return Ok(resolve(tz, date.and_time(clock)));
     }
     let naive = [
         "%Y-%m-%d %H:%M",
@@ -789,6 +808,22 @@ mod tests {
             at("2026-01-01 22:00")
         );
         assert!(parse_local_time("tomorrow", &Utc, now).is_err());
+    }
+
+    #[test]
+    fn weekday_times_are_the_next_such_moment() {
+        // 2026-01-01 is a Thursday.
+        let now = parse_local_time("2026-01-01 12:00", &Utc, Utc::now()).unwrap();
+        let at = |s: &str| parse_local_time(s, &Utc, now).unwrap().to_rfc3339();
+        assert_eq!(at("Fri 07:00"), "2026-01-02T07:00:00+00:00");
+        assert_eq!(at("friday 7:00"), "2026-01-02T07:00:00+00:00");
+        assert_eq!(at("Fri-07:00"), "2026-01-02T07:00:00+00:00");
+        // Today's when still ahead, else a week on.
+        assert_eq!(at("Thu 13:00"), "2026-01-01T13:00:00+00:00");
+        assert_eq!(at("Thu 11:00"), "2026-01-08T11:00:00+00:00");
+        assert_eq!(at("Wed 07:00"), "2026-01-07T07:00:00+00:00");
+        assert!(parse_local_time("Fri", &Utc, now).is_err());
+        assert!(parse_local_time("Fry 07:00", &Utc, now).is_err());
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   whole-file SHA-256), once to send it. A change in between makes the server answer 460,
 //!   and a change anywhere else changes the file's mtime or ctime, checked before every chunk
 //!   and before the final one carries the whole file's digest (`Repr-Digest`).
+//! - The last chunk is different: nothing comes after it to notice a change, and the server
+//!   publishes as soon as its last byte arrives. So its last piece is held back until the file
+//!   is proved to be the one that was hashed ([`prove_unchanged`], after the last byte was
+//!   read): a change then aborts the request, the server never has every byte and publishes
+//!   nothing (issue 11, item 3). A change in the instant after that proof is still seen after
+//!   the server's answer, and reported as what it is: the version read was published.
 //! - Only a chunk the server acknowledged advances the offset and the running hash.
 //!
 //! Reading streams through a bounded channel in pieces sized by the [`Throttle`], so memory is
@@ -20,7 +26,7 @@
 use crate::client::{ChannelBody, ClientError, LinkProbe, Retry, TusClient, parse_endpoint};
 use crate::estimate::chunk_size_for;
 use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, ext, meta};
-use crate::store::{LinkSample, NewTransfer, Store, StoreError, Transfer, TransferState};
+use crate::store::{LinkSample, NewTransfer, Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use bytes::Bytes;
@@ -142,6 +148,21 @@ pub enum SendError {
         path.display()
     )]
     SourceChanged { path: PathBuf, what: String },
+    /// The race that no hold-back can close: the file changed after its last byte was read
+    /// and proved, while the server verified and published what was read.
+    #[error(
+        "\"{}\" changed just after its last byte was sent: {what}. The server verified and \
+         published the version that was read{}, SHA-256 {sha256}, which is not the file as it \
+         is now. Rerun with --restart to upload the new version",
+        path.display(),
+        published_as.as_deref().map(|n| format!(" as {n}")).unwrap_or_default()
+    )]
+    ChangedAfterPublished {
+        path: PathBuf,
+        what: String,
+        published_as: Option<String>,
+        sha256: String,
+    },
     #[error(
         "this transfer is being sent by another upload process ({owner}); wait for it or stop it"
     )]
@@ -151,7 +172,10 @@ pub enum SendError {
     /// The TLS trust roots cannot be loaded (a bad `--ca` file, no system roots).
     #[error("{0}")]
     Tls(crate::tls::TlsError),
-    #[error("{error} (gave up after {attempts} attempts; --max-retries sets how many)")]
+    #[error(
+        "{error} (gave up after {attempts} attempts; --max-retries and --give-up-after, or \
+         give_up_after in the configuration file, set when)"
+    )]
     GaveUp { attempts: u32, error: ClientError },
     #[error("{0}")]
     Server(ClientError),
@@ -205,6 +229,44 @@ impl Identity {
         } else {
             None
         }
+    }
+}
+
+/// What a look at the source after its last byte was read found.
+#[derive(Debug)]
+enum LastBytes {
+    /// Not the last chunk: nothing to prove here.
+    NotFinal,
+    /// The file is the one that was hashed (perhaps with a moved change time, now adopted).
+    Proved(Identity),
+    /// It is not, in words.
+    Changed(String),
+}
+
+/// Whether the file at `path` is still the one whose every byte hashes to `digest`, as
+/// `identity` described it. A moved change time alone (a chmod, or an edit that put the
+/// modification time back) is settled by reading the file again: rare, and cheap next to
+/// publishing the wrong bytes.
+fn prove_unchanged(path: &Path, identity: Identity, digest: &[u8; 32]) -> LastBytes {
+    let now = match std::fs::metadata(path) {
+        Ok(m) => Identity::of(&m),
+        Err(e) => return LastBytes::Changed(format!("it can no longer be read ({e})")),
+    };
+    match identity.difference(&now) {
+        None => LastBytes::Proved(now),
+        Some(_) if identity.same_but_ctime(&now) => {
+            let mut h = Sha256::new();
+            match read_range(path, 0, now.size, |b| h.update(b)) {
+                Ok(()) if <[u8; 32]>::from(h.finalize()) == *digest => LastBytes::Proved(now),
+                Ok(()) => LastBytes::Changed(
+                    "its content changed while it was being sent (its size and modification \
+                     time are the same)"
+                        .into(),
+                ),
+                Err(e) => LastBytes::Changed(format!("it can no longer be read ({e})")),
+            }
+        }
+        Some(what) => LastBytes::Changed(format!("{what} while it was being sent")),
     }
 }
 
@@ -398,6 +460,9 @@ struct Transfer_ {
     /// Payload confirmed by this process and the time spent sending it, for link samples.
     confirmed_here: u64,
     sending_time: Duration,
+    /// The highest rate the throttle held a chunk to, bits per second: a sample of a
+    /// throttled transfer measured the throttle, not the link.
+    throttled_to: Option<f64>,
     /// What we know locally: the confirmed offset and the hash state before it.
     pos: Option<Position>,
     /// From the last HEAD of a finished upload.
@@ -504,6 +569,7 @@ pub async fn send(
         wire: Arc::new(WireCount::default()),
         confirmed_here: 0,
         sending_time: Duration::ZERO,
+        throttled_to: None,
         pos: None,
         server_sha256: None,
         published_as: None,
@@ -529,8 +595,11 @@ pub async fn send(
     let _ = blocking(move || s.unlock(id, &o)).await;
     let state = match &result {
         Ok(_) => None,
-        // Progress is in the database; the next run continues.
-        Err(SendError::Interrupted) => Some(TransferState::Queued),
+        // Progress is in the database. A queued transfer goes back to the queue; an
+        // `upload send`'s is held until that command is rerun (or `upload queue resume`
+        // hands it to the run): nobody asked `upload run` to send it.
+        Err(SendError::Interrupted) if t.row.origin == Origin::Queue => Some(TransferState::Queued),
+        Err(SendError::Interrupted) => Some(TransferState::Paused),
         // Another process has it now: its state is its own.
         Err(SendError::Busy { .. }) => None,
         Err(_) => Some(TransferState::Failed),
@@ -624,6 +693,7 @@ async fn find_or_create_row(
         priority: 0,
         deadline: None,
         rate_limit_bps: opts.limit.map(Rate::bits_per_second),
+        origin: Origin::Send,
     };
     let s = store.clone();
     Ok(blocking(move || s.insert_transfer(&new)).await?)
@@ -794,6 +864,7 @@ impl Transfer_ {
                 at: chrono::Utc::now(),
                 bytes: self.confirmed_here,
                 seconds: self.sending_time.as_secs_f64(),
+                limit_bps: self.throttled_to,
             };
             let s = self.store.clone();
             blocking(move || s.add_link_sample(&sample)).await?;
@@ -1157,10 +1228,14 @@ impl Transfer_ {
         let (tx, body) = ChannelBody::new(len, 4);
         let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
         let runtime = tokio::runtime::Handle::current();
+        let last = digest.map(|d| (self.identity, d));
+        let verdict = Arc::new(std::sync::Mutex::new(LastBytes::NotFinal));
+        let found = verdict.clone();
         tokio::task::spawn_blocking(move || {
-            produce(path, offset, len, tx, throttle, wire, runtime)
+            produce(path, offset, len, last, found, tx, throttle, wire, runtime)
         });
         let began = Instant::now();
+        let throttled_at_start = self.throttle.rate();
         let stall = self.stall;
         let patch = self
             .client
@@ -1169,6 +1244,26 @@ impl Transfer_ {
             r = patch => r,
             () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),
         };
+        // For the last chunk, what the producer found decides before anything the server
+        // said. It is not awaited: after a stall it may be blocked on a connection only a
+        // disconnect ends. A proof it had not reached yet is made again before the next
+        // attempt (`check_identity`), and the last bytes were not sent without one.
+        let found = std::mem::replace(
+            &mut *verdict.lock().expect("verdict lock"),
+            LastBytes::NotFinal,
+        );
+        match found {
+            LastBytes::NotFinal => {}
+            LastBytes::Proved(now) => self.identity = now,
+            LastBytes::Changed(what) => {
+                return Err(StepError::Stop(SendError::SourceChanged {
+                    path: self.path.clone(),
+                    what: format!(
+                        "{what} (its last bytes were held back: the server publishes nothing)"
+                    ),
+                }));
+            }
+        }
         let outcome = match result {
             Ok(o) => o,
             Err(ClientError::ChecksumMismatch) => {
@@ -1195,6 +1290,15 @@ impl Transfer_ {
             }));
         }
         self.url_answered = true;
+        // The rate may have changed while the chunk was sent (a run's budget); either one
+        // held it.
+        for rate in [throttled_at_start, self.throttle.rate()]
+            .into_iter()
+            .flatten()
+        {
+            let bps = rate.bits_per_second();
+            self.throttled_to = Some(self.throttled_to.map_or(bps, |t| t.max(bps)));
+        }
         self.sending_time += began.elapsed();
         self.confirmed_here += len;
         self.last_chunk = len;
@@ -1221,6 +1325,18 @@ impl Transfer_ {
                     hex::encode(ours)
                 ))));
             }
+            // Success is reported only for the file as it is now.
+            let (path, identity) = (self.path.clone(), self.identity);
+            if let LastBytes::Changed(what) =
+                blocking(move || prove_unchanged(&path, identity, &ours)).await
+            {
+                return Err(StepError::Stop(SendError::ChangedAfterPublished {
+                    path: self.path.clone(),
+                    what,
+                    published_as: outcome.published_as,
+                    sha256: hex::encode(ours),
+                }));
+            }
             return Ok(Some((hex::encode(ours), outcome.published_as)));
         }
         Ok(None)
@@ -1231,10 +1347,18 @@ impl Transfer_ {
 /// thread of its own (plain reads straight into the piece: tokio's file type would copy every
 /// byte once more); the bounded channel stops it when the connection does not take more, and
 /// it ends when the request is gone.
+///
+/// For the last chunk (`last`: the identity the file was hashed with and the whole file's
+/// digest) the last piece is read, then the file is proved unchanged (the result left in
+/// `verdict` before anything else happens), and only then is the piece sent; a changed file
+/// fails the body instead, so the server never has every byte.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     path: PathBuf,
     offset: u64,
     len: u64,
+    last: Option<(Identity, [u8; 32])>,
+    verdict: Arc<std::sync::Mutex<LastBytes>>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     throttle: Throttle,
     wire: Arc<WireCount>,
@@ -1272,6 +1396,19 @@ fn produce(
         }
         // Sleeping here is fine: this thread exists to feed this one chunk.
         runtime.block_on(throttle.acquire(piece));
+        if at + piece as u64 == end
+            && let Some((identity, digest)) = &last
+        {
+            let found = prove_unchanged(&path, *identity, digest);
+            let changed = matches!(found, LastBytes::Changed(_));
+            *verdict.lock().expect("verdict lock") = found;
+            if changed {
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "the source changed while its last chunk was sent",
+                )));
+                return;
+            }
+        }
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return;
         }
@@ -1409,6 +1546,43 @@ mod tests {
         );
         let c = Identity { ctime_ns: 9, ..a };
         assert!(a.difference(&c).unwrap().contains("written"));
+    }
+
+    #[test]
+    fn the_last_bytes_are_proved_against_the_digest() {
+        use std::os::unix::fs::{FileExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let digest: [u8; 32] = Sha256::digest(b"hello world").into();
+        assert!(matches!(
+            prove_unchanged(&path, identity, &digest),
+            LastBytes::Proved(_)
+        ));
+        // A chmod moves only the change time: proved by content, and adopted.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let LastBytes::Proved(now) = prove_unchanged(&path, identity, &digest) else {
+            panic!("a chmod is no change");
+        };
+        // An edit that puts the modification time back is caught by content.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(b"J", 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let LastBytes::Changed(what) = prove_unchanged(&path, now, &digest) else {
+            panic!("a hidden edit slipped by");
+        };
+        assert!(what.contains("content"), "{what}");
+        // Replaced by another file of the same size.
+        let other = dir.path().join("g");
+        std::fs::write(&other, b"hello world").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let LastBytes::Changed(what) = prove_unchanged(&path, now, &digest) else {
+            panic!("a replacement slipped by");
+        };
+        assert!(what.contains("replaced"), "{what}");
     }
 
     #[test]

@@ -96,6 +96,18 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE transfers ADD COLUMN rate_bps REAL;  -- bits per second the server confirmed lately
     "#,
+    // 2 -> 3: who asked for a transfer. Only `upload queue add`'s are the run's work; an
+    // interrupted `upload send` must not be sent by the next `upload run` (issue 10, item 4).
+    // Rows from before cannot be told apart and stay what they were: queued work.
+    r#"
+    ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'queue';  -- queue|send
+    "#,
+    // 3 -> 4: whether a link sample was held to a rate (a --limit, the run's budget): then it
+    // measured the limit, not what the link can do (issue 10, item 5). Older samples cannot
+    // be told apart and count as unlimited, as they did.
+    r#"
+    ALTER TABLE link_samples ADD COLUMN limit_bps REAL;  -- the throttle's rate; NULL: unthrottled
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -214,6 +226,30 @@ impl FromStr for TransferState {
     }
 }
 
+/// Who asked for a transfer: `upload queue add` (the run's work) or `upload send` (its own
+/// process's, continued by rerunning it, or handed to the run by `upload queue resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Queue,
+    Send,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Queue => "queue",
+            Origin::Send => "send",
+        }
+    }
+
+    fn from_column(s: &str) -> Option<Origin> {
+        [Origin::Queue, Origin::Send]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
 /// One measurement of the link: `bytes` acknowledged in `seconds` to `host`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkSample {
@@ -221,6 +257,9 @@ pub struct LinkSample {
     pub at: DateTime<Utc>,
     pub bytes: u64,
     pub seconds: f64,
+    /// The highest rate the transfer was throttled to, bits per second; `None` when it was
+    /// not throttled, so the sample shows what the link could do.
+    pub limit_bps: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -250,6 +289,7 @@ pub struct Transfer {
     pub finished_at: Option<DateTime<Utc>>,
     /// Bits per second the server confirmed over the last minute, while running.
     pub rate_bps: Option<f64>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +304,7 @@ pub struct NewTransfer {
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
     pub rate_limit_bps: Option<f64>,
+    pub origin: Origin,
 }
 
 /// A handle on the database. Clones share one connection.
@@ -282,7 +323,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps";
+     rate_bps, origin";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -346,8 +387,9 @@ impl Store {
 
     pub fn add_link_sample(&self, s: &LinkSample) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO link_samples (host, at, bytes, seconds) VALUES (?1, ?2, ?3, ?4)",
-            params![s.host, s.at.timestamp(), s.bytes, s.seconds],
+            "INSERT INTO link_samples (host, at, bytes, seconds, limit_bps) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.host, s.at.timestamp(), s.bytes, s.seconds, s.limit_bps],
         )?;
         Ok(())
     }
@@ -358,20 +400,41 @@ impl Store {
         host: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LinkSample>, StoreError> {
+        self.link_samples(host, limit, false)
+    }
+
+    /// As [`Self::recent_link_samples`], only those of unthrottled transfers: what the link
+    /// could do, for estimates.
+    pub fn recent_unthrottled_link_samples(
+        &self,
+        host: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LinkSample>, StoreError> {
+        self.link_samples(host, limit, true)
+    }
+
+    fn link_samples(
+        &self,
+        host: Option<&str>,
+        limit: usize,
+        unthrottled_only: bool,
+    ) -> Result<Vec<LinkSample>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let conn = self.conn();
         // `?1 IS NULL OR host = ?1` keeps one statement; with a host the
         // (host, at) index still serves it.
         let mut stmt = conn.prepare_cached(
-            "SELECT host, at, bytes, seconds FROM link_samples \
-             WHERE ?1 IS NULL OR host = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
+            "SELECT host, at, bytes, seconds, limit_bps FROM link_samples \
+             WHERE (?1 IS NULL OR host = ?1) AND (NOT ?3 OR limit_bps IS NULL) \
+             ORDER BY at DESC, id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![host, limit], |r| {
+        let rows = stmt.query_map(params![host, limit, unthrottled_only], |r| {
             Ok(LinkSample {
                 host: r.get(0)?,
                 at: time_from_row(r, 1)?,
                 bytes: r.get(2)?,
                 seconds: r.get(3)?,
+                limit_bps: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -387,8 +450,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
-             state, priority, deadline, rate_limit_bps, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 t.name,
                 source,
@@ -401,6 +464,7 @@ impl Store {
                 t.deadline.map(|d| d.timestamp()),
                 t.rate_limit_bps,
                 now,
+                t.origin.as_str(),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -519,6 +583,16 @@ impl Store {
              sha256 = NULL, size = ?2, mtime_ns = ?3, state = 'queued', last_error = NULL, \
              finished_at = NULL, updated_at = ?4 WHERE id = ?1",
             params![id, size, mtime_ns, Utc::now().timestamp()],
+        )
+    }
+
+    /// `upload queue resume` of an `upload send`'s transfer: it becomes the run's work.
+    pub fn hand_to_queue(&self, id: i64) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE transfers SET origin = 'queue', state = 'queued', last_error = NULL, \
+             updated_at = ?2 WHERE id = ?1",
+            params![id, Utc::now().timestamp()],
         )
     }
 
@@ -782,6 +856,16 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
         updated_at: time_from_row(r, 21)?,
         finished_at: opt_time_from_row(r, 22)?,
         rate_bps: r.get(23)?,
+        origin: {
+            let o: String = r.get(24)?;
+            Origin::from_column(&o).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    24,
+                    rusqlite::types::Type::Text,
+                    format!("unknown origin {o:?}").into(),
+                )
+            })?
+        },
     })
 }
 
@@ -809,6 +893,7 @@ mod tests {
             priority: 0,
             deadline: None,
             rate_limit_bps: None,
+            origin: Origin::Queue,
         }
     }
 
@@ -825,7 +910,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 4);
         assert!(s.path().is_none());
     }
 
@@ -859,9 +944,32 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let t = &s.list_transfers().unwrap()[0];
         assert_eq!((t.name.as_str(), t.size, t.rate_bps), ("old.iso", 10, None));
+        // Rows from before origins were recorded stay queued work.
+        assert_eq!(t.origin, Origin::Queue);
+    }
+
+    #[test]
+    fn a_sends_transfer_is_handed_to_the_queue_explicitly() {
+        let s = Store::open_in_memory().unwrap();
+        let mut new = new_transfer("adhoc.iso");
+        new.origin = Origin::Send;
+        let t = s.insert_transfer(&new).unwrap();
+        assert_eq!(t.origin, Origin::Send);
+        s.set_state(t.id, TransferState::Paused, Some("interrupted"))
+            .unwrap();
+        s.hand_to_queue(t.id).unwrap();
+        let t = s.transfer(t.id).unwrap();
+        assert_eq!(
+            (t.origin, t.state, t.last_error),
+            (Origin::Queue, TransferState::Queued, None)
+        );
+        assert!(matches!(
+            s.hand_to_queue(999),
+            Err(StoreError::NotFound(999))
+        ));
     }
 
     #[test]
@@ -948,6 +1056,7 @@ mod tests {
                     at: at(1_700_000_000 + i),
                     bytes: 1000 * (i as u64 + 1),
                     seconds: 0.5 + i as f64,
+                    limit_bps: None,
                 })
                 .unwrap();
             }
@@ -961,7 +1070,8 @@ mod tests {
                 host: "a.example".into(),
                 at: at(1_700_000_004),
                 bytes: 5000,
-                seconds: 4.5
+                seconds: 4.5,
+                limit_bps: None,
             }
         );
         assert!(a.windows(2).all(|w| w[0].at >= w[1].at));
@@ -974,6 +1084,51 @@ mod tests {
                 .is_empty()
         );
         assert!(s.recent_link_samples(None, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn throttled_link_samples_are_kept_but_left_out_of_estimates() {
+        let s = Store::open_in_memory().unwrap();
+        for (i, limit) in [None, Some(1e6), None].into_iter().enumerate() {
+            s.add_link_sample(&LinkSample {
+                host: "a.example".into(),
+                at: at(1_700_000_000 + i as i64),
+                bytes: 1000,
+                seconds: 1.0,
+                limit_bps: limit,
+            })
+            .unwrap();
+        }
+        let all = s.recent_link_samples(None, 10).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].limit_bps, Some(1e6));
+        let free = s
+            .recent_unthrottled_link_samples(Some("a.example"), 10)
+            .unwrap();
+        assert_eq!(free.len(), 2);
+        assert!(free.iter().all(|x| x.limit_bps.is_none()));
+    }
+
+    #[test]
+    fn a_version_3_databases_link_samples_count_as_unthrottled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO link_samples (host, at, bytes, seconds) \
+                 VALUES ('a.example', 5, 16000, 1.0); PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let got = s.recent_unthrottled_link_samples(None, 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].bytes, got[0].limit_bps), (16000, None));
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn history_supplies_the_rate() {
                 at: now,
                 bytes,
                 seconds: 1.0,
+                limit_bps: None,
             })
             .unwrap();
     }
@@ -197,4 +198,52 @@ fn help_reads_well() {
     for needle in ["--rate", "--window", "--remote-build", "Examples:"] {
         assert!(stdout.contains(needle), "{needle} missing from {stdout}");
     }
+}
+
+/// Issue 10, item 5: a transfer held to `--limit` measured the limit, not the link: it is
+/// recorded as limited and estimate does not learn from it; an unlimited one teaches it, and
+/// the output rounds the rate and counts in words.
+#[test]
+fn only_unlimited_transfers_teach_the_link_rate() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let send = |name: &str, extra: &[&str]| {
+        let file = env.file(name, 200 * 1024);
+        let (out, _, stderr) = run(env
+            .upload()
+            .arg("send")
+            .arg(&file)
+            .arg(server.url())
+            .args(extra));
+        assert!(out.status.success(), "{stderr}");
+    };
+    send("limited.iso", &["--limit", "1Mbit"]);
+    let v = json(&env, &["1GiB", "--to", "127.0.0.1"]);
+    assert_eq!(
+        v["rate_source"], "default",
+        "learnt from a limited transfer: {v}"
+    );
+    assert_eq!(v["rate_bps"], 128_000.0);
+
+    send("free.iso", &[]);
+    let v = json(&env, &["1GiB", "--to", "127.0.0.1"]);
+    assert_eq!(v["rate_source"], "history", "{v}");
+    assert!(v["rate_bps"].as_f64().unwrap() > 1e6, "{v}");
+    let (out, stdout, _) = run(env.upload().args(["estimate", "1GiB", "--to", "127.0.0.1"]));
+    assert!(out.status.success());
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.contains("median of the last transfer to 127.0.0.1"),
+        "{first}"
+    );
+    // Three significant digits at most: "1.23 Gbit/s", "982 Mbit/s", not "981.617".
+    let shown = first
+        .split(" at ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let digits = shown.chars().filter(char::is_ascii_digit).count();
+    assert!(digits <= 3, "{first}");
 }

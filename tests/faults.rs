@@ -271,7 +271,8 @@ fn a_sender_that_lost_its_lock_stops() {
     assert!(stderr.contains("1@elsewhere"), "{stderr}");
 }
 
-/// Ctrl-C: exit 130, the lock released and the transfer back in the queue, progress kept.
+/// Ctrl-C: exit 130, the lock released, progress kept; the transfer waits for the same
+/// command to be rerun, not for `upload run` (issue 10, item 4).
 #[test]
 fn an_interrupted_send_releases_its_transfer() {
     let env = Env::new();
@@ -289,7 +290,9 @@ fn an_interrupted_send_releases_its_transfer() {
     assert_eq!(code, Some(130));
     let (_, stdout, _) = run(env.upload().args(["status", "--json"]));
     let v: Vec<Value> = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v[0]["state"], "queued", "{}", v[0]);
+    assert_eq!(v[0]["state"], "paused", "{}", v[0]);
+    assert_eq!(v[0]["origin"], "send", "{}", v[0]);
+    assert!(v[0]["offset"].as_u64().unwrap() > 0, "{}", v[0]);
     let db = rusqlite::Connection::open(env.db()).unwrap();
     let owner: Option<String> = db
         .query_row("SELECT lock_owner FROM transfers", [], |r| r.get(0))

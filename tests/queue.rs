@@ -344,8 +344,20 @@ fn run_killed_with_sigkill_resumes_every_transfer() {
     });
     runner.signal("-KILL");
     runner.wait(Duration::from_secs(5));
+    // Still marked running in the database, but its process is gone: status says so and
+    // shows no rate (issue 10, item 6).
     let before = status(&env);
-    assert!(before.iter().all(|t| t["state"] == "running"), "{before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|t| t["state"] == "interrupted" && t["rate_bps"].is_null()),
+        "{before:?}"
+    );
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(
+        text.contains("is gone; the next `upload run` continues it"),
+        "{text}"
+    );
     let mut again = Runner::start(&env, &["--jobs", "2"], None);
     assert!(again.wait(Duration::from_secs(60)).success());
     let resumed: Vec<Value> = again.events("sending");
@@ -433,4 +445,254 @@ fn the_example_config_and_systemd_units_are_valid() {
             assert!(out.status.success(), "{unit}: {line}: {stderr}");
         }
     }
+}
+
+/// Issue 10, item 4: an `upload send` that was interrupted (Ctrl-C) or killed is not queued
+/// work: a later `upload run` leaves it alone, `queue list` says how to continue it, and
+/// `queue resume` hands it to the run explicitly.
+#[test]
+fn an_interrupted_send_is_not_sent_by_a_later_run() {
+    use crate::helper::{kill9, send_until_progress};
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let url = server.url();
+    let args = ["--limit", "256KiB/s", "--chunk", "64KiB"];
+    let ctrl_c = env.file("ctrl-c.iso", 1024 * 1024);
+    let mut child = send_until_progress(&env, &ctrl_c, &url, &args, 64 * 1024);
+    signal(child.id(), "-INT");
+    assert_eq!(
+        crate::helper::wait_at_most(&mut child, Duration::from_secs(10)).code(),
+        Some(130)
+    );
+    let killed = env.file("killed.iso", 1024 * 1024);
+    let mut child = send_until_progress(&env, &killed, &url, &args, 64 * 1024);
+    kill9(&mut child);
+
+    let mut runner = Runner::start(&env, &[], None);
+    assert!(runner.wait(Duration::from_secs(20)).success());
+    assert!(
+        runner.events("starting").is_empty(),
+        "the run sent an ad-hoc send"
+    );
+    for name in ["ctrl-c.iso", "killed.iso"] {
+        assert!(
+            !server.dir.join(name).exists(),
+            "{name} was sent by the run"
+        );
+    }
+    let rows = status(&env);
+    for row in &rows {
+        assert_eq!(row["origin"], "send", "{row}");
+        assert_ne!(row["state"], "queued", "{row}");
+    }
+    let (out, stdout, _) = run(env.upload().args(["queue", "list"]));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("rerun `upload send` to continue"),
+        "{stdout}"
+    );
+
+    // Handed over explicitly, it is the run's.
+    let id = rows.iter().find(|r| r["name"] == "ctrl-c.iso").unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (out, _, stderr) = run(env.upload().args(["queue", "resume", &id.to_string()]));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(by_id(&status(&env), id)["origin"], "queue");
+    let mut runner = Runner::start(&env, &[], None);
+    assert!(runner.wait(Duration::from_secs(30)).success());
+    server.assert_delivered("ctrl-c.iso", &ctrl_c);
+    assert!(!server.dir.join("killed.iso").exists());
+}
+
+/// Issue 10, item 6: a transfer the run holds in a pause (`upload limit pause`, or the
+/// timetable's) is shown paused, without a rate, while its row still says running.
+#[test]
+fn status_shows_a_held_transfer_paused() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("held.iso", 2 * 1024 * 1024);
+    let id = add(&env, &file, &server.url(), &["--chunk", "16KiB"]);
+    let mut runner = Runner::start(&env, &["--timetable", "256kbit"], None);
+    wait_until(Duration::from_secs(30), "progress", || {
+        by_id(&status(&env), id)["offset"].as_u64().unwrap() > 0
+    });
+    let row = by_id(&status(&env), id);
+    assert_eq!(row["state"], "running", "{row}");
+    assert!(row["rate_bps"].as_f64().is_some(), "{row}");
+    let (out, _, stderr) = run(env.upload().args(["limit", "pause"]));
+    assert!(out.status.success(), "{stderr}");
+    let row = by_id(&status(&env), id);
+    assert_eq!(row["state"], "paused", "{row}");
+    assert!(row["rate_bps"].is_null(), "{row}");
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(text.contains("paused"), "{text}");
+    assert!(
+        text.contains("held between chunks by the run's budget"),
+        "{text}"
+    );
+    assert!(!text.contains("/s"), "a rate for a paused transfer: {text}");
+    runner.signal("-TERM");
+    runner.wait(Duration::from_secs(10));
+}
+
+/// Issue 10, item 2: `upload limit` without a run says so and what the saved budget will do;
+/// without an argument it prints what is in force; an override shows in `status`, `config
+/// show` and the run's start-up log, and counts in finish times.
+#[test]
+fn a_saved_budget_override_is_visible_everywhere() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("slow.iso", 100_000);
+    let id = add(&env, &file, &server.url(), &[]);
+    let eta = |env: &Env| by_id(&status(env), id)["eta_seconds"].as_f64().unwrap();
+    let unlimited = eta(&env);
+
+    let (out, stdout, stderr) = run(env.upload().args(["limit", "64kbit"]));
+    assert!(out.status.success(), "{stderr}");
+    let said = format!("{stdout}{stderr}");
+    assert!(said.contains("no `upload run` is active"), "{said}");
+    assert!(said.contains("the next `upload run`"), "{said}");
+
+    let (out, stdout, _) = run(env.upload().arg("limit"));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("64 kbit/s") && stdout.contains("--clear"),
+        "{stdout}"
+    );
+
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(
+        text.contains("budget 64 kbit/s set by `upload limit`"),
+        "{text}"
+    );
+    let (_, shown, _) = run(env.upload().args(["config", "show"]));
+    assert!(
+        shown.contains("64 kbit/s") && shown.contains("upload limit"),
+        "{shown}"
+    );
+    let (_, shown, _) = run(env.upload().args(["config", "show", "--json"]));
+    let v: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["budget_override"]["bits_per_second"], 64_000.0, "{v}");
+    // 100 kB at 64 kbit/s is at least 12.5 s; the assumed 128 kbit/s link half that.
+    assert!(
+        eta(&env) >= 12.0 && eta(&env) > unlimited * 1.8,
+        "{} vs {unlimited}",
+        eta(&env)
+    );
+
+    let mut runner = Runner::start(&env, &[], None);
+    wait_until(Duration::from_secs(10), "the start-up log", || {
+        !runner
+            .events("budget override from `upload limit` in force")
+            .is_empty()
+    });
+    let (_, stdout, _) = run(env.upload().arg("limit"));
+    assert!(stdout.contains("a running `upload run`"), "{stdout}");
+    runner.signal("-TERM");
+    runner.wait(Duration::from_secs(10));
+
+    let (out, _, _) = run(env.upload().args(["limit", "--clear"]));
+    assert!(out.status.success());
+    let (_, text, _) = run(env.upload().arg("status"));
+    assert!(!text.contains("upload limit"), "{text}");
+    let (_, stdout, _) = run(env.upload().arg("limit"));
+    assert!(
+        stdout.contains("no budget is set: no timetable"),
+        "{stdout}"
+    );
+}
+
+/// Issue 10, item 3: README's `--deadline "Fri 07:00"` is the next Friday at 07:00, local
+/// time; a deadline already past is refused plainly instead of queued as merely late.
+#[test]
+fn weekday_deadlines_are_accepted_and_past_ones_refused() {
+    use chrono::{Datelike, Timelike};
+    let env = Env::new();
+    let file = env.file("d.iso", 1000);
+    let url = "http://127.0.0.1:9/files/";
+    let id = add(&env, &file, url, &["--deadline", "Fri 07:00"]);
+    let row = by_id(&status(&env), id);
+    let deadline = chrono::DateTime::parse_from_rfc3339(row["deadline"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc); // the tests' local time is UTC
+    assert_eq!(deadline.weekday(), chrono::Weekday::Fri, "{row}");
+    assert_eq!((deadline.hour(), deadline.minute()), (7, 0), "{row}");
+    let ahead = deadline - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::zero() && ahead <= chrono::Duration::days(7),
+        "{row}"
+    );
+
+    let (out, _, stderr) = run(env
+        .upload()
+        .args(["queue", "add"])
+        .arg(&file)
+        .arg(url)
+        .args(["--deadline", "2020-01-03 07:00"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already past"), "{stderr}");
+    assert!(stderr.contains("Fri 07:00"), "{stderr}");
+    assert_eq!(status(&env).len(), 1, "a past deadline was queued");
+}
+
+/// Issue 10, item 11: `status` and `queue add` predict a finish with estimate's wire model
+/// (TCP/IP framing, HTTP), as `upload estimate` does, not from the payload alone.
+#[test]
+fn status_finish_times_count_the_wire_overhead_as_estimate_does() {
+    let env = Env::new();
+    let file = env.file("wire.iso", 1536 * 1024);
+    let id = add(&env, &file, "http://127.0.0.1:9/files/", &[]);
+    let eta = by_id(&status(&env), id)["eta_seconds"].as_f64().unwrap();
+    let (out, stdout, _) = run(env.upload().args(["estimate", "1.5MiB", "--json"]));
+    assert!(out.status.success());
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    let total = plan["total_seconds"].as_f64().unwrap();
+    let payload_only = plan["link_seconds"].as_f64().unwrap();
+    assert!(total > payload_only + 3.0, "{plan}");
+    assert!(
+        (eta - total).abs() <= 1.0,
+        "status {eta} s, estimate {total} s"
+    );
+}
+
+/// Issue 10, item 12: every timestamp in `status`, `queue list`, `queue add` and `estimate`
+/// `--json` is RFC 3339 UTC to the second (`2026-01-02T07:00:00Z`).
+#[test]
+fn json_timestamps_share_one_format() {
+    let env = Env::new();
+    let file = env.file("t.iso", 1000);
+    let url = "http://127.0.0.1:9/files/";
+    let (out, added, stderr) = run(env
+        .upload()
+        .args(["queue", "add"])
+        .arg(&file)
+        .arg(url)
+        .args(["--deadline", "Fri 07:00", "--json"]));
+    assert!(out.status.success(), "{stderr}");
+    let (_, listed, _) = run(env.upload().args(["queue", "list", "--json"]));
+    let (_, status, _) = run(env.upload().args(["status", "--json"]));
+    let (_, estimate, _) =
+        run(env
+            .upload()
+            .args(["estimate", "1MiB", "--json", "--window", "23:00-07:00"]));
+    let (_, shown, _) = run(env.upload().args(["config", "show", "--json"]));
+    let mut seen = 0;
+    for text in [&added, &listed, &status, &estimate, &shown] {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Array(a) => stack.extend(a),
+                Value::Object(o) => stack.extend(o.into_values()),
+                Value::String(s) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => {
+                    seen += 1;
+                    let shape = s.len() == 20 && s.ends_with('Z') && !s.contains('.');
+                    assert!(shape, "{s:?} in {text}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} timestamps");
 }

@@ -2,7 +2,9 @@
 //! after kills and restarts, damaged chunks, changed sources, auth, and the error statuses.
 
 use crate::helper::proxy::Proxy;
-use crate::helper::{Env, event, json_events, kill9, pattern, run, sha256_file, wait_at_most};
+use crate::helper::{
+    Env, event, json_events, kill9, pattern, run, send_until_progress, sha256_file, wait_at_most,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,41 +20,6 @@ fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<
         .arg("--json")
         .args(extra));
     (out.status.code(), json_events(&stdout), stderr)
-}
-
-/// Starts `send --json` and returns once it reported confirmed progress beyond `min_offset`.
-fn send_until_progress(
-    env: &Env,
-    file: &Path,
-    url: &str,
-    extra: &[&str],
-    min_offset: u64,
-) -> Child {
-    let mut child = env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset {
-            // Keep the pipe drained in the background so the client never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            return child;
-        }
-    }
-    kill9(&mut child);
-    panic!("no progress beyond {min_offset} within 30 s");
 }
 
 #[test]
@@ -586,6 +553,173 @@ fn unthrottled_chunks_start_small_and_grow() {
         .collect();
     let k = 1024;
     assert_eq!(offsets, vec![256 * k, 1280 * k, 5376 * k, 8192 * k]);
+}
+
+/// Starts `send --json` and returns once the upload exists on the server (its `started`
+/// event), so a test can change the source while the first (here: only) chunk is on the wire.
+fn send_until_started(env: &Env, file: &Path, url: &str, extra: &[&str]) -> Child {
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "started" {
+            std::thread::spawn(move || for _ in lines {});
+            return child;
+        }
+    }
+    kill9(&mut child);
+    panic!("no started event within 30 s");
+}
+
+/// Issue 11, item 3: a change to the source while its last (here its only) chunk is sent is
+/// caught before success is reported (exit 5), and the server publishes nothing under the
+/// file's name: the last bytes are held back until the file is proved unchanged. Each case
+/// sends 96 KiB at 16 KiB/s (one chunk, about 6 s) and changes the file 1.5 s in, in a part
+/// both reads had already passed, so only a check after the last byte can see it.
+#[test]
+fn a_change_during_the_last_chunk_is_caught() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let args = ["--limit", "16KiB/s"];
+    let size = 96 * 1024;
+    type Change = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "append.iso",
+            Box::new(|f: &Path| {
+                let mut f = std::fs::OpenOptions::new().append(true).open(f).unwrap();
+                f.write_all(b"more").unwrap();
+            }),
+        ),
+        (
+            "edit.iso",
+            Box::new(|f: &Path| {
+                let mtime = std::fs::metadata(f).unwrap().modified().unwrap();
+                let file = std::fs::File::options().write(true).open(f).unwrap();
+                file.write_all_at(b"!", 10).unwrap();
+                file.set_modified(mtime).unwrap();
+            }),
+        ),
+        (
+            "renamed.iso",
+            Box::new(|f: &Path| {
+                let other = f.with_extension("new");
+                std::fs::write(&other, pattern(96 * 1024, 99)).unwrap();
+                std::fs::rename(&other, f).unwrap();
+            }),
+        ),
+    ];
+    for (name, change) in cases {
+        let file = env.file(name, size);
+        let mut child = send_until_started(&env, &file, &server.url(), &args);
+        std::thread::sleep(Duration::from_millis(1500));
+        change(&file);
+        let status = wait_at_most(&mut child, Duration::from_secs(30));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(5), "{name}: {stderr}");
+        assert!(stderr.contains("changed"), "{name}: {stderr}");
+        assert!(
+            !server.dir.join(name).exists(),
+            "{name} was published although it changed while being sent"
+        );
+    }
+}
+
+/// A file still being written when `upload send` starts: the server must not end up with a
+/// truncated copy while the sender says "verified".
+#[test]
+fn a_file_still_being_written_is_not_published_truncated() {
+    use std::io::Write;
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("growing.iso", 32 * 1024);
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap();
+            for i in 0..20 {
+                f.write_all(&pattern(4096, i)).unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let (code, _, stderr) = send(&env, &file, &server.url(), &["--limit", "16KiB/s"]);
+    writer.join().unwrap();
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(!server.dir.join("growing.iso").exists());
+}
+
+/// Issue 11's closing remark: a `give_up_after` in the configuration file (which `config
+/// show` reports) is what `upload send` does; a flag still overrides it.
+#[test]
+fn the_config_files_give_up_after_is_honoured_by_send() {
+    let env = Env::new();
+    let config = env.path("config/upload/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "give_up_after = \"2s\"\n").unwrap();
+    let file = env.file("f.iso", 100);
+    // A closed port: failing from the first attempt.
+    let dead = "http://127.0.0.1:9/files/";
+    let (out, stdout, _) = run(env.upload().args(["config", "show", "--json"]));
+    assert!(out.status.success());
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["settings"]["give_up_after"]["source"], "config");
+    assert_eq!(shown["settings"]["give_up_after"]["send_seconds"], 2.0);
+
+    let began = Instant::now();
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(dead)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("gave up"), "{stderr}");
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
+
+    // The flag wins over the file: 1 h would not end within the test's patience.
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(&file)
+        .arg(dead)
+        .args(["--give-up-after", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(child.try_wait().unwrap().is_none(), "gave up before 1 h");
+    kill9(&mut child);
 }
 
 /// Starts a plain (non-JSON) `upload send` and returns it with its stderr lines arriving on

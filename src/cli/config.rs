@@ -3,7 +3,10 @@
 //! never printed, only where they come from.
 
 use super::{Failure, Global, exit};
-use crate::config::{Config, ConfigPath, Effective, Flags, Setting, Source, TokenSource};
+use crate::config::{
+    Config, ConfigPath, Effective, Flags, Setting, SettingsFor, Source, TokenSource,
+};
+use crate::schedule::Budget;
 use crate::units::format_duration;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -49,8 +52,8 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
     }
 }
 
-/// A value clap took from `--flag` or from its environment variable: the variable wins the
-/// attribution when it holds the same value (clap gives both as one).
+/// The configuration file came from `--config` or from `UPLOAD_CONFIG`: the variable wins
+/// the attribution when it holds the same path (clap gives both as one).
 fn flag_or_env(var: &str, value: &Path) -> Source {
     if std::env::var_os(var).as_deref() == Some(value.as_os_str()) {
         Source::Env
@@ -61,25 +64,46 @@ fn flag_or_env(var: &str, value: &Path) -> Source {
 
 fn show(global: &Global, json: bool) -> Result<(), Failure> {
     let location = global.config_path()?;
-    let config = location.load().map_err(|e| Failure::new(exit::USAGE, e))?;
-    let flags = Flags {
-        db: global.db.clone(),
-        db_from_env: global
-            .db
-            .as_deref()
-            .is_some_and(|db| flag_or_env("UPLOAD_DB", db) == Source::Env),
-        ..Flags::default()
-    };
-    let effective = Effective::merge(&flags, &config, crate::store::default_db_path().ok());
+    // Read here as well as by `settings` so a missing named file is this command's error.
+    location.load().map_err(|e| Failure::new(exit::USAGE, e))?;
+    let config = global.config()?;
+    let effective = global.settings(Flags::default())?;
     let file_source = if location.explicit {
         flag_or_env("UPLOAD_CONFIG", &location.path)
     } else {
         Source::Default
     };
+    // Not a setting of the file but in force all the same: `upload limit`'s saved budget. A
+    // database that does not exist yet holds none, and is not created just to say so.
+    let over = match effective.db.value.as_deref().filter(|p| p.exists()) {
+        Some(path) => {
+            let store = crate::store::Store::open(path)?;
+            crate::queue::budget_override(&store)?
+        }
+        None => None,
+    };
     if json {
-        println!("{}", to_json(&location, file_source, &effective, &config));
+        let mut v = to_json(&location, file_source, &effective, config);
+        v["budget_override"] = match over {
+            Some(b) => json!({
+                "value": b.to_string(),
+                "bits_per_second": match b {
+                    Budget::Limited(r) => Some(r.bits_per_second()),
+                    _ => None,
+                },
+                "source": "upload limit",
+            }),
+            None => json!(null),
+        };
+        println!("{v}");
     } else {
-        print!("{}", to_text(&location, file_source, &effective, &config));
+        print!("{}", to_text(&location, file_source, &effective, config));
+        if let Some(b) = over {
+            println!(
+                "budget override: {b} (saved by `upload limit`; holds every `upload run` \
+                 instead of the timetable until `upload limit --clear`)"
+            );
+        }
     }
     Ok(())
 }
@@ -108,11 +132,12 @@ fn rows(e: &Effective) -> [(&'static str, String, Source); 5] {
         row("limit", &e.limit, |v| {
             v.map_or("unlimited".into(), |r| r.to_string())
         }),
-        row("give_up_after", &e.give_up_after, |v| {
-            v.map_or(
-                "upload run: 1 d; upload send: never".into(),
-                format_duration,
-            )
+        row("give_up_after", &e.give_up_after, |v| match v {
+            Some(d) => format_duration(*d),
+            None => format!(
+                "upload run: {}; upload send: never",
+                format_duration(e.give_up_after_for(SettingsFor::Run).unwrap_or_default())
+            ),
         }),
     ]
 }
@@ -186,6 +211,14 @@ fn to_json(location: &ConfigPath, file_source: Source, e: &Effective, config: &C
     match e.give_up_after.value {
         Some(d) => settings["give_up_after"]["seconds"] = json!(d.as_secs_f64()),
         None => settings["give_up_after"]["value"] = json!(null),
+    }
+    // What each command does with it (null: never gives up).
+    for (key, command) in [
+        ("send_seconds", SettingsFor::Send),
+        ("run_seconds", SettingsFor::Run),
+    ] {
+        settings["give_up_after"][key] =
+            json!(e.give_up_after_for(command).map(|d| d.as_secs_f64()));
     }
     settings["jobs"]["value"] = json!(e.jobs.value);
     settings["db"]["value"] = json!(e.db.value);
@@ -270,5 +303,7 @@ mod tests {
         );
         assert_eq!(v["hosts"]["a.example"]["token"]["from"], "config");
         assert_eq!(v["settings"]["give_up_after"]["value"], json!(null));
+        assert_eq!(v["settings"]["give_up_after"]["send_seconds"], json!(null));
+        assert_eq!(v["settings"]["give_up_after"]["run_seconds"], 86_400.0);
     }
 }

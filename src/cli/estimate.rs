@@ -124,7 +124,7 @@ fn choose_rate(
     if path.exists() {
         let store = Store::open(&path).context("reading link history")?;
         let samples = store
-            .recent_link_samples(host, estimate::HISTORY_SAMPLES)
+            .recent_unthrottled_link_samples(host, estimate::HISTORY_SAMPLES)
             .context("reading link history")?;
         let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
         if let Some(r) = estimate::median_goodput(&pairs) {
@@ -186,6 +186,13 @@ fn secs(s: f64) -> String {
     format_duration(Duration::from_secs_f64(s.max(0.0)))
 }
 
+/// `rate` to three significant digits.
+fn significant(rate: Rate) -> Rate {
+    let v = rate.bits_per_second();
+    let step = 10f64.powi(v.log10().floor() as i32 - 2);
+    Rate::from_bits_per_second((v / step).round() * step).unwrap_or(rate)
+}
+
 /// The plan as people read it.
 fn human(e: &Estimate, host: Option<&str>) -> String {
     use std::fmt::Write;
@@ -193,8 +200,11 @@ fn human(e: &Estimate, host: Option<&str>) -> String {
     let source = match e.rate_source {
         "flag" => "from --rate".to_string(),
         "history" => format!(
-            "median of the last {} transfers{}",
-            e.rate_samples,
+            "median of the last {}{}",
+            match e.rate_samples {
+                1 => "transfer".to_string(),
+                n => format!("{n} transfers"),
+            },
             host.map(|h| format!(" to {h}")).unwrap_or_default()
         ),
         _ => "default: no link history yet; set it with --rate".to_string(),
@@ -202,6 +212,11 @@ fn human(e: &Estimate, host: Option<&str>) -> String {
     let w = &e.wire;
     let overhead = (w.total - w.payload) as f64 / w.payload.max(1) as f64 * 100.0;
     let mut out = String::new();
+    // A measured median has no meaningful sixth digit ("981.617 kbit/s"): three are shown.
+    let rate = match e.rate_source {
+        "history" => significant(rate),
+        _ => rate,
+    };
     let _ = writeln!(out, "{} at {} ({source})", format_size(e.bytes), rate);
     let _ = writeln!(
         out,
@@ -260,4 +275,18 @@ fn human(e: &Estimate, host: Option<&str>) -> String {
         };
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_rates_show_three_digits() {
+        let r = |bps: f64| significant(Rate::from_bits_per_second(bps).unwrap()).to_string();
+        assert_eq!(r(981_617.0), "982 kbit/s");
+        assert_eq!(r(1_234_567_890.0), "1.23 Gbit/s");
+        assert_eq!(r(128_000.0), "128 kbit/s");
+        assert_eq!(r(99.96), "100 bit/s");
+    }
 }

@@ -157,7 +157,7 @@ pub enum Command {
     /// Each transfer's state, offset, rate, finish time within the timetable, last error.
     Status(queue::StatusArgs),
 
-    /// Change the budget of a running `upload run` (rate, off, pause), or --clear it.
+    /// Show or change the budget of `upload run` (rate, off, pause), or --clear it.
     Limit(queue::LimitArgs),
 
     /// Show the configuration in force: the file read, each setting and where it comes from.
@@ -293,32 +293,40 @@ impl Global {
         Ok(self.loaded.get_or_init(|| config))
     }
 
+    /// The settings in force for a command: its `flags` (clap folds their environment
+    /// variables in) over the configuration file over the defaults. The one place where they
+    /// are combined; every command reads what this returns.
+    pub fn settings(
+        &self,
+        flags: crate::config::Flags,
+    ) -> Result<crate::config::Effective, Failure> {
+        let flags = crate::config::Flags {
+            db: self.db.clone(),
+            db_from_env: self.db_from_env(),
+            ..flags
+        };
+        Ok(crate::config::Effective::merge(
+            &flags,
+            self.config()?,
+            crate::store::default_db_path().ok(),
+        ))
+    }
+
+    /// `--db` came from `UPLOAD_DB`: clap gives both as one value, and the variable wins the
+    /// attribution when it holds the same path.
+    fn db_from_env(&self) -> bool {
+        self.db
+            .as_deref()
+            .is_some_and(|db| std::env::var_os("UPLOAD_DB").as_deref() == Some(db.as_os_str()))
+    }
+
     /// The state database path: `--db`/`UPLOAD_DB`, else the config file's, else the XDG
     /// default.
     pub fn db_path(&self) -> Result<PathBuf, Failure> {
-        if let Some(p) = &self.db {
-            return Ok(p.clone());
+        match self.settings(crate::config::Flags::default())?.db.value {
+            Some(p) => Ok(p),
+            None => crate::store::default_db_path().map_err(Failure::usage),
         }
-        if let Some(p) = &self.config()?.db {
-            return Ok(p.clone());
-        }
-        crate::store::default_db_path().map_err(Failure::usage)
-    }
-
-    pub fn timetable(&self) -> Result<Option<String>, Failure> {
-        Ok(self.config()?.timetable.clone())
-    }
-
-    pub fn jobs(&self) -> Result<Option<u32>, Failure> {
-        Ok(self.config()?.jobs)
-    }
-
-    pub fn limit(&self) -> Result<Option<crate::units::Rate>, Failure> {
-        Ok(self.config()?.limit)
-    }
-
-    pub fn give_up_after(&self) -> Result<Option<std::time::Duration>, Failure> {
-        Ok(self.config()?.give_up_after)
     }
 
     /// The configured token of `host`, if any.

@@ -3,10 +3,10 @@
 
 use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
-use crate::estimate::{self, chunk_size_for};
-use crate::queue::{self, Clock, Outlook};
-use crate::schedule::{self, Budget, Timetable};
-use crate::store::{NewTransfer, Store, Transfer, TransferState};
+use crate::estimate::{self, LinkRate, chunk_size_for};
+use crate::queue::{self, Activity, Clock, Outlook};
+use crate::schedule::{self, Budget, Timetable, json_time};
+use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Local, Utc};
@@ -43,11 +43,21 @@ pub enum QueueCommand {
     },
     /// Remove a transfer from the queue (a running one stops; the server's partial upload
     /// expires there).
-    Rm { id: i64 },
+    Rm {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
     /// Hold a transfer: `upload run` stops it between chunks and skips it until resumed.
-    Pause { id: i64 },
-    /// Put a paused or failed transfer back in the queue.
-    Resume { id: i64 },
+    Pause {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
+    /// Put a paused or failed transfer back in the queue; an `upload send`'s is handed to
+    /// `upload run`.
+    Resume {
+        /// The transfer's number, as `upload queue list` shows it (#3 is 3).
+        id: i64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,8 +69,8 @@ pub struct AddArgs {
     /// Higher goes first, and gets a larger share when transfers run together.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
-    /// When it must be on the server, local time, e.g. "2026-01-03 07:00"; flagged if the
-    /// timetable cannot make it.
+    /// When it must be on the server, local time, e.g. "Fri 07:00" (the next Friday) or
+    /// "2026-01-03 07:00"; flagged if the timetable cannot make it.
     #[arg(long, value_name = "TIME")]
     pub deadline: Option<String>,
     /// This transfer's own cap, within the shared budget, e.g. 32kbit.
@@ -101,7 +111,12 @@ pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, 
         .context("reading settings")?
     {
         Some(t) => Some(t),
-        None => global.timetable()?,
+        None => {
+            global
+                .settings(crate::config::Flags::default())?
+                .timetable
+                .value
+        }
     };
     match text {
         None => Ok(Timetable::constant(Budget::Unlimited)),
@@ -110,14 +125,21 @@ pub fn effective_timetable(store: &Store, global: &Global) -> Result<Timetable, 
 }
 
 /// The link's rate for planning: the median of recent transfers, else the estimate default.
-fn link_rate(store: &Store) -> Result<Rate, Failure> {
+fn link_rate(store: &Store) -> Result<LinkRate, Failure> {
     let samples = store
-        .recent_link_samples(None, estimate::HISTORY_SAMPLES)
+        .recent_unthrottled_link_samples(None, estimate::HISTORY_SAMPLES)
         .context("reading link history")?;
     let pairs: Vec<(u64, f64)> = samples.iter().map(|s| (s.bytes, s.seconds)).collect();
-    Ok(estimate::median_goodput(&pairs).unwrap_or_else(|| {
-        Rate::from_bits_per_second(estimate::DEFAULT_RATE_BPS).expect("positive default")
-    }))
+    Ok(match estimate::median_goodput(&pairs) {
+        Some(rate) => LinkRate {
+            rate,
+            measured: true,
+        },
+        None => LinkRate {
+            rate: Rate::from_bits_per_second(estimate::DEFAULT_RATE_BPS).expect("positive default"),
+            measured: false,
+        },
+    })
 }
 
 fn clock() -> Result<Clock, Failure> {
@@ -144,7 +166,49 @@ pub fn finish_words(
     }
 }
 
-fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> serde_json::Value {
+/// The `upload limit` override saved in the database, if any.
+fn budget_override(store: &Store) -> Result<Option<Budget>, Failure> {
+    Ok(queue::budget_override(store).context("reading settings")?)
+}
+
+/// The run's budget now: `upload limit`'s override, else the timetable's.
+fn budget_now(store: &Store, global: &Global, now: &DateTime<Local>) -> Result<Budget, Failure> {
+    let tt = effective_timetable(store, global)?;
+    Ok(queue::budget_in_force(&tt, budget_override(store)?, now))
+}
+
+/// The timetable finish times follow: an `upload limit` override holds until cleared, so it
+/// stands for the whole timetable.
+fn planning_timetable(store: &Store, global: &Global) -> Result<Timetable, Failure> {
+    Ok(match budget_override(store)? {
+        Some(b) => Timetable::constant(b),
+        None => effective_timetable(store, global)?,
+    })
+}
+
+/// The timetable as `upload limit` names it.
+fn timetable_words(tt: &Timetable) -> String {
+    if *tt == Timetable::constant(Budget::Unlimited) {
+        "no timetable (full speed at all hours)".into()
+    } else {
+        format!("the timetable {tt}")
+    }
+}
+
+/// One line on an override in force, for `status` and `upload limit`.
+fn override_line(b: Budget) -> String {
+    format!(
+        "budget {b} set by `upload limit`, in force instead of the timetable until \
+         `upload limit --clear`"
+    )
+}
+
+fn transfer_json(
+    t: &Transfer,
+    o: Option<&Outlook>,
+    now: &DateTime<Local>,
+    activity: Activity,
+) -> serde_json::Value {
     let eta = o
         .and_then(|o| o.finish_at)
         .map(|f| (f - now.fixed_offset()).num_seconds().max(0));
@@ -154,18 +218,19 @@ fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> se
         "file": t.source_path,
         "url": t.dest_url,
         "upload_url": t.upload_url,
-        "state": t.state,
+        "state": activity,
+        "origin": t.origin,
         "offset": t.offset,
         "size": t.size,
         "priority": t.priority,
-        "deadline": t.deadline.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "deadline": t.deadline.as_ref().map(json_time),
         "limit_bps": t.rate_limit_bps,
-        "rate_bps": if t.state == TransferState::Running { t.rate_bps } else { None },
+        "rate_bps": if activity == Activity::Running { t.rate_bps } else { None },
         "eta_seconds": eta,
-        "finish_at": o.and_then(|o| o.finish_at).map(|f| f.to_rfc3339()),
-        "earliest_finish": o.and_then(|o| o.earliest_finish).map(|f| f.to_rfc3339()),
+        "finish_at": o.and_then(|o| o.finish_at).as_ref().map(json_time),
+        "earliest_finish": o.and_then(|o| o.earliest_finish).as_ref().map(json_time),
         "deadline_missed": o.is_some_and(|o| o.late),
-        "finished_at": t.finished_at.map(|d| d.with_timezone(&Local).to_rfc3339()),
+        "finished_at": t.finished_at.as_ref().map(json_time),
         "last_error": t.last_error,
         "bytes_sent": t.bytes_sent,
         "resent_bytes": t.resent_bytes,
@@ -173,7 +238,7 @@ fn transfer_json(t: &Transfer, o: Option<&Outlook>, now: &DateTime<Local>) -> se
 }
 
 fn plan(store: &Store, global: &Global, rows: &[Transfer]) -> Result<Vec<Outlook>, Failure> {
-    let tt = effective_timetable(store, global)?;
+    let tt = planning_timetable(store, global)?;
     let link = link_rate(store)?;
     Ok(queue::outlook(rows, &tt, link, clock()?.now()))
 }
@@ -202,6 +267,27 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         }
         QueueCommand::Resume { id } => {
             let t = get(&store, id)?;
+            if t.origin == Origin::Send {
+                // An `upload send`'s transfer becomes the run's work only when asked here.
+                let live = queue::activity(&t, Budget::Unlimited) == Activity::Running;
+                if t.state == TransferState::Done || live {
+                    return Err(Failure::usage(anyhow!(
+                        "#{id} is {}; only a stopped transfer can be handed to `upload run`",
+                        if live {
+                            "being sent by `upload send`"
+                        } else {
+                            "done"
+                        }
+                    )));
+                }
+                store.hand_to_queue(id).context("resuming")?;
+                println!(
+                    "queued #{id} {}: `upload run` sends it from {} on",
+                    t.name,
+                    format_size(t.offset)
+                );
+                return Ok(());
+            }
             if !matches!(t.state, TransferState::Paused | TransferState::Failed) {
                 return Err(Failure::usage(anyhow!(
                     "#{id} is {}, not paused or failed",
@@ -245,13 +331,25 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,
-        Some(d) => Some(
-            schedule::parse_local_time(d, &Local, now)
-                .map_err(Failure::usage)?
-                .with_timezone(&Utc),
-        ),
+        Some(d) => {
+            let mut at = schedule::parse_local_time(d, &Local, now).map_err(Failure::usage)?;
+            // A bare time already past today means tomorrow's, as for `upload run --until`.
+            if at <= now && schedule::parse_clock(d).is_some() {
+                at += chrono::Duration::days(1);
+            }
+            if at <= now {
+                return Err(Failure::usage(anyhow!(
+                    "the deadline {} is already past (it is {} now): give a time to come, \
+                     e.g. --deadline \"Fri 07:00\" or --deadline \"{}\"",
+                    at.format("%a %Y-%m-%d %H:%M"),
+                    now.format("%a %Y-%m-%d %H:%M"),
+                    (now + chrono::Duration::days(2)).format("%Y-%m-%d 07:00")
+                )));
+            }
+            Some(at.with_timezone(&Utc))
+        }
     };
-    let link = link_rate(store)?;
+    let link = link_rate(store)?.rate;
     let expected = match a.limit {
         Some(l) if l.bits_per_second() < link.bits_per_second() => l,
         _ => link,
@@ -275,13 +373,17 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         priority: a.priority,
         deadline,
         rate_limit_bps: a.limit.map(Rate::bits_per_second),
+        origin: Origin::Queue,
     };
     let t = store.insert_transfer(&new).context("queueing")?;
     let rows = store.list_transfers().context("reading the queue")?;
     let outlook = plan(store, global, &rows)?;
     let o = outlook.iter().find(|o| o.id == t.id);
     if a.json {
-        println!("{}", transfer_json(&t, o, &now));
+        println!(
+            "{}",
+            transfer_json(&t, o, &now, queue::activity(&t, Budget::Unlimited))
+        );
         return Ok(());
     }
     let finish = o
@@ -326,24 +428,34 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
     }
     let outlook = plan(store, global, &rows)?;
     let now = clock()?.now();
-    let shown: Vec<(&Transfer, Option<&Outlook>)> = rows
+    let budget = budget_now(store, global, &now)?;
+    let shown: Vec<(&Transfer, Option<&Outlook>, Activity)> = rows
         .iter()
         .filter(|t| id.is_none_or(|i| i == t.id))
-        .map(|t| (t, outlook.iter().find(|o| o.id == t.id)))
+        .map(|t| {
+            (
+                t,
+                outlook.iter().find(|o| o.id == t.id),
+                queue::activity(t, budget),
+            )
+        })
         .collect();
     if json {
         let arr: Vec<serde_json::Value> = shown
             .iter()
-            .map(|(t, o)| transfer_json(t, *o, &now))
+            .map(|(t, o, a)| transfer_json(t, *o, &now, *a))
             .collect();
         println!("{}", serde_json::Value::Array(arr));
         return Ok(());
+    }
+    if let Some(b) = budget_override(store)? {
+        println!("{}", override_line(b));
     }
     if shown.is_empty() {
         println!("the queue is empty; add with `upload queue add FILE URL`");
         return Ok(());
     }
-    for (t, o) in shown {
+    for (t, o, activity) in shown {
         let pct = if t.size == 0 {
             100.0
         } else {
@@ -352,13 +464,13 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         let mut line = format!(
             "#{:<4} {:<8} p{:<3} {:<24} {:>5.1} % of {:>10}",
             t.id,
-            t.state.as_str(),
+            activity.as_str(),
             t.priority,
             t.name,
             pct,
             format_size(t.size)
         );
-        if t.state == TransferState::Running
+        if activity == Activity::Running
             && let Some(r) = t.rate_bps
         {
             line += &format!("  {}", format_byte_rate(r / 8.0));
@@ -382,6 +494,9 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
             _ => {}
         }
         println!("{line}");
+        if let Some(why) = hint(t, activity) {
+            println!("       {why}");
+        }
         if let Some(e) = &t.last_error
             && t.state != TransferState::Done
         {
@@ -389,6 +504,33 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+/// What a row's state means for the user, where the word alone does not say it.
+fn hint(t: &Transfer, activity: Activity) -> Option<String> {
+    let stopped = !matches!(activity, Activity::Running | Activity::Done);
+    match (t.origin, activity) {
+        (Origin::Send, _) if stopped => Some(format!(
+            "from `upload send`{}: rerun `upload send` to continue, or `upload queue resume {}` \
+             to let `upload run` send it",
+            if activity == Activity::Interrupted {
+                ", whose process is gone"
+            } else {
+                ""
+            },
+            t.id
+        )),
+        (Origin::Queue, Activity::Paused) if t.state == TransferState::Running => Some(
+            "held between chunks by the run's budget `pause` (its timetable, or `upload limit \
+             pause`); it goes on when the budget opens"
+                .into(),
+        ),
+        (Origin::Queue, Activity::Interrupted) => Some(format!(
+            "its process ({}) is gone; the next `upload run` continues it",
+            t.lock_owner.as_deref().unwrap_or("unknown")
+        )),
+        _ => None,
+    }
 }
 
 pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
@@ -399,11 +541,14 @@ pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
 /// `upload limit`: changes a running daemon's budget through the database.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  upload limit 64kbit\n  upload limit off\n  upload limit pause\n  upload limit --clear"
+    after_help = "Examples:\n  upload limit             # what is in force\n  upload limit 64kbit\n  \
+                  upload limit off\n  upload limit pause\n  upload limit --clear\n\n\
+                  The budget is saved in the state database: it holds the running `upload run`, \
+                  and every later one, instead of the timetable until `upload limit --clear`."
 )]
 pub struct LimitArgs {
-    /// The new budget: a rate (64kbit, 8KiB/s), off (no limit) or pause.
-    #[arg(required_unless_present = "clear")]
+    /// The new budget: a rate (64kbit, 8KiB/s), off (no limit) or pause [default: print the
+    /// budget in force].
     pub budget: Option<Budget>,
     /// Go back to the timetable.
     #[arg(long, conflicts_with = "budget")]
@@ -412,21 +557,60 @@ pub struct LimitArgs {
 
 pub fn limit(global: &Global, args: LimitArgs) -> Result<(), Failure> {
     let store = open(global)?;
-    match args.budget {
-        Some(b) => {
+    let run = queue::active_run(&store).context("reading settings")?;
+    let taken = |what: &str| match &run {
+        Some(owner) => format!(
+            "a running `upload run` ({owner}) takes {what} within {} s",
+            queue::POLL.as_secs()
+        ),
+        None => format!("no `upload run` is active: the next `upload run` takes {what}"),
+    };
+    match (args.budget, args.clear) {
+        (Some(b), _) => {
             store
                 .set_setting(queue::BUDGET_OVERRIDE, &b.to_string())
                 .context("saving the budget")?;
-            println!(
-                "budget {b} until `upload limit --clear`; a running `upload run` takes it within {} s",
-                queue::POLL.as_secs()
-            );
+            println!("{}", override_line(b));
+            match &run {
+                Some(_) => println!("{}", taken("it")),
+                None => println!(
+                    "no `upload run` is active: the budget is saved, and the next `upload run` \
+                     sends at {b} whatever its timetable says, until `upload limit --clear`"
+                ),
+            }
         }
-        None => {
+        (None, true) => {
+            let had = budget_override(&store)?;
             store
                 .delete_setting(queue::BUDGET_OVERRIDE)
                 .context("clearing the budget")?;
-            println!("budget follows the timetable again");
+            let tt = effective_timetable(&store, global)?;
+            match had {
+                Some(b) => println!("cleared the budget {b}; back to {}", timetable_words(&tt)),
+                None => println!("no budget was set; {}", timetable_words(&tt)),
+            }
+            if run.is_some() {
+                println!("{}", taken("the timetable's"));
+            }
+        }
+        (None, false) => {
+            let now = clock()?.now();
+            let tt = effective_timetable(&store, global)?;
+            match budget_override(&store)? {
+                Some(b) => println!("{}", override_line(b)),
+                None if tt == Timetable::constant(Budget::Unlimited) => {
+                    println!("no budget is set: {}", timetable_words(&tt))
+                }
+                None => println!(
+                    "no budget is set: {}, {} now",
+                    timetable_words(&tt),
+                    queue::budget_in_force(&tt, None, &now)
+                ),
+            }
+            match &run {
+                Some(owner) => println!("a running `upload run` ({owner}) sends by it"),
+                None => println!("no `upload run` is active"),
+            }
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `upload run`: the scheduler daemon, in the foreground (systemd runs it as is).
 
 use super::{Failure, Global};
+use crate::config::{Flags, SettingsFor};
 use crate::queue::{self, Clock, RunOptions, TokenLookup};
 use crate::schedule::{self, Budget, Timetable};
 use crate::store::Store;
@@ -28,7 +29,8 @@ pub struct Args {
     /// The bandwidth timetable [default: the config file's, else no limit].
     #[arg(long, value_name = "TIMETABLE")]
     pub timetable: Option<String>,
-    /// Transfers sent at once; they share the budget by priority.
+    /// Transfers sent at once; they share the budget by priority [default: the config
+    /// file's jobs, else 1].
     #[arg(long, value_name = "N")]
     pub jobs: Option<u32>,
     /// Stop at this local time (e.g. 07:00 or "2026-01-02 07:00"), putting running transfers
@@ -38,7 +40,8 @@ pub struct Args {
     /// Keep running when the queue is empty, waiting for new transfers (for systemd).
     #[arg(long)]
     pub daemon: bool,
-    /// Mark a transfer failed when it has failed continuously this long [default: 1d].
+    /// Mark a transfer failed when it has failed continuously this long [default: the config
+    /// file's give_up_after, else 1d].
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
     pub give_up_after: Option<Duration>,
     /// Bearer token for every server (per-host tokens belong in the config file).
@@ -50,11 +53,17 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
-    let timetable: Timetable = match args.timetable.or(global.timetable()?) {
+    let settings = global.settings(Flags {
+        timetable: args.timetable.clone(),
+        jobs: args.jobs,
+        give_up_after: args.give_up_after,
+        ..Flags::default()
+    })?;
+    let timetable: Timetable = match &settings.timetable.value {
         None => Timetable::constant(Budget::Unlimited),
         Some(t) => t.parse().map_err(Failure::usage)?,
     };
-    let jobs = args.jobs.or(global.jobs()?).unwrap_or(1);
+    let jobs = settings.jobs.value;
     if jobs == 0 {
         return Err(Failure::usage(anyhow!(
             "--jobs must be at least 1, e.g. --jobs 2"
@@ -99,10 +108,9 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         timetable,
         until,
         daemon: args.daemon,
-        give_up_after: args
-            .give_up_after
-            .or(global.give_up_after()?)
-            .unwrap_or(Duration::from_secs(24 * 3600)),
+        give_up_after: settings
+            .give_up_after_for(SettingsFor::Run)
+            .unwrap_or(crate::config::RUN_GIVE_UP_AFTER),
         tokens,
         ca: args.ca,
         clock,

@@ -45,7 +45,8 @@ pub struct Args {
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
 
-    /// Throttle to this rate, e.g. 100kbit or 12KiB/s [default: unlimited].
+    /// Throttle to this rate, e.g. 100kbit or 12KiB/s [default: the config file's limit,
+    /// else unlimited].
     #[arg(long, value_name = "RATE")]
     pub limit: Option<Rate>,
 
@@ -66,7 +67,7 @@ pub struct Args {
     pub max_retries: Option<u32>,
 
     /// Give up when the server has been unreachable or failing for this long, e.g. 12h
-    /// [default: never].
+    /// [default: the config file's give_up_after, else never].
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
     pub give_up_after: Option<Duration>,
 
@@ -140,7 +141,7 @@ fn exit_code(e: &SendError) -> u8 {
         SendError::Url(_) | SendError::Tls(_) => exit::USAGE,
         SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
         SendError::NotAFile { .. } => exit::NOT_A_FILE,
-        SendError::SourceChanged { .. } => exit::CHANGED,
+        SendError::SourceChanged { .. } | SendError::ChangedAfterPublished { .. } => exit::CHANGED,
         SendError::GaveUp { .. } => exit::NETWORK,
         SendError::Busy { .. } => exit::BUSY,
         SendError::Interrupted => exit::INTERRUPTED,
@@ -552,10 +553,12 @@ pub fn check_chunk(chunk: Option<Size>) -> Result<(), Failure> {
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
     check_chunk(args.chunk)?;
     let token = token(global, args.token_file.as_deref(), &args.url)?;
-    let limit = match args.limit {
-        Some(l) => Some(l),
-        None => global.limit()?,
-    };
+    let settings = global.settings(crate::config::Flags {
+        limit: args.limit,
+        give_up_after: args.give_up_after,
+        ..Default::default()
+    })?;
+    let limit = settings.limit.value;
     let db = global.db_path()?;
     let store = Store::open(&db).context("opening the state database")?;
     let opts = SendOptions {
@@ -569,7 +572,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         max_retries: args.max_retries,
         restart: args.restart,
         stall_timeout: args.stall_timeout,
-        give_up_after: args.give_up_after,
+        give_up_after: settings.give_up_after_for(crate::config::SettingsFor::Send),
         transfer_id: None,
         gate: Gate::always_open(),
     };

@@ -144,3 +144,38 @@ pub fn signal(pid: u32, sig: &str) {
         .success();
     assert!(ok, "kill {sig} {pid}");
 }
+
+/// Starts `send --json` and returns once it reported confirmed progress beyond `min_offset`.
+pub fn send_until_progress(
+    env: &Env,
+    file: &Path,
+    url: &str,
+    extra: &[&str],
+    min_offset: u64,
+) -> std::process::Child {
+    let mut child = env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset {
+            // Keep the pipe drained in the background so the client never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return child;
+        }
+    }
+    kill9(&mut child);
+    panic!("no progress beyond {min_offset} within 30 s");
+}
