@@ -17,7 +17,7 @@
 //!   recommends;
 //! - past the upload length (or the maximum size for a deferred length): discard, 413.
 
-use super::App;
+use super::app::App;
 use super::error::{ApiError, Interruption};
 use super::names::{Id, safe_name};
 use super::storage::{Info, State, now_ms};

@@ -7,7 +7,7 @@
 //! Each request runs in its own task: hyper drops a handler's future when its connection dies,
 //! and a PATCH must always get to commit or discard what it wrote.
 
-use super::App;
+use super::app::App;
 use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
