@@ -12,7 +12,7 @@ use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
 use super::receiving::Receipt;
-use super::storage::{Info, State, TokenDir, now_ms};
+use super::store::{Info, State, TokenDir, now_ms};
 use super::uploads::{Upload, blocking};
 use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
 use axum::Router;

@@ -9,9 +9,13 @@
 //! is split the way the protocol is:
 //! - `handlers`: routes, method override, version and token checks, one function per tus
 //!   request (extension by extension);
-//! - `append`: streaming a body to disk, commit/discard, checksum, whole-file SHA-256, publish;
+//! - `append`: streaming a body into the store, commit/discard, checksum, whole-file SHA-256,
+//!   publish;
 //! - `uploads`: the per-upload lock and takeover of a request stuck on a dead link;
-//! - `storage`: the files (`DIR/.partial/<id>.part` and `.info`), crash consistency;
+//! - `store`: the seam between the protocol and where uploads are kept: the `Store` trait, a
+//!   body on its way in (`Part`), an upload's record (`Info`);
+//! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
+//!   `.info`), crash consistency, publishing by hard link;
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
 //!   `receiving`: the cap on bodies received at once; `cors`: browser clients from other
 //!   origins.
@@ -78,11 +82,12 @@ mod append;
 mod auth;
 mod config;
 mod cors;
+mod dir_store;
 mod error;
 mod handlers;
 mod names;
 mod receiving;
-mod storage;
+mod store;
 mod uploads;
 
 pub use auth::{Token, load_token_file};
@@ -105,6 +110,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use app::App;
+use store::{Store, TokenDir};
 
 /// How long in-flight requests may go on after a shutdown signal before their bodies are
 /// interrupted (and committed or discarded like any interrupted body).
@@ -140,7 +146,7 @@ impl Server {
             .as_deref()
             .map(auth::Tokens::new)
             .transpose()?;
-        let store = storage::Store::open(&config.dir).map_err(|source| ServerError::Dir {
+        let store = dir_store::DirStore::open(&config.dir).map_err(|source| ServerError::Dir {
             path: config.dir.clone(),
             source,
         })?;
@@ -262,7 +268,7 @@ impl Server {
 /// Refuses to start when a token's directory is taken by something that is not a directory:
 /// found only at its first publication, it would fail that token's uploads one by one.
 fn check_token_dirs(
-    store: &storage::Store,
+    store: &dir_store::DirStore,
     tokens: Option<&auth::Tokens>,
 ) -> Result<(), ServerError> {
     let Some(tokens) = tokens else {
@@ -271,8 +277,8 @@ fn check_token_dirs(
     for name in tokens.names() {
         let path = store.dir().join(name);
         match store.token_dir(name) {
-            Ok(storage::TokenDir::Absent | storage::TokenDir::Directory) => {}
-            Ok(storage::TokenDir::Unusable(what)) => {
+            Ok(TokenDir::Absent | TokenDir::Directory) => {}
+            Ok(TokenDir::Unusable(what)) => {
                 return Err(ServerError::TokenDir {
                     path,
                     name: name.to_string(),

@@ -12,12 +12,12 @@
 //! to interrupt (or, by its timing, detect) another token's upload in progress. The slot
 //! remembers the owner once the upload is loaded, so this needs no lock.
 //!
-//! The state here is small (the info and a SHA-256 state, about 100 bytes) and the disk stays
+//! The state here is small (the info and a SHA-256 state, about 100 bytes) and the store stays
 //! the truth: an upload not yet touched since start is loaded on first use.
 
 use super::error::ApiError;
 use super::names::Id;
-use super::storage::{Info, State, Store};
+use super::store::{Info, State, Store};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,13 +77,13 @@ impl Held {
 }
 
 pub(crate) struct Uploads {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     slots: Mutex<HashMap<Id, Arc<Slot>>>,
     expire_after: Duration,
 }
 
 impl Uploads {
-    pub fn new(store: Arc<Store>, expire_after: Duration) -> Uploads {
+    pub fn new(store: Arc<dyn Store>, expire_after: Duration) -> Uploads {
         Uploads {
             store,
             slots: Mutex::new(HashMap::new()),
@@ -91,7 +91,7 @@ impl Uploads {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -262,7 +262,7 @@ async fn take_over(slot: &Arc<Slot>) -> Result<OwnedMutexGuard<Entry>, ApiError>
     }
 }
 
-/// Runs blocking file work on tokio's blocking pool.
+/// Runs blocking store work on tokio's blocking pool.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
