@@ -3,6 +3,7 @@
 //! request modules reach it without importing back from `server`'s root.
 
 use super::config::Config;
+use super::store::Capabilities;
 use super::{auth, receiving, uploads};
 
 /// Shared by every request.
@@ -10,6 +11,8 @@ pub(crate) struct App {
     pub config: Config,
     /// The largest upload accepted: `Config::max_size`, or the default derived at start-up.
     pub max_size: u64,
+    /// What the store can do beyond the core: what the server advertises and serves.
+    pub capabilities: Capabilities,
     pub tokens: Option<auth::Tokens>,
     pub uploads: uploads::Uploads,
     pub receiving: receiving::Receiving,

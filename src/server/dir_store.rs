@@ -18,7 +18,7 @@
 //! pool.
 
 use super::names::{self, Id};
-use super::store::{Info, Part, State, Store, TokenDir};
+use super::store::{Capabilities, Info, Part, State, Store, TokenDir};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -345,6 +345,15 @@ impl Store for DirStore {
             }
         }
         Ok(ids)
+    }
+
+    /// Everything: removing is unlinking, and a listing of `.partial` finds every upload.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            defer_length: true,
+            termination: true,
+            expiration: true,
+        }
     }
 }
 

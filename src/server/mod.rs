@@ -1,6 +1,9 @@
 //! `upload serve`: a tus 1.0.0 server (core, creation, creation-with-upload,
 //! creation-defer-length, checksum, termination, expiration) that receives uploads into a
-//! directory, verifies them, and publishes them under their names.
+//! directory, verifies them, and publishes them under their names. Of these,
+//! creation-defer-length, termination and expiration depend on what the store can do:
+//! `Tus-Extension` names those the store in use supports (`store::Capabilities`; the
+//! directory store supports all), and the server serves no others.
 //!
 //! This module owns the server's life: binding, the accept loop, graceful shutdown, and the
 //! expiry sweeper. What its parts share lives beside them, so that none imports from here:
@@ -181,10 +184,13 @@ impl Server {
             }
         };
         let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
+        let capabilities = store.capabilities();
+        let expire_after = capabilities.expiration.then_some(config.expire_after);
         let app = App {
             max_size,
+            capabilities,
             tokens,
-            uploads: uploads::Uploads::new(Arc::new(store), config.expire_after),
+            uploads: uploads::Uploads::new(Arc::new(store), expire_after),
             receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
             config,
         };
@@ -212,7 +218,10 @@ impl Server {
             app,
         } = self;
         let router = handlers::router(app.clone());
-        let sweeper = tokio::spawn(sweep(app.clone()));
+        let sweeper = app
+            .capabilities
+            .expiration
+            .then(|| tokio::spawn(sweep(app.clone())));
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         let tls = app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -260,7 +269,9 @@ impl Server {
                 connections.abort_all();
             }
         }
-        sweeper.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         Ok(())
     }
 }

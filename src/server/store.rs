@@ -78,6 +78,27 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// The ids of every upload kept, removing leftovers older than `expire_after` that no
     /// upload owns (remains of a crash between two steps).
     fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>>;
+
+    /// Which of the tus extensions that depend on the store this one supports: the server
+    /// advertises and serves exactly those.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// The tus extensions a store may or may not support, as tusd's composer has them: the rest
+/// (creation, creation-with-upload, checksum) the server implements over any store, since
+/// they need only creating, appending and discarding. A store without one is never asked for
+/// it, and `Tus-Extension` does not name it, so a client learns it before it relies on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capabilities {
+    /// creation-defer-length: an upload may be created before its length is known (a store
+    /// that lays out its pieces by the length, or reserves it, needs it at creation).
+    pub defer_length: bool,
+    /// termination: a client may remove its upload ([`Store::remove`] on request).
+    pub termination: bool,
+    /// expiration: [`Store::list`] finds every upload kept, so idle ones are removed after
+    /// `Config::expire_after` and each response says when (`Upload-Expires`). Without it
+    /// uploads stay until terminated, and nothing is swept.
+    pub expiration: bool,
 }
 
 /// The bytes of one request being appended to an upload, from the offset it was opened at.

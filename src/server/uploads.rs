@@ -79,11 +79,12 @@ impl Held {
 pub(crate) struct Uploads {
     store: Arc<dyn Store>,
     slots: Mutex<HashMap<Id, Arc<Slot>>>,
-    expire_after: Duration,
+    /// `None` when the store does not support expiration: nothing expires then.
+    expire_after: Option<Duration>,
 }
 
 impl Uploads {
-    pub fn new(store: Arc<dyn Store>, expire_after: Duration) -> Uploads {
+    pub fn new(store: Arc<dyn Store>, expire_after: Option<Duration>) -> Uploads {
         Uploads {
             store,
             slots: Mutex::new(HashMap::new()),
@@ -179,7 +180,9 @@ impl Uploads {
             takeover: slot.takeover.subscribe(),
         };
         let expired = match &*held.guard {
-            Entry::Loaded(upload) => upload.info.is_expired(self.expire_after, SystemTime::now()),
+            Entry::Loaded(upload) => self
+                .expire_after
+                .is_some_and(|after| upload.info.is_expired(after, SystemTime::now())),
             Entry::Gone => {
                 self.forget(id, slot);
                 return Ok(Ready::Missing);
@@ -226,9 +229,12 @@ impl Uploads {
     /// Removes uploads idle longer than `expire_after`, finished or not. Uploads in use are
     /// active by definition and left alone; the others are loaded, which removes the expired
     /// ones. What stays loaded is small, and needed soon (partial) or until it expires.
+    /// Nothing to do when uploads do not expire.
     pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let Some(expire_after) = self.expire_after else {
+            return Ok(0);
+        };
         let store = self.store.clone();
-        let expire_after = self.expire_after;
         let ids = blocking(move || store.list(expire_after)).await?;
         let mut removed = 0;
         for id in ids {
