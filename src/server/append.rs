@@ -1,4 +1,4 @@
-//! Receiving bytes: streaming a PATCH (or creation-with-upload) body into the part file, then
+//! Receiving bytes: streaming a PATCH (or creation-with-upload) body into the store, then
 //! committing or discarding it, and completing the upload when the last byte is in.
 //!
 //! Memory stays flat: the request task reads a body frame by frame and gathers the frames in
@@ -17,18 +17,16 @@
 //!   recommends;
 //! - past the upload length (or the maximum size for a deferred length): discard, 413.
 
-use super::App;
+use super::app::App;
 use super::error::{ApiError, Interruption};
 use super::names::{Id, safe_name};
-use super::storage::{Info, State, now_ms};
+use super::store::{Info, Part, State, now_ms};
 use super::uploads::{Held, blocking};
 use crate::protocol::{Checksum, ChecksumHasher, Metadata, meta};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::io::Write;
 
 /// What a request says about its body, beyond the offset checked by the caller.
 #[derive(Debug, Default)]
@@ -96,10 +94,10 @@ pub(crate) async fn append(
     let checksum = headers.checksum.as_ref().map(|c| c.algorithm.hasher());
     let store = app.uploads.store().clone();
     let open_id = id.clone();
-    let file = blocking(move || store.open_part(&open_id, start)).await?;
+    let part = blocking(move || store.open_part(&open_id, start)).await?;
     // Hashing and writing run on their own thread while this task receives the next frames:
     // one upload is no longer bound to one core (SHA-256 alone is half the server's work).
-    let mut writer = Writer::spawn(file, sha, checksum);
+    let mut writer = Writer::spawn(part, sha, checksum);
 
     let mut received: u64 = 0;
     let idle = app.config.idle_timeout;
@@ -123,7 +121,7 @@ pub(crate) async fn append(
         };
         if data.len() as u64 > room - received {
             let written = writer.finish().await;
-            discard(written.file, start).await?;
+            discard(written.part).await?;
             return Err(too_large(start, received + data.len() as u64, limit));
         }
         received += data.len() as u64;
@@ -133,13 +131,13 @@ pub(crate) async fn append(
         }
     };
     let Written {
-        file,
+        part,
         sha,
         checksum,
         error,
     } = writer.finish().await;
     if let Some(e) = error {
-        discard(file, start).await?;
+        discard(part).await?;
         return Err(ApiError::Io(e));
     }
 
@@ -148,10 +146,10 @@ pub(crate) async fn append(
         let offset = if headers.checksum.is_some() {
             // Part of a checksummed body cannot be verified: keeping it would let
             // corrupted bytes in.
-            discard(file, start).await?;
+            discard(part).await?;
             start
         } else {
-            commit(app, held, file, received, sha).await?
+            commit(app, held, part, received, sha).await?
         };
         // Every byte is in, only the body's end is missing (a chunked body cut off after its
         // last data): finish now, against the declared digest, rather than leave a complete
@@ -164,10 +162,10 @@ pub(crate) async fn append(
     if let (Some(expected), Some(hasher)) = (&headers.checksum, checksum)
         && hasher.finish() != *expected
     {
-        discard(file, start).await?;
+        discard(part).await?;
         return Err(ApiError::ChecksumMismatch { offset: start });
     }
-    commit(app, held, file, received, sha).await?;
+    commit(app, held, part, received, sha).await?;
     if held.upload().info.is_complete() {
         complete(app, held).await.map(Some)
     } else {
@@ -205,15 +203,16 @@ fn too_large(start: u64, body: u64, limit: u64) -> ApiError {
     ))
 }
 
-/// Makes the received bytes durable, then records the new offset.
+/// Makes the received bytes durable, then records the new offset: never the other way round,
+/// so a committed offset is never ahead of what survives a crash.
 async fn commit(
     app: &App,
     held: &mut Held,
-    file: File,
+    part: Box<dyn Part>,
     received: u64,
     sha: Sha256,
 ) -> Result<u64, ApiError> {
-    blocking(move || file.sync_data()).await?;
+    blocking(move || part.commit()).await?;
     let upload = held.upload();
     upload.info.offset += received;
     upload.info.last_activity_ms = now_ms();
@@ -334,15 +333,15 @@ pub(crate) async fn settle(app: &App, held: &mut Held) -> Result<(), ApiError> {
     }
 }
 
-/// Cuts the part file back to the committed offset.
-async fn discard(file: File, offset: u64) -> Result<(), ApiError> {
-    blocking(move || file.set_len(offset)).await
+/// Forgets a body: the upload stays at its committed offset.
+async fn discard(part: Box<dyn Part>) -> Result<(), ApiError> {
+    blocking(move || part.discard()).await
 }
 
-/// What hashing and writing leave: the file (to commit or cut back), the hashes of everything
+/// What hashing and writing leave: the part (to commit or discard), the hashes of everything
 /// handed over, and the write error that stopped it, if any.
 struct Written {
-    file: File,
+    part: Box<dyn Part>,
     sha: Sha256,
     checksum: Option<ChecksumHasher>,
     error: Option<std::io::Error>,
@@ -357,7 +356,7 @@ const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Hashes and writes a body's frames in order, one batch at a time on the blocking pool, while
 /// the request task receives the next batch: receiving and hashing run on two cores, and no
 /// thread is held by an upload between batches (500 slow uploads do not need 500 threads).
-/// Frames are written with vectored writes, never copied into a staging buffer.
+/// Frames are handed to the store's [`Part`] as they came, never copied into a staging buffer.
 struct Writer {
     /// Here between jobs; inside the job while one runs.
     idle: Option<Written>,
@@ -368,10 +367,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(file: File, sha: Sha256, checksum: Option<ChecksumHasher>) -> Writer {
+    fn spawn(part: Box<dyn Part>, sha: Sha256, checksum: Option<ChecksumHasher>) -> Writer {
         Writer {
             idle: Some(Written {
-                file,
+                part,
                 sha,
                 checksum,
                 error: None,
@@ -418,7 +417,7 @@ impl Writer {
                     c.update(b);
                 }
             }
-            if let Err(e) = write_all(&mut state.file, &mut batch) {
+            if let Err(e) = state.part.append(&mut batch) {
                 state.error = Some(e);
             }
             state
@@ -439,22 +438,4 @@ impl Writer {
                 .expect("the writer's state is idle or in a job"),
         }
     }
-}
-
-/// Writes and empties `pending` with as few system calls as the kernel allows.
-fn write_all(file: &mut File, pending: &mut Vec<Bytes>) -> std::io::Result<()> {
-    let mut slices: Vec<std::io::IoSlice<'_>> =
-        pending.iter().map(|b| std::io::IoSlice::new(b)).collect();
-    let mut rest: &mut [std::io::IoSlice<'_>] = &mut slices;
-    while !rest.is_empty() {
-        match file.write_vectored(rest) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    drop(slices);
-    pending.clear();
-    Ok(())
 }

@@ -13,7 +13,7 @@
 //! is compared (no early exit) and the index of the match is kept by conditional selection, so
 //! which token matched does not show either. A refusal never says what was wrong.
 
-use super::ServerError;
+use super::error::ServerError;
 use super::names::check_dir_name;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

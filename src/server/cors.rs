@@ -9,7 +9,7 @@
 //! headers tus uses. Tokens travel in `Authorization`, not cookies, so credentials are never
 //! allowed and `*` is safe to answer.
 
-use super::App;
+use super::app::App;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;

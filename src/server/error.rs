@@ -1,4 +1,5 @@
-//! Why a request failed, and the one place that turns that into an HTTP status.
+//! Why the server cannot start ([`ServerError`]), why a request failed ([`ApiError`]), and the
+//! one place that turns the latter into an HTTP status: one enum per phase.
 //!
 //! Handlers return `Result<Response, ApiError>` and never pick an error status themselves, so
 //! the mapping below is the whole story of what a client can see go wrong. The body is one
@@ -7,6 +8,55 @@
 use crate::protocol::{self, ProtocolError};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use {} as the upload directory: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} holds no token: put one per line (lines starting with # are comments)",
+        path.as_ref().map_or("the token list".to_string(), |p| p.display().to_string())
+    )]
+    NoTokens { path: Option<PathBuf> },
+    #[error("{at}: {why}")]
+    BadToken { at: String, why: String },
+    #[error(
+        "{} is {what}, not a directory: with --per-token-dirs the uploads of token {name:?} are \
+         published there, and never through a link or into a file. Move it away (e.g. mv {} \
+         {}.old; the server then creates the directory) and start the server again",
+        path.display(), path.display(), path.display()
+    )]
+    TokenDir {
+        path: PathBuf,
+        name: String,
+        what: &'static str,
+    },
+    #[error(
+        "per-token directories keep each token's uploads apart; shared uploads put them \
+         together: give one or the other"
+    )]
+    PerTokenDirsShared,
+    #[error("per-token directories need tokens: give --token-file FILE")]
+    PerTokenDirsWithoutTokens,
+    #[error("the cap on uploads per token must be at least 1")]
+    NoUploadsAllowed,
+}
 
 /// Why an upload's body stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,12 +7,12 @@
 //! Each request runs in its own task: hyper drops a handler's future when its connection dies,
 //! and a PATCH must always get to commit or discard what it wrote.
 
-use super::App;
+use super::app::App;
 use super::append::{self, BodyHeaders, Published, append, complete, settle};
 use super::error::ApiError;
 use super::names::Id;
 use super::receiving::Receipt;
-use super::storage::{Info, State, TokenDir, now_ms};
+use super::store::{Capabilities, Info, State, TokenDir, now_ms};
 use super::uploads::{Upload, blocking};
 use crate::protocol::{self, Algorithm, Checksum, Metadata, ext};
 use axum::Router;
@@ -29,16 +29,25 @@ pub(crate) const MAX_METADATA_BYTES: usize = 4096;
 
 const CREATION_ALLOW: &str = "OPTIONS, POST";
 const UPLOAD_ALLOW: &str = "OPTIONS, HEAD, PATCH, DELETE";
+/// For a store without termination.
+const UPLOAD_ALLOW_KEPT: &str = "OPTIONS, HEAD, PATCH";
 
-/// What `Tus-Extension` advertises: exactly what the handlers below implement.
-const EXTENSIONS: [&str; 6] = [
-    ext::CREATION,
-    ext::CREATION_WITH_UPLOAD,
-    ext::CREATION_DEFER_LENGTH,
-    ext::CHECKSUM,
-    ext::TERMINATION,
-    ext::EXPIRATION,
-];
+/// What `Tus-Extension` advertises: what the handlers below implement over any store, and of
+/// the extensions that depend on the store those it supports (see [`Capabilities`]).
+fn extensions(store: Capabilities) -> String {
+    [
+        (ext::CREATION, true),
+        (ext::CREATION_WITH_UPLOAD, true),
+        (ext::CREATION_DEFER_LENGTH, store.defer_length),
+        (ext::CHECKSUM, true),
+        (ext::TERMINATION, store.termination),
+        (ext::EXPIRATION, store.expiration),
+    ]
+    .into_iter()
+    .filter_map(|(name, supported)| supported.then_some(name))
+    .collect::<Vec<_>>()
+    .join(",")
+}
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -188,9 +197,15 @@ async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response,
         }),
         (Target::Upload(id), Method::HEAD) => head(&app, caller, &upload(&id)?).await,
         (Target::Upload(id), Method::PATCH) => patch(&app, caller, &upload(&id)?, req).await,
-        (Target::Upload(id), Method::DELETE) => delete(&app, caller, &upload(&id)?).await,
+        (Target::Upload(id), Method::DELETE) if app.capabilities.termination => {
+            delete(&app, caller, &upload(&id)?).await
+        }
         (Target::Upload(_), _) => Err(ApiError::MethodNotAllowed {
-            allow: UPLOAD_ALLOW,
+            allow: if app.capabilities.termination {
+                UPLOAD_ALLOW
+            } else {
+                UPLOAD_ALLOW_KEPT
+            },
         }),
     }
 }
@@ -249,7 +264,7 @@ fn options(app: &App) -> Response {
         protocol::TUS_VERSION_HEADER,
         HeaderValue::from_static(protocol::TUS_VERSION),
     );
-    set(h, protocol::TUS_EXTENSION, &EXTENSIONS.join(","));
+    set(h, protocol::TUS_EXTENSION, &extensions(app.capabilities));
     set(
         h,
         protocol::TUS_CHECKSUM_ALGORITHM,
@@ -274,6 +289,11 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
         (Some(length), None) => Some(protocol::parse_length(length)?),
         (None, Some(defer)) => {
             protocol::parse_defer_length(defer)?;
+            if !app.capabilities.defer_length {
+                return Err(ApiError::BadRequest(
+                    "this server needs Upload-Length at creation (no creation-defer-length)".into(),
+                ));
+            }
             None
         }
         (None, None) => {
@@ -518,7 +538,11 @@ fn gone(declared: &str, received: &str) -> ApiError {
     ))
 }
 
+/// `Upload-Expires`, when uploads expire (see [`Capabilities::expiration`]).
 fn expires(app: &App, h: &mut HeaderMap, info: &Info) {
+    if !app.capabilities.expiration {
+        return;
+    }
     let at = info.expires_at(app.config.expire_after);
     set(h, protocol::UPLOAD_EXPIRES, &httpdate::fmt_http_date(at));
 }
@@ -546,5 +570,40 @@ fn set(h: &mut HeaderMap, name: &str, value: &str) {
             );
         }
         Err(_) => tracing::error!(name, value, "not a valid header value; left out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tus_extension_names_only_what_the_store_supports() {
+        let all = Capabilities {
+            defer_length: true,
+            termination: true,
+            expiration: true,
+        };
+        assert_eq!(
+            extensions(all),
+            "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration"
+        );
+        let kept = Capabilities {
+            termination: false,
+            expiration: false,
+            ..all
+        };
+        assert_eq!(
+            extensions(kept),
+            "creation,creation-with-upload,creation-defer-length,checksum"
+        );
+        let fixed_length = Capabilities {
+            defer_length: false,
+            ..all
+        };
+        assert_eq!(
+            extensions(fixed_length),
+            "creation,creation-with-upload,checksum,termination,expiration"
+        );
     }
 }

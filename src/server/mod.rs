@@ -1,17 +1,27 @@
 //! `upload serve`: a tus 1.0.0 server (core, creation, creation-with-upload,
 //! creation-defer-length, checksum, termination, expiration) that receives uploads into a
-//! directory, verifies them, and publishes them under their names.
+//! directory, verifies them, and publishes them under their names. Of these,
+//! creation-defer-length, termination and expiration depend on what the store can do:
+//! `Tus-Extension` names those the store in use supports (`store::Capabilities`; the
+//! directory store supports all), and the server serves no others.
 //!
-//! This module owns the server's life: configuration, binding, the accept loop, graceful
-//! shutdown, and the expiry sweeper. The rest is split the way the protocol is:
+//! This module owns the server's life: binding, the accept loop, graceful shutdown, and the
+//! expiry sweeper. What its parts share lives beside them, so that none imports from here:
+//! `config`: what the server is told ([`Config`]); `app`: what every request shares;
+//! `error`: why the server cannot start ([`ServerError`]) and why a request failed. The rest
+//! is split the way the protocol is:
 //! - `handlers`: routes, method override, version and token checks, one function per tus
 //!   request (extension by extension);
-//! - `append`: streaming a body to disk, commit/discard, checksum, whole-file SHA-256, publish;
+//! - `append`: streaming a body into the store, commit/discard, checksum, whole-file SHA-256,
+//!   publish;
 //! - `uploads`: the per-upload lock and takeover of a request stuck on a dead link;
-//! - `storage`: the files (`DIR/.partial/<id>.part` and `.info`), crash consistency;
+//! - `store`: the seam between the protocol and where uploads are kept: the `Store` trait, a
+//!   body on its way in (`Part`), an upload's record (`Info`);
+//! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
+//!   `.info`), crash consistency, publishing by hard link;
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
 //!   `receiving`: the cap on bodies received at once; `cors`: browser clients from other
-//!   origins; `error`: statuses.
+//!   origins.
 //!
 //! Publishing and name clashes. A finished upload is hard-linked from its part file to
 //! `DIR/<name>`, where `<name>` is the metadata `filename` (or `name`) reduced to a safe base
@@ -70,18 +80,23 @@
 //! upload within 5 s; 429 + Retry-After over the cap on concurrent bodies; 507 on a full
 //! disk; 405 + Allow for other methods.
 
+mod app;
 mod append;
 mod auth;
+mod config;
 mod cors;
+mod dir_store;
 mod error;
 mod handlers;
 mod names;
 mod receiving;
-mod storage;
+mod store;
 mod uploads;
 
 pub use auth::{Token, load_token_file};
+pub use config::{Config, default_max_size};
 pub use cors::{BadOrigin, Cors};
+pub use error::ServerError;
 pub use names::{Id, is_invisible, safe_name};
 
 use hyper::server::conn::http1;
@@ -89,7 +104,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -98,130 +112,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use app::App;
+use store::{Store, TokenDir};
+
 /// How long in-flight requests may go on after a shutdown signal before their bodies are
 /// interrupted (and committed or discarded like any interrupted body).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How long interrupted requests get to commit and answer before their connections are cut.
 const SHUTDOWN_STOP: Duration = Duration::from_secs(2);
-
-/// What the server needs to know; `Config::new` has the defaults.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Finished uploads land here; unfinished ones in `dir/.partial`.
-    pub dir: PathBuf,
-    /// Accepted bearer tokens; `None` accepts anyone.
-    pub tokens: Option<Vec<Token>>,
-    /// Publish each token's uploads in `dir/<token name>/` and hide them from other tokens
-    /// (see the module doc). Requires `tokens`.
-    pub per_token_dirs: bool,
-    /// How many bodies one token (all clients together without auth) may send at once.
-    pub max_uploads_per_token: usize,
-    /// The largest upload accepted (`Tus-Max-Size`). `None`: what `dir`'s file system has free
-    /// for unprivileged users at start-up, less 5 % (see [`default_max_size`]): an upload
-    /// that cannot fit is refused at creation, not after nights of sending, with a 507.
-    pub max_size: Option<u64>,
-    /// Let every token reach (HEAD, PATCH, DELETE) every upload whose URL it has, as one
-    /// namespace. Off: a token reaches only the uploads it created (see the module doc).
-    pub shared_uploads: bool,
-    /// An upload idle this long is removed (and so is the record of a finished one).
-    pub expire_after: Duration,
-    /// How often expired uploads are looked for.
-    pub sweep_interval: Duration,
-    /// A body that sends nothing for this long is treated as interrupted.
-    pub idle_timeout: Duration,
-    /// Serve https with this configuration (see [`crate::tls::server_config`]); `None` is
-    /// plain http.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Which web origins may call the server from a browser (see `cors`).
-    pub cors: Cors,
-    /// Where clients reach `/files/` when a reverse proxy maps the server under another path
-    /// (ending in `/`); `Location` then names it, so clients come back through the proxy.
-    /// `None`: `Location: /files/<id>`, relative to whatever host the client used.
-    pub public_url: Option<url::Url>,
-}
-
-impl Config {
-    pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
-    pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
-    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const DEFAULT_MAX_UPLOADS_PER_TOKEN: usize = 32;
-
-    /// No auth, the size limit from the free space, default timings.
-    pub fn new(dir: impl Into<PathBuf>) -> Config {
-        Config {
-            dir: dir.into(),
-            tokens: None,
-            per_token_dirs: false,
-            max_uploads_per_token: Self::DEFAULT_MAX_UPLOADS_PER_TOKEN,
-            max_size: None,
-            shared_uploads: false,
-            expire_after: Self::DEFAULT_EXPIRE_AFTER,
-            sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
-            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
-            tls: None,
-            cors: Cors::Off,
-            public_url: None,
-        }
-    }
-}
-
-/// Why the server cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot use {} as the upload directory: {source}", path.display())]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot read the token file {}: {source}", path.display())]
-    TokenFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{} holds no token: put one per line (lines starting with # are comments)",
-        path.as_ref().map_or("the token list".to_string(), |p| p.display().to_string())
-    )]
-    NoTokens { path: Option<PathBuf> },
-    #[error("{at}: {why}")]
-    BadToken { at: String, why: String },
-    #[error(
-        "{} is {what}, not a directory: with --per-token-dirs the uploads of token {name:?} are \
-         published there, and never through a link or into a file. Move it away (e.g. mv {} \
-         {}.old; the server then creates the directory) and start the server again",
-        path.display(), path.display(), path.display()
-    )]
-    TokenDir {
-        path: PathBuf,
-        name: String,
-        what: &'static str,
-    },
-    #[error(
-        "per-token directories keep each token's uploads apart; shared uploads put them \
-         together: give one or the other"
-    )]
-    PerTokenDirsShared,
-    #[error("per-token directories need tokens: give --token-file FILE")]
-    PerTokenDirsWithoutTokens,
-    #[error("the cap on uploads per token must be at least 1")]
-    NoUploadsAllowed,
-}
-
-/// Shared by every request.
-pub(crate) struct App {
-    config: Config,
-    /// The largest upload accepted: `Config::max_size`, or the default derived at start-up.
-    max_size: u64,
-    tokens: Option<auth::Tokens>,
-    uploads: uploads::Uploads,
-    receiving: receiving::Receiving,
-}
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
@@ -250,7 +149,7 @@ impl Server {
             .as_deref()
             .map(auth::Tokens::new)
             .transpose()?;
-        let store = storage::Store::open(&config.dir).map_err(|source| ServerError::Dir {
+        let store = dir_store::DirStore::open(&config.dir).map_err(|source| ServerError::Dir {
             path: config.dir.clone(),
             source,
         })?;
@@ -285,10 +184,13 @@ impl Server {
             }
         };
         let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
+        let capabilities = store.capabilities();
+        let expire_after = capabilities.expiration.then_some(config.expire_after);
         let app = App {
             max_size,
+            capabilities,
             tokens,
-            uploads: uploads::Uploads::new(Arc::new(store), config.expire_after),
+            uploads: uploads::Uploads::new(Arc::new(store), expire_after),
             receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
             config,
         };
@@ -316,7 +218,10 @@ impl Server {
             app,
         } = self;
         let router = handlers::router(app.clone());
-        let sweeper = tokio::spawn(sweep(app.clone()));
+        let sweeper = app
+            .capabilities
+            .expiration
+            .then(|| tokio::spawn(sweep(app.clone())));
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         let tls = app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -364,23 +269,17 @@ impl Server {
                 connections.abort_all();
             }
         }
-        sweeper.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         Ok(())
     }
-}
-
-/// The largest upload by default, from the bytes free in the upload directory's file system
-/// at start-up: 95 % of them, leaving room for the info files and whatever else uses the disk.
-/// An upload larger than the free space can never be completed; refused at creation, the
-/// client learns it at once (413) instead of after nights of sending (507).
-pub fn default_max_size(free: u64) -> u64 {
-    free / 20 * 19
 }
 
 /// Refuses to start when a token's directory is taken by something that is not a directory:
 /// found only at its first publication, it would fail that token's uploads one by one.
 fn check_token_dirs(
-    store: &storage::Store,
+    store: &dir_store::DirStore,
     tokens: Option<&auth::Tokens>,
 ) -> Result<(), ServerError> {
     let Some(tokens) = tokens else {
@@ -389,8 +288,8 @@ fn check_token_dirs(
     for name in tokens.names() {
         let path = store.dir().join(name);
         match store.token_dir(name) {
-            Ok(storage::TokenDir::Absent | storage::TokenDir::Directory) => {}
-            Ok(storage::TokenDir::Unusable(what)) => {
+            Ok(TokenDir::Absent | TokenDir::Directory) => {}
+            Ok(TokenDir::Unusable(what)) => {
                 return Err(ServerError::TokenDir {
                     path,
                     name: name.to_string(),

@@ -12,12 +12,12 @@
 //! to interrupt (or, by its timing, detect) another token's upload in progress. The slot
 //! remembers the owner once the upload is loaded, so this needs no lock.
 //!
-//! The state here is small (the info and a SHA-256 state, about 100 bytes) and the disk stays
+//! The state here is small (the info and a SHA-256 state, about 100 bytes) and the store stays
 //! the truth: an upload not yet touched since start is loaded on first use.
 
 use super::error::ApiError;
 use super::names::Id;
-use super::storage::{Info, State, Store};
+use super::store::{Info, State, Store};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,13 +77,14 @@ impl Held {
 }
 
 pub(crate) struct Uploads {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     slots: Mutex<HashMap<Id, Arc<Slot>>>,
-    expire_after: Duration,
+    /// `None` when the store does not support expiration: nothing expires then.
+    expire_after: Option<Duration>,
 }
 
 impl Uploads {
-    pub fn new(store: Arc<Store>, expire_after: Duration) -> Uploads {
+    pub fn new(store: Arc<dyn Store>, expire_after: Option<Duration>) -> Uploads {
         Uploads {
             store,
             slots: Mutex::new(HashMap::new()),
@@ -91,7 +92,7 @@ impl Uploads {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -179,7 +180,9 @@ impl Uploads {
             takeover: slot.takeover.subscribe(),
         };
         let expired = match &*held.guard {
-            Entry::Loaded(upload) => upload.info.is_expired(self.expire_after, SystemTime::now()),
+            Entry::Loaded(upload) => self
+                .expire_after
+                .is_some_and(|after| upload.info.is_expired(after, SystemTime::now())),
             Entry::Gone => {
                 self.forget(id, slot);
                 return Ok(Ready::Missing);
@@ -226,9 +229,12 @@ impl Uploads {
     /// Removes uploads idle longer than `expire_after`, finished or not. Uploads in use are
     /// active by definition and left alone; the others are loaded, which removes the expired
     /// ones. What stays loaded is small, and needed soon (partial) or until it expires.
+    /// Nothing to do when uploads do not expire.
     pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let Some(expire_after) = self.expire_after else {
+            return Ok(0);
+        };
         let store = self.store.clone();
-        let expire_after = self.expire_after;
         let ids = blocking(move || store.list(expire_after)).await?;
         let mut removed = 0;
         for id in ids {
@@ -262,7 +268,7 @@ async fn take_over(slot: &Arc<Slot>) -> Result<OwnedMutexGuard<Entry>, ApiError>
     }
 }
 
-/// Runs blocking file work on tokio's blocking pool.
+/// Runs blocking store work on tokio's blocking pool.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,

@@ -1,5 +1,6 @@
-//! The files on disk: one part file and one info file per upload under `DIR/.partial/`, and
-//! publishing a finished part under its final name in `DIR`.
+//! The directory store, the server's [`Store`] for `--dir DIR`: one part file and one info
+//! file per upload under `DIR/.partial/`, and publishing a finished part under its final name
+//! in `DIR`.
 //!
 //! ```text
 //! DIR/debian.iso                    published: complete and verified (or unverified, see mod)
@@ -13,106 +14,35 @@
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
 //! After a crash the part file may hold more than the offset (bytes written, never committed);
 //! loading truncates it. A finished upload's part file left by a kill during publishing goes at
-//! the next start ([`Store::recover`]). Everything here is blocking `std::fs`: callers run it on the blocking
+//! the next start ([`DirStore::recover`]). Everything here is blocking `std::fs`: callers run it on the blocking
 //! pool.
 
 use super::names::{self, Id};
-use serde::{Deserialize, Serialize};
+use super::store::{Capabilities, Info, Part, State, Store, TokenDir};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// The directory of unfinished uploads, inside `DIR` so that publishing is a hard link on the
 /// same file system; the dot keeps it out of casual listings.
 pub const PARTIAL_DIR: &str = ".partial";
 
-/// What the server keeps about one upload, as stored in `<id>.info`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Info {
-    pub id: String,
-    /// `None` until a deferred length is declared.
-    pub length: Option<u64>,
-    /// Committed bytes: on disk and fdatasync'ed.
-    pub offset: u64,
-    /// `Upload-Metadata` as received, echoed on HEAD.
-    pub metadata: String,
-    /// The declared whole-file SHA-256 (hex): metadata `sha256` at creation, or the first
-    /// `Repr-Digest` a request carried, recorded before any byte of that request was kept.
-    /// Completing the upload checks it; only an upload without one is published unverified.
-    pub expected_sha256: Option<String>,
-    /// The name of the token that created the upload (never the token itself). `None` without
-    /// auth, and in info files written before owners were recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    /// Unix milliseconds.
-    pub created_ms: u64,
-    /// Unix milliseconds of the last POST or PATCH: expiry counts from here.
-    pub last_activity_ms: u64,
-    pub state: State,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum State {
-    Partial,
-    /// Complete and moved to `DIR/<name>`; kept so HEAD can say where, until it expires.
-    Published {
-        name: String,
-        sha256: String,
-    },
-    /// Complete but its SHA-256 was not the declared one: the data is gone; HEAD says 410.
-    Failed {
-        declared: String,
-        received: String,
-    },
-}
-
-impl Info {
-    pub fn expires_at(&self, expire_after: Duration) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.last_activity_ms) + expire_after
-    }
-
-    pub fn is_expired(&self, expire_after: Duration, now: SystemTime) -> bool {
-        self.expires_at(expire_after) <= now
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.length == Some(self.offset)
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What stands where a token's directory goes (see [`Store::token_dir`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenDir {
-    /// Nothing yet: created on the first publication.
-    Absent,
-    /// A real directory.
-    Directory,
-    /// Something that must not be used, said for people ("a symbolic link", ...).
-    Unusable(&'static str),
-}
-
 /// The upload directory and its `.partial` subdirectory.
 #[derive(Debug)]
-pub struct Store {
+pub struct DirStore {
     dir: PathBuf,
     partial: PathBuf,
 }
 
-impl Store {
+impl DirStore {
     /// Creates `DIR/.partial` (and `DIR`) when missing.
-    pub fn open(dir: &Path) -> io::Result<Store> {
+    pub fn open(dir: &Path) -> io::Result<DirStore> {
         let partial = dir.join(PARTIAL_DIR);
         fs::create_dir_all(&partial)?;
-        Ok(Store {
+        Ok(DirStore {
             dir: dir.to_path_buf(),
             partial,
         })
@@ -126,8 +56,87 @@ impl Store {
         self.partial.join(format!("{id}.info"))
     }
 
+    /// Removes the part files of finished uploads, at start-up. Publishing records the name and
+    /// only then removes the part file, which is by then a second hard link to the published
+    /// file (and a failed upload's record is written before its data goes): a kill in between
+    /// leaves the part file beside a record that no longer needs it, for as long as the record
+    /// lives (the expiry, a week by default). Returns how many went.
+    pub fn recover(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.partial)? {
+            let file_name = entry?.file_name();
+            let Some(id) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".info"))
+                .and_then(Id::parse)
+            else {
+                continue;
+            };
+            let part = self.part_path(&id);
+            if !part.exists() {
+                continue;
+            }
+            let Ok(json) = fs::read(self.info_path(&id)) else {
+                continue;
+            };
+            let finished = serde_json::from_slice::<Info>(&json)
+                .is_ok_and(|info| !matches!(info.state, State::Partial));
+            if finished {
+                tracing::info!(%id, "removing the part file of a finished upload");
+                remove_if_present(&part)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.partial)?;
+        }
+        Ok(removed)
+    }
+
+    /// `DIR/<name>`, created when absent; an error of kind `NotADirectory` when something else
+    /// stands there (see [`Store::token_dir`]).
+    fn make_token_dir(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.dir.join(name);
+        for _ in 0..2 {
+            match self.token_dir(name)? {
+                TokenDir::Directory => return Ok(path),
+                TokenDir::Unusable(what) => {
+                    return Err(io::Error::new(
+                        ErrorKind::NotADirectory,
+                        format!("{} is {what}", path.display()),
+                    ));
+                }
+                TokenDir::Absent => match fs::create_dir(&path) {
+                    Ok(()) => {
+                        sync_dir(&self.dir)?;
+                        return Ok(path);
+                    }
+                    // Created in between: look again at what it is.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Err(io::Error::new(
+            ErrorKind::NotADirectory,
+            format!("{} keeps changing", path.display()),
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes an unprivileged process can still write in the upload directory's file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+}
+
+impl Store for DirStore {
     /// Creates an empty part file and the first info file.
-    pub fn create(&self, info: &Info, id: &Id) -> io::Result<()> {
+    fn create(&self, info: &Info, id: &Id) -> io::Result<()> {
         OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -136,7 +145,7 @@ impl Store {
     }
 
     /// Replaces the info file atomically: a crash leaves the old one or the new one, whole.
-    pub fn save_info(&self, info: &Info, id: &Id) -> io::Result<()> {
+    fn save_info(&self, info: &Info, id: &Id) -> io::Result<()> {
         let path = self.info_path(id);
         let tmp = path.with_extension("info.tmp");
         let json = serde_json::to_vec(info).map_err(io::Error::other)?;
@@ -149,7 +158,7 @@ impl Store {
 
     /// Reads an upload's info, and makes the part file agree with it: bytes past the committed
     /// offset were never acknowledged and go. `None` when there is no such upload.
-    pub fn load(&self, id: &Id) -> io::Result<Option<Info>> {
+    fn load(&self, id: &Id) -> io::Result<Option<Info>> {
         let json = match fs::read(self.info_path(id)) {
             Ok(json) => json,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -195,16 +204,19 @@ impl Store {
 
     /// Opens the part file to append at `offset`, dropping anything past it first (left by a
     /// request that failed between writing and committing).
-    pub fn open_part(&self, id: &Id, offset: u64) -> io::Result<File> {
+    fn open_part(&self, id: &Id, offset: u64) -> io::Result<Box<dyn Part>> {
         let mut file = OpenOptions::new().write(true).open(self.part_path(id))?;
         file.set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
-        Ok(file)
+        Ok(Box::new(PartFile {
+            file,
+            start: offset,
+        }))
     }
 
     /// The SHA-256 state of the first `len` bytes of the part file, for an upload first touched
     /// since a restart.
-    pub fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256> {
+    fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256> {
         let file = File::open(self.part_path(id))?;
         let mut sha = Sha256::new();
         let mut reader = file.take(len);
@@ -221,12 +233,12 @@ impl Store {
 
     /// Removes an upload. The info file goes first: once it is gone the upload is gone, and a
     /// part file left by a crash in between is an orphan the sweeper removes.
-    pub fn remove(&self, id: &Id) -> io::Result<()> {
+    fn remove(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.info_path(id))?;
         self.remove_part(id)
     }
 
-    pub fn remove_part(&self, id: &Id) -> io::Result<()> {
+    fn remove_part(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.part_path(id))?;
         sync_dir(&self.partial)
     }
@@ -237,7 +249,7 @@ impl Store {
     /// fails atomically when the name exists. If a candidate already holds identical content,
     /// the upload counts as delivered there. Returns the name (within its directory); the part
     /// file is left for the caller to remove once the info file records the name.
-    pub fn publish(
+    fn publish(
         &self,
         id: &Id,
         subdir: Option<&str>,
@@ -279,47 +291,10 @@ impl Store {
         )))
     }
 
-    /// Removes the part files of finished uploads, at start-up. Publishing records the name and
-    /// only then removes the part file, which is by then a second hard link to the published
-    /// file (and a failed upload's record is written before its data goes): a kill in between
-    /// leaves the part file beside a record that no longer needs it, for as long as the record
-    /// lives (the expiry, a week by default). Returns how many went.
-    pub fn recover(&self) -> io::Result<usize> {
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.partial)? {
-            let file_name = entry?.file_name();
-            let Some(id) = file_name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".info"))
-                .and_then(Id::parse)
-            else {
-                continue;
-            };
-            let part = self.part_path(&id);
-            if !part.exists() {
-                continue;
-            }
-            let Ok(json) = fs::read(self.info_path(&id)) else {
-                continue;
-            };
-            let finished = serde_json::from_slice::<Info>(&json)
-                .is_ok_and(|info| !matches!(info.state, State::Partial));
-            if finished {
-                tracing::info!(%id, "removing the part file of a finished upload");
-                remove_if_present(&part)?;
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            sync_dir(&self.partial)?;
-        }
-        Ok(removed)
-    }
-
     /// What stands at `DIR/<name>`, where a token's uploads are published with per-token
     /// directories. Never follows a symbolic link there: the uploads would land wherever it
     /// points.
-    pub fn token_dir(&self, name: &str) -> io::Result<TokenDir> {
+    fn token_dir(&self, name: &str) -> io::Result<TokenDir> {
         let path = self.dir.join(name);
         let file_type = match fs::symlink_metadata(&path) {
             Ok(meta) => meta.file_type(),
@@ -337,49 +312,9 @@ impl Store {
         })
     }
 
-    /// `DIR/<name>`, created when absent; an error of kind `NotADirectory` when something else
-    /// stands there (see [`Store::token_dir`]).
-    fn make_token_dir(&self, name: &str) -> io::Result<PathBuf> {
-        let path = self.dir.join(name);
-        for _ in 0..2 {
-            match self.token_dir(name)? {
-                TokenDir::Directory => return Ok(path),
-                TokenDir::Unusable(what) => {
-                    return Err(io::Error::new(
-                        ErrorKind::NotADirectory,
-                        format!("{} is {what}", path.display()),
-                    ));
-                }
-                TokenDir::Absent => match fs::create_dir(&path) {
-                    Ok(()) => {
-                        sync_dir(&self.dir)?;
-                        return Ok(path);
-                    }
-                    // Created in between: look again at what it is.
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                },
-            }
-        }
-        Err(io::Error::new(
-            ErrorKind::NotADirectory,
-            format!("{} keeps changing", path.display()),
-        ))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Bytes an unprivileged process can still write in the upload directory's file system.
-    pub fn free_space(&self) -> io::Result<u64> {
-        let stat = rustix::fs::statvfs(&self.dir)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-    }
-
     /// Ids of all uploads on disk, and removal of leftovers no upload owns: part files without
     /// an info file and stale tmp files (a crash in between), once older than `expire_after`.
-    pub fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>> {
+    fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>> {
         let mut ids = Vec::new();
         let now = SystemTime::now();
         for entry in fs::read_dir(&self.partial)? {
@@ -411,6 +346,52 @@ impl Store {
         }
         Ok(ids)
     }
+
+    /// Everything: removing is unlinking, and a listing of `.partial` finds every upload.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            defer_length: true,
+            termination: true,
+            expiration: true,
+        }
+    }
+}
+
+/// A part file open for one request's body, written straight through (no buffer of ours):
+/// the page cache is the batch, and commit is one fdatasync.
+struct PartFile {
+    file: File,
+    /// Where this request began: the committed offset, which `discard` cuts back to.
+    start: u64,
+}
+
+impl Part for PartFile {
+    /// With vectored writes, so frames are never copied into a staging buffer and a batch
+    /// takes as few system calls as the kernel allows.
+    fn append(&mut self, batch: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = batch.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        drop(slices);
+        batch.clear();
+        Ok(())
+    }
+
+    /// fdatasync: the bytes are on disk before the info file may say so.
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(self: Box<Self>) -> io::Result<()> {
+        self.file.set_len(self.start)
+    }
 }
 
 fn same_content(path: &Path, len: u64, sha256: &[u8; 32]) -> io::Result<bool> {
@@ -440,6 +421,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::now_ms;
+
+    /// Appends `data` the way a request does, without committing it.
+    fn append(store: &DirStore, id: &Id, offset: u64, data: &[u8]) {
+        let mut part = store.open_part(id, offset).unwrap();
+        part.append(&mut vec![Bytes::copy_from_slice(data)])
+            .unwrap();
+    }
 
     fn info(id: &Id) -> Info {
         Info {
@@ -458,12 +447,11 @@ mod tests {
     #[test]
     fn loading_truncates_to_the_committed_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
         let id = Id::random();
         let mut info = info(&id);
         store.create(&info, &id).unwrap();
-        let mut part = store.open_part(&id, 0).unwrap();
-        part.write_all(b"0123456789").unwrap();
+        append(&store, &id, 0, b"0123456789");
         info.offset = 4;
         store.save_info(&info, &id).unwrap();
         assert_eq!(store.load(&id).unwrap(), Some(info));
@@ -486,10 +474,10 @@ mod tests {
     #[test]
     fn publishing_in_a_token_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
         let id = Id::random();
         store.create(&info(&id), &id).unwrap();
-        store.open_part(&id, 0).unwrap().write_all(b"data").unwrap();
+        append(&store, &id, 0, b"data");
         let sha: [u8; 32] = Sha256::digest(b"data").into();
         let name = store.publish(&id, Some("alice"), "x.iso", 4, &sha).unwrap();
         assert_eq!(name, "x.iso");
@@ -501,11 +489,11 @@ mod tests {
     #[test]
     fn publishing_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
         let publish = |data: &[u8]| {
             let id = Id::random();
             store.create(&info(&id), &id).unwrap();
-            store.open_part(&id, 0).unwrap().write_all(data).unwrap();
+            append(&store, &id, 0, data);
             let sha: [u8; 32] = Sha256::digest(data).into();
             let name = store
                 .publish(&id, None, "x.iso", data.len() as u64, &sha)

@@ -1,0 +1,188 @@
+//! What the server needs from wherever uploads are kept: the [`Store`] trait, the bytes of one
+//! request on their way in ([`Part`]), and the record of an upload ([`Info`]).
+//!
+//! The protocol code (`handlers`, `append`, `uploads`) speaks only to this trait; the
+//! directory store (`dir_store`) is its implementation today. The seam is cut where a store
+//! that keeps nothing on the server's disk (an object store, shared by several servers) differs
+//! from a directory, and nowhere else:
+//! - A body is appended through a [`Part`], in batches, and only [`Part::commit`] says the
+//!   bytes are durable; the caller records the new offset ([`Store::save_info`]) after it. So a
+//!   store may gather small PATCHes into larger pieces (an object store's parts have a minimum
+//!   size) and decide at commit how to keep the remainder, as long as a committed offset is
+//!   never ahead of what survives a crash. [`Part::discard`] forgets a rejected body (checksum,
+//!   size, interruption of a checksummed body) back to where the part started.
+//! - The record ([`Info`]) is saved and loaded whole, never patched field by field: one write
+//!   per change, which an object store can make conditional.
+//! - Publishing names a file by the upload's id, the owner's directory and a wanted name, and
+//!   the store applies the no-clobber policy where the names live.
+//! - Nothing here is about the local disk (free space, recovery at start-up, paths): those are
+//!   the directory store's own, used while the server starts.
+//!
+//! Every method blocks: callers run them on the blocking pool (`uploads::blocking`), which is
+//! also what lets a body's batches be hashed and written while the next ones arrive. The
+//! per-upload lock stays in `uploads`, in memory: one server instance owns its uploads.
+
+use super::names::Id;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where uploads are kept while they arrive, and published once complete.
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Creates an empty upload with its first record. Fails if `id` exists.
+    fn create(&self, info: &Info, id: &Id) -> io::Result<()>;
+
+    /// Replaces an upload's record atomically: after a crash the old one or the new one is
+    /// there, whole.
+    fn save_info(&self, info: &Info, id: &Id) -> io::Result<()>;
+
+    /// An upload's record, with its bytes made to agree with it (anything past the committed
+    /// offset was never acknowledged and goes). `None` when there is no such upload.
+    fn load(&self, id: &Id) -> io::Result<Option<Info>>;
+
+    /// Starts appending at `offset`, the committed one; anything kept past it (left by a
+    /// request that failed between writing and committing) is dropped first.
+    fn open_part(&self, id: &Id, offset: u64) -> io::Result<Box<dyn Part>>;
+
+    /// The SHA-256 state of an upload's first `len` bytes, read back from the store, for an
+    /// upload first touched since a restart.
+    fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256>;
+
+    /// Removes an upload, its record first: once the record is gone the upload is gone.
+    fn remove(&self, id: &Id) -> io::Result<()>;
+
+    /// Removes an upload's bytes and keeps its record: after publishing (the published file
+    /// has them) or a whole-file digest mismatch (the record says so).
+    fn remove_part(&self, id: &Id) -> io::Result<()>;
+
+    /// Publishes a complete upload of `len` bytes and SHA-256 `sha256` under `name` or, when
+    /// taken by other content, the first free `stem.N.ext`, in the top level or, with
+    /// `subdir` (a token name), in that token's directory. Never overwrites; identical content
+    /// under a candidate counts as delivered there. Returns the name used (within its
+    /// directory). The bytes stay until [`Store::remove_part`], once the record names it.
+    fn publish(
+        &self,
+        id: &Id,
+        subdir: Option<&str>,
+        name: &str,
+        len: u64,
+        sha256: &[u8; 32],
+    ) -> io::Result<String>;
+
+    /// What stands where token `name`'s uploads are published: nothing is published through
+    /// anything but a real directory.
+    fn token_dir(&self, name: &str) -> io::Result<TokenDir>;
+
+    /// The ids of every upload kept, removing leftovers older than `expire_after` that no
+    /// upload owns (remains of a crash between two steps).
+    fn list(&self, expire_after: Duration) -> io::Result<Vec<Id>>;
+
+    /// Which of the tus extensions that depend on the store this one supports: the server
+    /// advertises and serves exactly those.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// The tus extensions a store may or may not support, as tusd's composer has them: the rest
+/// (creation, creation-with-upload, checksum) the server implements over any store, since
+/// they need only creating, appending and discarding. A store without one is never asked for
+/// it, and `Tus-Extension` does not name it, so a client learns it before it relies on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capabilities {
+    /// creation-defer-length: an upload may be created before its length is known (a store
+    /// that lays out its pieces by the length, or reserves it, needs it at creation).
+    pub defer_length: bool,
+    /// termination: a client may remove its upload ([`Store::remove`] on request).
+    pub termination: bool,
+    /// expiration: [`Store::list`] finds every upload kept, so idle ones are removed after
+    /// `Config::expire_after` and each response says when (`Upload-Expires`). Without it
+    /// uploads stay until terminated, and nothing is swept.
+    pub expiration: bool,
+}
+
+/// The bytes of one request being appended to an upload, from the offset it was opened at.
+/// It moves between the request task and the blocking pool, one batch at a time.
+pub(crate) trait Part: Send + 'static {
+    /// Appends `batch`, in order, and empties it. Appended is not yet durable.
+    fn append(&mut self, batch: &mut Vec<Bytes>) -> io::Result<()>;
+
+    /// Makes everything appended durable; only then may the offset be recorded past it.
+    fn commit(self: Box<Self>) -> io::Result<()>;
+
+    /// Forgets everything appended: the upload stays at the offset the part was opened at.
+    fn discard(self: Box<Self>) -> io::Result<()>;
+}
+
+/// What the server keeps about one upload: the record a store saves and loads whole (the
+/// directory store as `<id>.info`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Info {
+    pub id: String,
+    /// `None` until a deferred length is declared.
+    pub length: Option<u64>,
+    /// Committed bytes: made durable by [`Part::commit`] before this was saved.
+    pub offset: u64,
+    /// `Upload-Metadata` as received, echoed on HEAD.
+    pub metadata: String,
+    /// The declared whole-file SHA-256 (hex): metadata `sha256` at creation, or the first
+    /// `Repr-Digest` a request carried, recorded before any byte of that request was kept.
+    /// Completing the upload checks it; only an upload without one is published unverified.
+    pub expected_sha256: Option<String>,
+    /// The name of the token that created the upload (never the token itself). `None` without
+    /// auth, and in info files written before owners were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds of the last POST or PATCH: expiry counts from here.
+    pub last_activity_ms: u64,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Partial,
+    /// Complete and published as `<name>`; kept so HEAD can say where, until it expires.
+    Published {
+        name: String,
+        sha256: String,
+    },
+    /// Complete but its SHA-256 was not the declared one: the data is gone; HEAD says 410.
+    Failed {
+        declared: String,
+        received: String,
+    },
+}
+
+impl Info {
+    pub fn expires_at(&self, expire_after: Duration) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.last_activity_ms) + expire_after
+    }
+
+    pub fn is_expired(&self, expire_after: Duration, now: SystemTime) -> bool {
+        self.expires_at(expire_after) <= now
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.length == Some(self.offset)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What stands where a token's uploads are published (see [`Store::token_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenDir {
+    /// Nothing yet: created on the first publication.
+    Absent,
+    /// A real directory.
+    Directory,
+    /// Something that must not be used, said for people ("a symbolic link", ...).
+    Unusable(&'static str),
+}
