@@ -595,6 +595,67 @@ impl Timetable {
         }
     }
 
+    /// The timetable of a window list: inside a window the link's own rate (`off`), outside
+    /// it `pause`. No windows constrain nothing (`off` all the time), and neither do windows
+    /// that cover the whole day. Overlapping or touching windows become one, so a night that
+    /// two windows cover is one sending stretch. The boundaries are wall-clock times like any
+    /// timetable's, resolved day by day, so a night that crosses a daylight-saving change is
+    /// as long as the clock on the wall says.
+    pub fn from_windows(windows: &[Window]) -> Timetable {
+        const DAY: i64 = 86_400;
+        // Each window as seconds of the day it opens, split where it runs past midnight.
+        let mut open: Vec<(i64, i64)> = Vec::with_capacity(windows.len() * 2);
+        for w in windows {
+            let start = seconds_of_day(w.start);
+            let end = start + w.seconds();
+            open.push((start, end.min(DAY)));
+            if end > DAY {
+                open.push((0, end - DAY));
+            }
+        }
+        open.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(open.len());
+        for (a, b) in open {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        match merged[..] {
+            [] | [(0, DAY)] => return Timetable::constant(Budget::Unlimited),
+            _ => {}
+        }
+        // A window open at midnight on both sides of it (23:00-24:00 and 00:00-07:00) is one
+        // stretch: no boundary at 00:00.
+        let wraps =
+            merged.first().is_some_and(|f| f.0 == 0) && merged.last().is_some_and(|l| l.1 == DAY);
+        let clock = |s: i64| {
+            NaiveTime::from_num_seconds_from_midnight_opt((s % DAY) as u32, 0)
+                .expect("seconds of a day")
+        };
+        let mut slots: Vec<Slot> = Vec::with_capacity(merged.len() * 2);
+        for &(a, b) in &merged {
+            if !(wraps && a == 0) {
+                slots.push(Slot {
+                    day: None,
+                    at: clock(a),
+                    budget: Budget::Unlimited,
+                });
+            }
+            if !(wraps && b == DAY) {
+                slots.push(Slot {
+                    day: None,
+                    at: clock(b),
+                    budget: Budget::Paused,
+                });
+            }
+        }
+        slots.sort_by_key(Slot::order);
+        Timetable {
+            kind: Kind::Slots(slots),
+        }
+    }
+
     fn slots(&self) -> &[Slot] {
         match &self.kind {
             Kind::Constant(_) => &[],
@@ -938,6 +999,40 @@ mod tests {
 
     fn cet(s: &str) -> DateTime<Cet> {
         parse_local_time(s, &Cet, Utc::now().with_timezone(&Cet)).unwrap()
+    }
+
+    #[test]
+    fn windows_are_a_timetable_of_off_and_pause() {
+        let shown = |ws: &[&str]| {
+            let ws: Vec<Window> = ws.iter().map(|w| w.parse().unwrap()).collect();
+            Timetable::from_windows(&ws).to_string()
+        };
+        assert_eq!(shown(&["23:00-07:00"]), "07:00,pause 23:00,off");
+        assert_eq!(shown(&["9:30-17:00"]), "09:30,off 17:00,pause");
+        // Overlapping and touching windows are one.
+        assert_eq!(
+            shown(&["22:00-02:00", "01:00-06:00"]),
+            "06:00,pause 22:00,off"
+        );
+        assert_eq!(
+            shown(&["09:30-12:00", "12:00-17:00"]),
+            "09:30,off 17:00,pause"
+        );
+        // Open up to midnight, and after it: two windows, a boundary at 00:00.
+        assert_eq!(
+            shown(&["01:00-02:00", "22:00-24:00"]),
+            "00:00,pause 01:00,off 02:00,pause 22:00,off"
+        );
+        assert_eq!(
+            shown(&["00:00-07:00", "23:00-24:00"]),
+            "07:00,pause 23:00,off"
+        );
+        assert_eq!(shown(&["07:00-07:30:30"]), "07:00,off 07:30:30,pause");
+        // Nothing constrains: off all the time.
+        assert_eq!(shown(&[]), "off");
+        assert_eq!(shown(&["00:00-24:00"]), "off");
+        assert_eq!(shown(&["00:00-12:00", "12:00-24:00"]), "off");
+        assert_eq!(shown(&["06:00-18:00", "18:00-06:00"]), "off");
     }
 
     #[test]
