@@ -1,15 +1,17 @@
 //! Wall-clock time for transfers: upload windows (`23:00-07:00`), the local times people type
-//! (`--start "2026-01-01 23:00"`), and placing a number of busy seconds into those windows.
+//! (`--start "2026-01-01 23:00"`), the bandwidth timetable, and placing bytes into it.
+//!
+//! The bandwidth timetable (`--timetable "07:00,32kbit 23:00,off"`, as in rclone's `--bwlimit`
+//! timetable) is the uplink [`Budget`] from each wall-clock time (daily, or on one weekday) until
+//! the next entry's. Its boundaries are resolved in the caller's time zone day by day, so a night
+//! that crosses a daylight-saving change is as long as the clock on the wall says, not 8 h of
+//! arithmetic.
 //!
 //! Windows are wall-clock ranges that repeat every day; a range whose end is not after its start
-//! runs past midnight. Windows are turned into absolute instants day by day in the caller's time
-//! zone, so a night that crosses a daylight-saving change is as long as the clock on the wall
-//! says, not 8 h of arithmetic.
-//!
-//! The module also owns the bandwidth timetable (`--timetable "07:00,32kbit 23:00,off"`, as in
-//! rclone's `--bwlimit` timetable): the uplink [`Budget`] from each wall-clock time (daily, or on
-//! one weekday) until the next entry's, and placing a number of bytes into those budgets. Its
-//! boundaries are resolved in the caller's time zone day by day, like the windows'.
+//! runs past midnight. They are one kind of timetable ([`Timetable::from_windows`]: `off` inside,
+//! `pause` outside), so there is one placement, [`Timetable::place`], with one horizon and one
+//! error type: `upload estimate`'s windows and the scheduler's finish outlook (`status`,
+//! `queue add`) place bytes the same way.
 
 use crate::units::{Rate, UnitError, parse_rate};
 use chrono::{
@@ -35,8 +37,6 @@ pub enum ScheduleError {
     Time(String),
     #[error("the time \"{0}\" does not exist in the local time zone (a daylight-saving gap)")]
     NonexistentTime(String),
-    #[error("the windows never open: nothing can be scheduled")]
-    NeverOpen,
     #[error("the timetable pauses uploading all the time: nothing can be sent")]
     AlwaysPaused,
     #[error("the upload would not finish within {0} years under this timetable")]
@@ -62,17 +62,6 @@ impl Window {
         } else {
             end + 86_400 - start
         }
-    }
-
-    /// The window that opens on `day`, as naive wall-clock start and end.
-    fn on(&self, day: NaiveDate) -> (NaiveDateTime, NaiveDateTime) {
-        let start = day.and_time(self.start);
-        let end = match self.end {
-            None => (day + ChronoDuration::days(1)).and_time(NaiveTime::MIN),
-            Some(end) if end > self.start => day.and_time(end),
-            Some(end) => (day + ChronoDuration::days(1)).and_time(end),
-        };
-        (start, end)
     }
 }
 
@@ -205,97 +194,15 @@ fn resolve<Tz: TimeZone>(tz: &Tz, naive: NaiveDateTime) -> DateTime<Tz> {
     tz.from_utc_datetime(&naive)
 }
 
-/// When a job of `busy_seconds` that starts at `start` ends if it may only run inside `windows`.
+/// When bytes placed through a timetable from `start` are through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement<Tz: TimeZone> {
     pub finish_at: DateTime<Tz>,
-    /// How many separate windows (nights) the job runs in; 1 when no windows constrain it.
+    /// How many separate sending stretches (windows, nights) the bytes move in: a pause ends
+    /// one. 1 when nothing pauses them.
     pub windows_used: u32,
-    /// Seconds from `start` to `finish_at`, waits between windows included.
+    /// Seconds from `start` to `finish_at`, waits between stretches included.
     pub elapsed_seconds: f64,
-}
-
-/// The open intervals of `windows`, merged and in order, from the day before `from` onwards
-/// (a window that opened yesterday evening may still be open), for `days` days.
-fn open_intervals<Tz: TimeZone>(
-    windows: &[Window],
-    tz: &Tz,
-    from: NaiveDate,
-    days: i64,
-) -> Vec<(DateTime<Tz>, DateTime<Tz>)> {
-    let mut all: Vec<(DateTime<Tz>, DateTime<Tz>)> = Vec::new();
-    for d in -1..days {
-        let day = from + ChronoDuration::days(d);
-        for w in windows {
-            let (a, b) = w.on(day);
-            all.push((resolve(tz, a), resolve(tz, b)));
-        }
-    }
-    all.sort_by(|x, y| x.0.cmp(&y.0));
-    let mut merged: Vec<(DateTime<Tz>, DateTime<Tz>)> = Vec::new();
-    for (a, b) in all {
-        match merged.last_mut() {
-            Some(last) if a <= last.1 => {
-                if b > last.1 {
-                    last.1 = b;
-                }
-            }
-            _ => merged.push((a, b)),
-        }
-    }
-    merged
-}
-
-/// Places `busy_seconds` of work into `windows`, starting no earlier than `start`.
-pub fn place<Tz: TimeZone>(
-    start: DateTime<Tz>,
-    windows: &[Window],
-    busy_seconds: f64,
-) -> Result<Placement<Tz>, ScheduleError> {
-    let mut remaining = busy_seconds.max(0.0);
-    if windows.is_empty() {
-        let finish_at = start.clone() + duration_from_secs(remaining);
-        return Ok(Placement {
-            finish_at,
-            windows_used: 1,
-            elapsed_seconds: remaining,
-        });
-    }
-    let tz = start.timezone();
-    let mut cursor = start.clone();
-    let mut used = 0u32;
-    let mut last_close: Option<DateTime<Tz>> = None;
-    // Each turn consumes one open interval or skips a closed day; the bound only stops a
-    // pathological job (centuries long) from looping forever.
-    for _ in 0..(366 * 200) {
-        let next = open_intervals(windows, &tz, cursor.date_naive(), 2)
-            .into_iter()
-            .find(|(_, close)| *close > cursor);
-        let Some((open, close)) = next else {
-            cursor += ChronoDuration::days(1);
-            continue;
-        };
-        let from = if open > cursor { open } else { cursor.clone() };
-        // An interval that continues the previous one (00:00-24:00 day after day) is the same
-        // window, not a new night.
-        if last_close.as_ref() != Some(&from) {
-            used += 1;
-        }
-        let available = (close.clone() - from.clone()).num_milliseconds() as f64 / 1000.0;
-        if remaining <= available {
-            let finish_at = from + duration_from_secs(remaining);
-            let elapsed_seconds = (finish_at.clone() - start).num_milliseconds() as f64 / 1000.0;
-            return Ok(Placement {
-                finish_at,
-                windows_used: used,
-                elapsed_seconds,
-            });
-        }
-        remaining -= available;
-        last_close = Some(close.clone());
-        cursor = close;
-    }
-    Err(ScheduleError::NeverOpen)
 }
 
 fn duration_from_secs(s: f64) -> ChronoDuration {
@@ -582,7 +489,7 @@ impl fmt::Display for Timetable {
     }
 }
 
-/// Seconds from `a` to `b`, to the millisecond, like [`place`].
+/// Seconds from `a` to `b`, to the millisecond, as placements count them.
 fn seconds_between<Tz: TimeZone>(a: &DateTime<Tz>, b: &DateTime<Tz>) -> f64 {
     (b.clone() - a.clone()).num_milliseconds() as f64 / 1000.0
 }
@@ -887,30 +794,42 @@ mod tests {
         assert!(parse_local_time("Fry 07:00", &Utc, now).is_err());
     }
 
+    /// Places `seconds` of link time through `windows` from `start`: on a link of one byte a
+    /// second, bytes are seconds.
+    fn in_windows<Tz: TimeZone>(
+        windows: &[&str],
+        start: DateTime<Tz>,
+        seconds: u64,
+    ) -> Result<Placement<Tz>, ScheduleError> {
+        let windows: Vec<Window> = windows.iter().map(|w| w.parse().unwrap()).collect();
+        let byte_a_second = Rate::from_bytes_per_second(1.0).unwrap();
+        Timetable::from_windows(&windows).place(start, seconds, byte_a_second)
+    }
+
     #[test]
     fn no_windows_is_plain_addition() {
-        let p = place(at("2026-01-01 00:00"), &[], 3600.0).unwrap();
+        let p = in_windows(&[], at("2026-01-01 00:00"), 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-01 01:00"));
         assert_eq!(p.windows_used, 1);
     }
 
     #[test]
     fn seventeen_hours_over_eight_hour_nights_ends_on_the_third_night() {
-        let w: Window = "23:00-07:00".parse().unwrap();
-        let p = place(at("2026-01-01 23:00"), &[w], 17.4 * 3600.0).unwrap();
+        // 17.4 h of link time.
+        let p = in_windows(&["23:00-07:00"], at("2026-01-01 23:00"), 62_640).unwrap();
         assert_eq!(p.windows_used, 3);
         assert_eq!(p.finish_at, at("2026-01-04 00:24"));
     }
 
     #[test]
     fn starting_inside_or_before_a_window() {
-        let w: Window = "23:00-07:00".parse().unwrap();
+        let night = ["23:00-07:00"];
         // Starting at 06:00 leaves one hour of last night's window.
-        let p = place(at("2026-01-02 06:00"), &[w], 2.0 * 3600.0).unwrap();
+        let p = in_windows(&night, at("2026-01-02 06:00"), 2 * 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-03 00:00"));
         assert_eq!(p.windows_used, 2);
         // Starting at noon waits for the evening.
-        let p = place(at("2026-01-02 12:00"), &[w], 3600.0).unwrap();
+        let p = in_windows(&night, at("2026-01-02 12:00"), 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-03 00:00"));
         assert_eq!(p.windows_used, 1);
         assert_eq!(p.elapsed_seconds, 12.0 * 3600.0);
@@ -918,17 +837,15 @@ mod tests {
 
     #[test]
     fn overlapping_windows_merge() {
-        let a: Window = "22:00-02:00".parse().unwrap();
-        let b: Window = "01:00-06:00".parse().unwrap();
-        let p = place(at("2026-01-01 22:00"), &[a, b], 8.0 * 3600.0).unwrap();
+        let both = ["22:00-02:00", "01:00-06:00"];
+        let p = in_windows(&both, at("2026-01-01 22:00"), 8 * 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-02 06:00"));
         assert_eq!(p.windows_used, 1);
     }
 
     #[test]
     fn long_jobs_span_many_windows() {
-        let w: Window = "01:00-02:00".parse().unwrap();
-        let p = place(at("2026-01-01 00:00"), &[w], 100.0 * 3600.0).unwrap();
+        let p = in_windows(&["01:00-02:00"], at("2026-01-01 00:00"), 100 * 3600).unwrap();
         assert_eq!(p.windows_used, 100);
         assert_eq!(p.finish_at, at("2026-04-10 02:00"));
     }
@@ -1340,8 +1257,7 @@ mod tests {
         assert_eq!(p.finish_at, cet("2026-03-30 00:00"));
         assert_eq!(p.windows_used, 2);
         // Windows use the same rule: a window "opening at 02:10" that night opens at 03:00.
-        let w: Window = "02:10-04:00".parse().unwrap();
-        let p = place(cet("2026-03-29 00:00"), &[w], 1800.0).unwrap();
+        let p = in_windows(&["02:10-04:00"], cet("2026-03-29 00:00"), 1800).unwrap();
         assert_eq!(p.finish_at, cet("2026-03-29 03:30"));
     }
 
