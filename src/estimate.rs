@@ -23,7 +23,7 @@
 //! with all of this overhead already inside it; then `total_seconds` equals `link_seconds`
 //! and the model is not applied twice.
 
-use crate::schedule::{self, ScheduleError, Timetable, Window};
+use crate::schedule::{self, PlaceError, Timetable, Window};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::Serialize;
@@ -246,7 +246,7 @@ fn link_time(bytes: u64, chunk: u64, tls: bool, rate: Rate, measured: bool) -> (
 }
 
 /// Plans the upload (and the remote build) of a request.
-pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, ScheduleError> {
+pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
     let measured = matches!(req.rate_source, RateSource::History { .. });
     let chunk = req.chunk.unwrap_or_else(|| chunk_size_for(Some(req.rate)));
     let (wire, link_seconds, total_seconds) =

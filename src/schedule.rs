@@ -37,9 +37,17 @@ pub enum ScheduleError {
     Time(String),
     #[error("the time \"{0}\" does not exist in the local time zone (a daylight-saving gap)")]
     NonexistentTime(String),
+}
+
+/// Why bytes cannot be placed: the one error of [`Timetable::place`], for windows and
+/// timetables alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Every slot is `pause`; windows always open, so only a timetable can say this.
     #[error("the timetable pauses uploading all the time: nothing can be sent")]
     AlwaysPaused,
-    #[error("the upload would not finish within {0} years under this timetable")]
+    /// The bytes would still be moving at [`PLACEMENT_HORIZON_YEARS`].
+    #[error("the upload would not finish within {0} years, the furthest a plan looks ahead")]
     TooLong(u32),
 }
 
@@ -216,8 +224,10 @@ fn duration_from_secs(s: f64) -> ChronoDuration {
 /// The form every timetable error ends with.
 const TIMETABLE_FORM: &str = r#"expected HH:MM,RATE entries, e.g. "07:00,32kbit 23:00,off" or "Mon-07:00,32kbit Sat-00:00,off""#;
 
-/// How far ahead [`Timetable::place`] looks before it gives up on a job.
-pub const TIMETABLE_HORIZON_YEARS: u32 = 10;
+/// How far ahead [`Timetable::place`] looks before it gives up on a job: far enough for any
+/// upload worth planning (100 GiB at an hour a night at 128 kbit/s is about 5 years), near
+/// enough that a hopeless one is refused after walking a few thousand days, not centuries.
+pub const PLACEMENT_HORIZON_YEARS: u32 = 10;
 
 /// What the uplink budget is during a slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -652,25 +662,25 @@ impl Timetable {
     /// (the measured or assumed link rate), limited slots at the lower of their rate and
     /// `link`, paused slots not at all. `windows_used` counts the separate sending stretches
     /// (a pause ends one). Errors when every slot is paused, or when the job would not finish
-    /// within [`TIMETABLE_HORIZON_YEARS`].
+    /// within [`PLACEMENT_HORIZON_YEARS`].
     pub fn place<Tz: TimeZone>(
         &self,
         start: DateTime<Tz>,
         bytes: u64,
         link: Rate,
-    ) -> Result<Placement<Tz>, ScheduleError> {
+    ) -> Result<Placement<Tz>, PlaceError> {
         let never_sends = match &self.kind {
             Kind::Constant(budget) => *budget == Budget::Paused,
             Kind::Slots(slots) => slots.iter().all(|s| s.budget == Budget::Paused),
         };
         if never_sends {
-            return Err(ScheduleError::AlwaysPaused);
+            return Err(PlaceError::AlwaysPaused);
         }
-        let too_long = ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS);
+        let too_long = PlaceError::TooLong(PLACEMENT_HORIZON_YEARS);
         let horizon = start
             .clone()
             .checked_add_signed(ChronoDuration::days(
-                i64::from(TIMETABLE_HORIZON_YEARS) * 366,
+                i64::from(PLACEMENT_HORIZON_YEARS) * 366,
             ))
             .ok_or(too_long.clone())?;
 
@@ -800,7 +810,7 @@ mod tests {
         windows: &[&str],
         start: DateTime<Tz>,
         seconds: u64,
-    ) -> Result<Placement<Tz>, ScheduleError> {
+    ) -> Result<Placement<Tz>, PlaceError> {
         let windows: Vec<Window> = windows.iter().map(|w| w.parse().unwrap()).collect();
         let byte_a_second = Rate::from_bytes_per_second(1.0).unwrap();
         Timetable::from_windows(&windows).place(start, seconds, byte_a_second)
@@ -1193,7 +1203,7 @@ mod tests {
         for t in [table("pause"), table("07:00,pause Sat-00:00,pause")] {
             assert_eq!(
                 t.place(at("2026-01-01 00:00"), 1, kbit(128.0)),
-                Err(ScheduleError::AlwaysPaused)
+                Err(PlaceError::AlwaysPaused)
             );
         }
     }
@@ -1217,9 +1227,9 @@ mod tests {
         // A second a week at 1 bit/s: about 65 bytes a year.
         let t = table("Mon-00:00,1bit Mon-00:00:01,pause");
         let err = t.place(at("2026-01-01 00:00"), 10_000, kbit(128.0));
-        assert_eq!(err, Err(ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS)));
+        assert_eq!(err, Err(PlaceError::TooLong(PLACEMENT_HORIZON_YEARS)));
         let err = table("1bit").place(at("2026-01-01 00:00"), u64::MAX, kbit(128.0));
-        assert_eq!(err, Err(ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS)));
+        assert_eq!(err, Err(PlaceError::TooLong(PLACEMENT_HORIZON_YEARS)));
         // Bytes of that first table are still counted slot by slot: 3 B need 24 Mondays.
         let p = t.place(at("2026-01-05 00:00"), 3, kbit(128.0)).unwrap();
         assert_eq!(p.windows_used, 24);
