@@ -624,15 +624,19 @@ impl Timetable {
     }
 
     /// The wall-clock day from which boundaries are generated to know the budget on `day`:
-    /// a week and a day back reaches the last entry of any weekly table.
-    fn lookback(day: NaiveDate) -> NaiveDate {
-        day.checked_sub_days(Days::new(8)).unwrap_or(day)
+    /// the day before reaches the last entry of a daily table, a week and a day back that of
+    /// any weekly one. Placing a night's window walked the eight days of the weekly lookback
+    /// for a daily table (a 1 GiB estimate through nightly windows: 11 days where 4 do).
+    fn lookback(&self, day: NaiveDate) -> NaiveDate {
+        let weekly = self.slots().iter().any(|s| s.day.is_some());
+        let days = if weekly { 8 } else { 1 };
+        day.checked_sub_days(Days::new(days)).unwrap_or(day)
     }
 
     /// The budget in force at `t` (local wall-clock time of t's zone).
     pub fn budget_at<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> Budget {
         let tz = t.timezone();
-        self.changes(&tz, Self::lookback(t.date_naive()))
+        self.changes(&tz, self.lookback(t.date_naive()))
             .take_while(|(at, _)| at <= t)
             .last()
             .map_or_else(|| self.wrapped_budget(), |(_, budget)| budget)
@@ -646,7 +650,7 @@ impl Timetable {
         let horizon = t.clone().checked_add_signed(ChronoDuration::days(9))?;
         let mut current = None;
         for (at, budget) in self
-            .changes(&tz, Self::lookback(t.date_naive()))
+            .changes(&tz, self.lookback(t.date_naive()))
             .take_while(|(at, _)| *at <= horizon)
         {
             if at <= *t {
@@ -686,7 +690,7 @@ impl Timetable {
 
         let tz = start.timezone();
         let mut changes = self
-            .changes(&tz, Self::lookback(start.date_naive()))
+            .changes(&tz, self.lookback(start.date_naive()))
             .peekable();
         let mut budget = self.wrapped_budget();
         while let Some((_, b)) = changes.next_if(|(at, _)| *at <= start) {
