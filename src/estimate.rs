@@ -1,6 +1,10 @@
 //! The planner behind `upload estimate`: how long a file takes on this uplink, when it arrives
 //! given the upload windows, and whether sending sources and building remotely wins.
 //!
+//! The windows are placed as a timetable ([`Timetable::from_windows`]) by the same
+//! [`Timetable::place`], at the same [`LinkRate::payload_rate`], as the scheduler's finish
+//! outlook, so `estimate`, `status` and `queue add` agree.
+//!
 //! ## Wire model
 //! `link_seconds` is the payload alone at the link rate. `total_seconds` adds what really
 //! crosses the uplink:
@@ -19,7 +23,7 @@
 //! with all of this overhead already inside it; then `total_seconds` equals `link_seconds`
 //! and the model is not applied twice.
 
-use crate::schedule::{self, ScheduleError, Window};
+use crate::schedule::{self, PlaceError, Timetable, Window};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::Serialize;
@@ -242,19 +246,28 @@ fn link_time(bytes: u64, chunk: u64, tls: bool, rate: Rate, measured: bool) -> (
 }
 
 /// Plans the upload (and the remote build) of a request.
-pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, ScheduleError> {
+pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
     let measured = matches!(req.rate_source, RateSource::History { .. });
     let chunk = req.chunk.unwrap_or_else(|| chunk_size_for(Some(req.rate)));
     let (wire, link_seconds, total_seconds) =
         link_time(req.bytes, chunk, req.tls, req.rate, measured);
-    let placed = schedule::place(req.start.clone(), &req.windows, total_seconds)?;
+    let timetable = Timetable::from_windows(&req.windows);
+    let link = LinkRate {
+        rate: req.rate,
+        measured,
+    };
+    let place = |bytes: u64| {
+        let rate = link.payload_rate(bytes, chunk, req.tls);
+        timetable.place(req.start.clone(), bytes, rate)
+    };
+    let placed = place(req.bytes)?;
 
     let remote_build = match req.remote_build {
         None => None,
         Some(rb) => {
             let (_, _, upload_seconds) =
                 link_time(rb.sources_bytes, chunk, req.tls, req.rate, measured);
-            let uploaded = schedule::place(req.start.clone(), &req.windows, upload_seconds)?;
+            let uploaded = place(rb.sources_bytes)?;
             // The build runs on the remote machine, whenever the sources are there: the
             // windows only limit the uplink.
             let seconds = uploaded.elapsed_seconds + rb.build_seconds;

@@ -1,15 +1,17 @@
 //! Wall-clock time for transfers: upload windows (`23:00-07:00`), the local times people type
-//! (`--start "2026-01-01 23:00"`), and placing a number of busy seconds into those windows.
+//! (`--start "2026-01-01 23:00"`), the bandwidth timetable, and placing bytes into it.
+//!
+//! The bandwidth timetable (`--timetable "07:00,32kbit 23:00,off"`, as in rclone's `--bwlimit`
+//! timetable) is the uplink [`Budget`] from each wall-clock time (daily, or on one weekday) until
+//! the next entry's. Its boundaries are resolved in the caller's time zone day by day, so a night
+//! that crosses a daylight-saving change is as long as the clock on the wall says, not 8 h of
+//! arithmetic.
 //!
 //! Windows are wall-clock ranges that repeat every day; a range whose end is not after its start
-//! runs past midnight. Windows are turned into absolute instants day by day in the caller's time
-//! zone, so a night that crosses a daylight-saving change is as long as the clock on the wall
-//! says, not 8 h of arithmetic.
-//!
-//! The module also owns the bandwidth timetable (`--timetable "07:00,32kbit 23:00,off"`, as in
-//! rclone's `--bwlimit` timetable): the uplink [`Budget`] from each wall-clock time (daily, or on
-//! one weekday) until the next entry's, and placing a number of bytes into those budgets. Its
-//! boundaries are resolved in the caller's time zone day by day, like the windows'.
+//! runs past midnight. They are one kind of timetable ([`Timetable::from_windows`]: `off` inside,
+//! `pause` outside), so there is one placement, [`Timetable::place`], with one horizon and one
+//! error type: `upload estimate`'s windows and the scheduler's finish outlook (`status`,
+//! `queue add`) place bytes the same way.
 
 use crate::units::{Rate, UnitError, parse_rate};
 use chrono::{
@@ -35,11 +37,17 @@ pub enum ScheduleError {
     Time(String),
     #[error("the time \"{0}\" does not exist in the local time zone (a daylight-saving gap)")]
     NonexistentTime(String),
-    #[error("the windows never open: nothing can be scheduled")]
-    NeverOpen,
+}
+
+/// Why bytes cannot be placed: the one error of [`Timetable::place`], for windows and
+/// timetables alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Every slot is `pause`; windows always open, so only a timetable can say this.
     #[error("the timetable pauses uploading all the time: nothing can be sent")]
     AlwaysPaused,
-    #[error("the upload would not finish within {0} years under this timetable")]
+    /// The bytes would still be moving at [`PLACEMENT_HORIZON_YEARS`].
+    #[error("the upload would not finish within {0} years, the furthest a plan looks ahead")]
     TooLong(u32),
 }
 
@@ -62,17 +70,6 @@ impl Window {
         } else {
             end + 86_400 - start
         }
-    }
-
-    /// The window that opens on `day`, as naive wall-clock start and end.
-    fn on(&self, day: NaiveDate) -> (NaiveDateTime, NaiveDateTime) {
-        let start = day.and_time(self.start);
-        let end = match self.end {
-            None => (day + ChronoDuration::days(1)).and_time(NaiveTime::MIN),
-            Some(end) if end > self.start => day.and_time(end),
-            Some(end) => (day + ChronoDuration::days(1)).and_time(end),
-        };
-        (start, end)
     }
 }
 
@@ -205,97 +202,15 @@ fn resolve<Tz: TimeZone>(tz: &Tz, naive: NaiveDateTime) -> DateTime<Tz> {
     tz.from_utc_datetime(&naive)
 }
 
-/// When a job of `busy_seconds` that starts at `start` ends if it may only run inside `windows`.
+/// When bytes placed through a timetable from `start` are through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement<Tz: TimeZone> {
     pub finish_at: DateTime<Tz>,
-    /// How many separate windows (nights) the job runs in; 1 when no windows constrain it.
+    /// How many separate sending stretches (windows, nights) the bytes move in: a pause ends
+    /// one. 1 when nothing pauses them.
     pub windows_used: u32,
-    /// Seconds from `start` to `finish_at`, waits between windows included.
+    /// Seconds from `start` to `finish_at`, waits between stretches included.
     pub elapsed_seconds: f64,
-}
-
-/// The open intervals of `windows`, merged and in order, from the day before `from` onwards
-/// (a window that opened yesterday evening may still be open), for `days` days.
-fn open_intervals<Tz: TimeZone>(
-    windows: &[Window],
-    tz: &Tz,
-    from: NaiveDate,
-    days: i64,
-) -> Vec<(DateTime<Tz>, DateTime<Tz>)> {
-    let mut all: Vec<(DateTime<Tz>, DateTime<Tz>)> = Vec::new();
-    for d in -1..days {
-        let day = from + ChronoDuration::days(d);
-        for w in windows {
-            let (a, b) = w.on(day);
-            all.push((resolve(tz, a), resolve(tz, b)));
-        }
-    }
-    all.sort_by(|x, y| x.0.cmp(&y.0));
-    let mut merged: Vec<(DateTime<Tz>, DateTime<Tz>)> = Vec::new();
-    for (a, b) in all {
-        match merged.last_mut() {
-            Some(last) if a <= last.1 => {
-                if b > last.1 {
-                    last.1 = b;
-                }
-            }
-            _ => merged.push((a, b)),
-        }
-    }
-    merged
-}
-
-/// Places `busy_seconds` of work into `windows`, starting no earlier than `start`.
-pub fn place<Tz: TimeZone>(
-    start: DateTime<Tz>,
-    windows: &[Window],
-    busy_seconds: f64,
-) -> Result<Placement<Tz>, ScheduleError> {
-    let mut remaining = busy_seconds.max(0.0);
-    if windows.is_empty() {
-        let finish_at = start.clone() + duration_from_secs(remaining);
-        return Ok(Placement {
-            finish_at,
-            windows_used: 1,
-            elapsed_seconds: remaining,
-        });
-    }
-    let tz = start.timezone();
-    let mut cursor = start.clone();
-    let mut used = 0u32;
-    let mut last_close: Option<DateTime<Tz>> = None;
-    // Each turn consumes one open interval or skips a closed day; the bound only stops a
-    // pathological job (centuries long) from looping forever.
-    for _ in 0..(366 * 200) {
-        let next = open_intervals(windows, &tz, cursor.date_naive(), 2)
-            .into_iter()
-            .find(|(_, close)| *close > cursor);
-        let Some((open, close)) = next else {
-            cursor += ChronoDuration::days(1);
-            continue;
-        };
-        let from = if open > cursor { open } else { cursor.clone() };
-        // An interval that continues the previous one (00:00-24:00 day after day) is the same
-        // window, not a new night.
-        if last_close.as_ref() != Some(&from) {
-            used += 1;
-        }
-        let available = (close.clone() - from.clone()).num_milliseconds() as f64 / 1000.0;
-        if remaining <= available {
-            let finish_at = from + duration_from_secs(remaining);
-            let elapsed_seconds = (finish_at.clone() - start).num_milliseconds() as f64 / 1000.0;
-            return Ok(Placement {
-                finish_at,
-                windows_used: used,
-                elapsed_seconds,
-            });
-        }
-        remaining -= available;
-        last_close = Some(close.clone());
-        cursor = close;
-    }
-    Err(ScheduleError::NeverOpen)
 }
 
 fn duration_from_secs(s: f64) -> ChronoDuration {
@@ -309,8 +224,10 @@ fn duration_from_secs(s: f64) -> ChronoDuration {
 /// The form every timetable error ends with.
 const TIMETABLE_FORM: &str = r#"expected HH:MM,RATE entries, e.g. "07:00,32kbit 23:00,off" or "Mon-07:00,32kbit Sat-00:00,off""#;
 
-/// How far ahead [`Timetable::place`] looks before it gives up on a job.
-pub const TIMETABLE_HORIZON_YEARS: u32 = 10;
+/// How far ahead [`Timetable::place`] looks before it gives up on a job: far enough for any
+/// upload worth planning (100 GiB at an hour a night at 128 kbit/s is about 5 years), near
+/// enough that a hopeless one is refused after walking a few thousand days, not centuries.
+pub const PLACEMENT_HORIZON_YEARS: u32 = 10;
 
 /// What the uplink budget is during a slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -582,7 +499,7 @@ impl fmt::Display for Timetable {
     }
 }
 
-/// Seconds from `a` to `b`, to the millisecond, like [`place`].
+/// Seconds from `a` to `b`, to the millisecond, as placements count them.
 fn seconds_between<Tz: TimeZone>(a: &DateTime<Tz>, b: &DateTime<Tz>) -> f64 {
     (b.clone() - a.clone()).num_milliseconds() as f64 / 1000.0
 }
@@ -592,6 +509,67 @@ impl Timetable {
     pub fn constant(budget: Budget) -> Timetable {
         Timetable {
             kind: Kind::Constant(budget),
+        }
+    }
+
+    /// The timetable of a window list: inside a window the link's own rate (`off`), outside
+    /// it `pause`. No windows constrain nothing (`off` all the time), and neither do windows
+    /// that cover the whole day. Overlapping or touching windows become one, so a night that
+    /// two windows cover is one sending stretch. The boundaries are wall-clock times like any
+    /// timetable's, resolved day by day, so a night that crosses a daylight-saving change is
+    /// as long as the clock on the wall says.
+    pub fn from_windows(windows: &[Window]) -> Timetable {
+        const DAY: i64 = 86_400;
+        // Each window as seconds of the day it opens, split where it runs past midnight.
+        let mut open: Vec<(i64, i64)> = Vec::with_capacity(windows.len() * 2);
+        for w in windows {
+            let start = seconds_of_day(w.start);
+            let end = start + w.seconds();
+            open.push((start, end.min(DAY)));
+            if end > DAY {
+                open.push((0, end - DAY));
+            }
+        }
+        open.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(open.len());
+        for (a, b) in open {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        match merged[..] {
+            [] | [(0, DAY)] => return Timetable::constant(Budget::Unlimited),
+            _ => {}
+        }
+        // A window open at midnight on both sides of it (23:00-24:00 and 00:00-07:00) is one
+        // stretch: no boundary at 00:00.
+        let wraps =
+            merged.first().is_some_and(|f| f.0 == 0) && merged.last().is_some_and(|l| l.1 == DAY);
+        let clock = |s: i64| {
+            NaiveTime::from_num_seconds_from_midnight_opt((s % DAY) as u32, 0)
+                .expect("seconds of a day")
+        };
+        let mut slots: Vec<Slot> = Vec::with_capacity(merged.len() * 2);
+        for &(a, b) in &merged {
+            if !(wraps && a == 0) {
+                slots.push(Slot {
+                    day: None,
+                    at: clock(a),
+                    budget: Budget::Unlimited,
+                });
+            }
+            if !(wraps && b == DAY) {
+                slots.push(Slot {
+                    day: None,
+                    at: clock(b),
+                    budget: Budget::Paused,
+                });
+            }
+        }
+        slots.sort_by_key(Slot::order);
+        Timetable {
+            kind: Kind::Slots(slots),
         }
     }
 
@@ -646,15 +624,19 @@ impl Timetable {
     }
 
     /// The wall-clock day from which boundaries are generated to know the budget on `day`:
-    /// a week and a day back reaches the last entry of any weekly table.
-    fn lookback(day: NaiveDate) -> NaiveDate {
-        day.checked_sub_days(Days::new(8)).unwrap_or(day)
+    /// the day before reaches the last entry of a daily table, a week and a day back that of
+    /// any weekly one. Placing a night's window walked the eight days of the weekly lookback
+    /// for a daily table (a 1 GiB estimate through nightly windows: 11 days where 4 do).
+    fn lookback(&self, day: NaiveDate) -> NaiveDate {
+        let weekly = self.slots().iter().any(|s| s.day.is_some());
+        let days = if weekly { 8 } else { 1 };
+        day.checked_sub_days(Days::new(days)).unwrap_or(day)
     }
 
     /// The budget in force at `t` (local wall-clock time of t's zone).
     pub fn budget_at<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> Budget {
         let tz = t.timezone();
-        self.changes(&tz, Self::lookback(t.date_naive()))
+        self.changes(&tz, self.lookback(t.date_naive()))
             .take_while(|(at, _)| at <= t)
             .last()
             .map_or_else(|| self.wrapped_budget(), |(_, budget)| budget)
@@ -668,7 +650,7 @@ impl Timetable {
         let horizon = t.clone().checked_add_signed(ChronoDuration::days(9))?;
         let mut current = None;
         for (at, budget) in self
-            .changes(&tz, Self::lookback(t.date_naive()))
+            .changes(&tz, self.lookback(t.date_naive()))
             .take_while(|(at, _)| *at <= horizon)
         {
             if at <= *t {
@@ -684,31 +666,31 @@ impl Timetable {
     /// (the measured or assumed link rate), limited slots at the lower of their rate and
     /// `link`, paused slots not at all. `windows_used` counts the separate sending stretches
     /// (a pause ends one). Errors when every slot is paused, or when the job would not finish
-    /// within [`TIMETABLE_HORIZON_YEARS`].
+    /// within [`PLACEMENT_HORIZON_YEARS`].
     pub fn place<Tz: TimeZone>(
         &self,
         start: DateTime<Tz>,
         bytes: u64,
         link: Rate,
-    ) -> Result<Placement<Tz>, ScheduleError> {
+    ) -> Result<Placement<Tz>, PlaceError> {
         let never_sends = match &self.kind {
             Kind::Constant(budget) => *budget == Budget::Paused,
             Kind::Slots(slots) => slots.iter().all(|s| s.budget == Budget::Paused),
         };
         if never_sends {
-            return Err(ScheduleError::AlwaysPaused);
+            return Err(PlaceError::AlwaysPaused);
         }
-        let too_long = ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS);
+        let too_long = PlaceError::TooLong(PLACEMENT_HORIZON_YEARS);
         let horizon = start
             .clone()
             .checked_add_signed(ChronoDuration::days(
-                i64::from(TIMETABLE_HORIZON_YEARS) * 366,
+                i64::from(PLACEMENT_HORIZON_YEARS) * 366,
             ))
             .ok_or(too_long.clone())?;
 
         let tz = start.timezone();
         let mut changes = self
-            .changes(&tz, Self::lookback(start.date_naive()))
+            .changes(&tz, self.lookback(start.date_naive()))
             .peekable();
         let mut budget = self.wrapped_budget();
         while let Some((_, b)) = changes.next_if(|(at, _)| *at <= start) {
@@ -826,30 +808,42 @@ mod tests {
         assert!(parse_local_time("Fry 07:00", &Utc, now).is_err());
     }
 
+    /// Places `seconds` of link time through `windows` from `start`: on a link of one byte a
+    /// second, bytes are seconds.
+    fn in_windows<Tz: TimeZone>(
+        windows: &[&str],
+        start: DateTime<Tz>,
+        seconds: u64,
+    ) -> Result<Placement<Tz>, PlaceError> {
+        let windows: Vec<Window> = windows.iter().map(|w| w.parse().unwrap()).collect();
+        let byte_a_second = Rate::from_bytes_per_second(1.0).unwrap();
+        Timetable::from_windows(&windows).place(start, seconds, byte_a_second)
+    }
+
     #[test]
     fn no_windows_is_plain_addition() {
-        let p = place(at("2026-01-01 00:00"), &[], 3600.0).unwrap();
+        let p = in_windows(&[], at("2026-01-01 00:00"), 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-01 01:00"));
         assert_eq!(p.windows_used, 1);
     }
 
     #[test]
     fn seventeen_hours_over_eight_hour_nights_ends_on_the_third_night() {
-        let w: Window = "23:00-07:00".parse().unwrap();
-        let p = place(at("2026-01-01 23:00"), &[w], 17.4 * 3600.0).unwrap();
+        // 17.4 h of link time.
+        let p = in_windows(&["23:00-07:00"], at("2026-01-01 23:00"), 62_640).unwrap();
         assert_eq!(p.windows_used, 3);
         assert_eq!(p.finish_at, at("2026-01-04 00:24"));
     }
 
     #[test]
     fn starting_inside_or_before_a_window() {
-        let w: Window = "23:00-07:00".parse().unwrap();
+        let night = ["23:00-07:00"];
         // Starting at 06:00 leaves one hour of last night's window.
-        let p = place(at("2026-01-02 06:00"), &[w], 2.0 * 3600.0).unwrap();
+        let p = in_windows(&night, at("2026-01-02 06:00"), 2 * 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-03 00:00"));
         assert_eq!(p.windows_used, 2);
         // Starting at noon waits for the evening.
-        let p = place(at("2026-01-02 12:00"), &[w], 3600.0).unwrap();
+        let p = in_windows(&night, at("2026-01-02 12:00"), 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-03 00:00"));
         assert_eq!(p.windows_used, 1);
         assert_eq!(p.elapsed_seconds, 12.0 * 3600.0);
@@ -857,17 +851,15 @@ mod tests {
 
     #[test]
     fn overlapping_windows_merge() {
-        let a: Window = "22:00-02:00".parse().unwrap();
-        let b: Window = "01:00-06:00".parse().unwrap();
-        let p = place(at("2026-01-01 22:00"), &[a, b], 8.0 * 3600.0).unwrap();
+        let both = ["22:00-02:00", "01:00-06:00"];
+        let p = in_windows(&both, at("2026-01-01 22:00"), 8 * 3600).unwrap();
         assert_eq!(p.finish_at, at("2026-01-02 06:00"));
         assert_eq!(p.windows_used, 1);
     }
 
     #[test]
     fn long_jobs_span_many_windows() {
-        let w: Window = "01:00-02:00".parse().unwrap();
-        let p = place(at("2026-01-01 00:00"), &[w], 100.0 * 3600.0).unwrap();
+        let p = in_windows(&["01:00-02:00"], at("2026-01-01 00:00"), 100 * 3600).unwrap();
         assert_eq!(p.windows_used, 100);
         assert_eq!(p.finish_at, at("2026-04-10 02:00"));
     }
@@ -938,6 +930,40 @@ mod tests {
 
     fn cet(s: &str) -> DateTime<Cet> {
         parse_local_time(s, &Cet, Utc::now().with_timezone(&Cet)).unwrap()
+    }
+
+    #[test]
+    fn windows_are_a_timetable_of_off_and_pause() {
+        let shown = |ws: &[&str]| {
+            let ws: Vec<Window> = ws.iter().map(|w| w.parse().unwrap()).collect();
+            Timetable::from_windows(&ws).to_string()
+        };
+        assert_eq!(shown(&["23:00-07:00"]), "07:00,pause 23:00,off");
+        assert_eq!(shown(&["9:30-17:00"]), "09:30,off 17:00,pause");
+        // Overlapping and touching windows are one.
+        assert_eq!(
+            shown(&["22:00-02:00", "01:00-06:00"]),
+            "06:00,pause 22:00,off"
+        );
+        assert_eq!(
+            shown(&["09:30-12:00", "12:00-17:00"]),
+            "09:30,off 17:00,pause"
+        );
+        // Open up to midnight, and after it: two windows, a boundary at 00:00.
+        assert_eq!(
+            shown(&["01:00-02:00", "22:00-24:00"]),
+            "00:00,pause 01:00,off 02:00,pause 22:00,off"
+        );
+        assert_eq!(
+            shown(&["00:00-07:00", "23:00-24:00"]),
+            "07:00,pause 23:00,off"
+        );
+        assert_eq!(shown(&["07:00-07:30:30"]), "07:00,off 07:30:30,pause");
+        // Nothing constrains: off all the time.
+        assert_eq!(shown(&[]), "off");
+        assert_eq!(shown(&["00:00-24:00"]), "off");
+        assert_eq!(shown(&["00:00-12:00", "12:00-24:00"]), "off");
+        assert_eq!(shown(&["06:00-18:00", "18:00-06:00"]), "off");
     }
 
     #[test]
@@ -1181,7 +1207,7 @@ mod tests {
         for t in [table("pause"), table("07:00,pause Sat-00:00,pause")] {
             assert_eq!(
                 t.place(at("2026-01-01 00:00"), 1, kbit(128.0)),
-                Err(ScheduleError::AlwaysPaused)
+                Err(PlaceError::AlwaysPaused)
             );
         }
     }
@@ -1205,9 +1231,9 @@ mod tests {
         // A second a week at 1 bit/s: about 65 bytes a year.
         let t = table("Mon-00:00,1bit Mon-00:00:01,pause");
         let err = t.place(at("2026-01-01 00:00"), 10_000, kbit(128.0));
-        assert_eq!(err, Err(ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS)));
+        assert_eq!(err, Err(PlaceError::TooLong(PLACEMENT_HORIZON_YEARS)));
         let err = table("1bit").place(at("2026-01-01 00:00"), u64::MAX, kbit(128.0));
-        assert_eq!(err, Err(ScheduleError::TooLong(TIMETABLE_HORIZON_YEARS)));
+        assert_eq!(err, Err(PlaceError::TooLong(PLACEMENT_HORIZON_YEARS)));
         // Bytes of that first table are still counted slot by slot: 3 B need 24 Mondays.
         let p = t.place(at("2026-01-05 00:00"), 3, kbit(128.0)).unwrap();
         assert_eq!(p.windows_used, 24);
@@ -1245,8 +1271,7 @@ mod tests {
         assert_eq!(p.finish_at, cet("2026-03-30 00:00"));
         assert_eq!(p.windows_used, 2);
         // Windows use the same rule: a window "opening at 02:10" that night opens at 03:00.
-        let w: Window = "02:10-04:00".parse().unwrap();
-        let p = place(cet("2026-03-29 00:00"), &[w], 1800.0).unwrap();
+        let p = in_windows(&["02:10-04:00"], cet("2026-03-29 00:00"), 1800).unwrap();
         assert_eq!(p.finish_at, cet("2026-03-29 03:30"));
     }
 

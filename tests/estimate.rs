@@ -247,3 +247,55 @@ fn only_unlimited_transfers_teach_the_link_rate() {
     let digits = shown.chars().filter(char::is_ascii_digit).count();
     assert!(digits <= 3, "{first}");
 }
+
+/// Windows are placed as a timetable, day by day on the wall clock: the night on which Central
+/// Europe moves its clocks forward (2026-03-29) is 7 h long, so the third night takes an hour
+/// more of the upload than in UTC.
+#[test]
+fn a_night_that_loses_an_hour_to_daylight_saving_carries_less() {
+    let env = Env::new();
+    let args = [
+        "estimate",
+        "1GB",
+        "--rate",
+        "128kbit",
+        "--window",
+        "23:00-07:00",
+        "--start",
+        "2026-03-28 23:00",
+    ];
+    let (out, utc, stderr) = run(env.upload().args(args));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        utc.contains("Tue 2026-03-31 01:10, in the third window"),
+        "{utc}"
+    );
+    // A POSIX rule, so the test needs no time-zone database.
+    let (out, cet, stderr) = run(env
+        .upload()
+        .env("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+        .args(args));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        cet.contains("Tue 2026-03-31 02:10, in the third window"),
+        "{cet}"
+    );
+}
+
+/// Estimates and the scheduler's outlook share one horizon: a plan that would not finish
+/// within it is refused, with or without windows, instead of naming a date decades away.
+#[test]
+fn a_plan_beyond_the_horizon_is_refused() {
+    let env = Env::new();
+    // 10 TB at the default 128 kbit/s: about 20 years of link time.
+    fails_with_usage(&env, &["10TB"], &["would not finish within 10 years"]);
+    // 1 TB through an hour a night: about 17 400 nights.
+    fails_with_usage(
+        &env,
+        &["1TB", "--window", "01:00-02:00"],
+        &["would not finish within 10 years"],
+    );
+    // Within the horizon it still plans: 100 GiB at an hour a night is about 5 years.
+    let v = json(&env, &["100GiB", "--window", "01:00-02:00"]);
+    assert!(v["windows_used"].as_u64().unwrap() > 1800, "{v}");
+}
