@@ -288,7 +288,14 @@ fn a_night_that_loses_an_hour_to_daylight_saving_carries_less() {
 fn a_plan_beyond_the_horizon_is_refused() {
     let env = Env::new();
     // 10 TB at the default 128 kbit/s: about 20 years of link time.
-    fails_with_usage(&env, &["10TB"], &["would not finish within 10 years"]);
+    fails_with_usage(
+        &env,
+        &["10TB"],
+        &[
+            "needs 7233 d 19 h 7 min of link time",
+            "would not finish within 10 years",
+        ],
+    );
     // 1 TB through an hour a night: about 17 400 nights.
     fails_with_usage(
         &env,

@@ -166,7 +166,19 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
             _ => None,
         },
     };
-    let plan = estimate::plan(&request).map_err(Failure::usage)?;
+    let plan = estimate::plan(&request).map_err(|e| match e {
+        // Say how long it really is, and what to do instead: the figure is the point of asking.
+        schedule::PlaceError::TooLong(_) => Failure::usage(anyhow!(
+            "{} at {} needs {} of link time alone: {e}. A faster uplink (--rate), or sending \
+             sources and building remotely (--remote-build 40m --sources 25MiB), is the way",
+            format_size(request.bytes),
+            request.rate,
+            format_duration(Duration::from_secs_f64(
+                request.bytes as f64 * 8.0 / request.rate.bits_per_second()
+            )),
+        )),
+        other => Failure::usage(other),
+    })?;
     if args.json {
         println!(
             "{}",
