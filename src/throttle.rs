@@ -14,11 +14,12 @@
 //!   absorbs the lateness.
 //! - A request larger than the bucket could never be granted, so [`Throttle::acquire`] takes
 //!   [`Throttle::piece`] bytes at a time.
-//! - The split is water-filling ([`allocate`]) over the shares that are asking: in proportion
-//!   to weight, none above its cap, the excess of capped ones to the others; each share's own
-//!   bucket then runs at its part, so two transfers at weights 2:1 get exactly 2:1 (tests/queue.rs:
-//!   65 537 and 32 768 B/s of 96 KiB/s) and each one's bytes are as even as a lone transfer's.
-//!   A share that has asked for nothing for [`IDLE`] (retrying a server that is down, waiting
+//! - The split is water-filling (`allocate`) over the shares that are asking: in proportion
+//!   to weight, none above its cap, the excess of capped ones to the others. Each share's own
+//!   bucket then runs at its part, so two transfers at weights 2:1 get 2:1 (65 591 and
+//!   32 768 B/s of 96 KiB/s on the wire, tests/queue.rs; exact on a virtual clock) and each
+//!   one's bytes are as even as a lone transfer's.
+//!   A share that has asked for nothing for `IDLE` (retrying a server that is down, waiting
 //!   out a backoff) gives its part to the others until it asks again, and then starts empty,
 //!   so the credit of its pause is no lump on the link.
 //! - The buckets are our own GCRA on tokio's clock, not governor's: parts change whenever a
@@ -44,7 +45,7 @@ pub const UNLIMITED_PIECE: usize = 256 * 1024;
 /// A share that has asked for nothing this long is idle: its part goes to the others. Well
 /// above the pause between two chunks of a transfer (the server's answer, one commit, the next
 /// request: the longest silence on the wire in 60 s of `scripts/bench_loopback.py --only
-/// throttle`, chunk boundaries included, was 0.08 to 0.21 s on 2 loaded cores), so a busy share
+/// throttle`, chunk boundaries included, was 0.05 to 0.21 s on 2 shared cores), so a busy share
 /// keeps its part from chunk to chunk, and a transfer that stopped (retrying, backing off,
 /// held by a pause) gives it up within a second.
 const IDLE: Duration = Duration::from_secs(1);
