@@ -2,8 +2,9 @@
 //! shared between them, and when the bandwidth timetable lets them send at all.
 //!
 //! One throttle mechanism, several policies: the timetable (or `upload limit`) sets the
-//! budget, [`allocate`] splits it by priority weight (each priority step doubles a share; a
-//! transfer's own limit caps it), and each transfer's [`Throttle`] enforces its part. A `pause`
+//! budget of the run's one [`Uplink`], and each transfer sends through its share of it, at a
+//! weight from its priority ([`weight`]: each step doubles a share) and capped by its own
+//! limit; the uplink splits the budget and paces every share. A `pause`
 //! slot closes the [`Gate`]: transfers stop between chunks, the last chunk before the pause
 //! sized to end at the boundary, and connections are not dropped for a rate change.
 //!
@@ -21,7 +22,7 @@ use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
-use crate::throttle::{Gate, GateState, Throttle};
+use crate::throttle::{Gate, GateState, Uplink};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
 use std::collections::HashMap;
@@ -59,46 +60,6 @@ pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
 pub fn weight(priority: i64) -> f64 {
     2f64.powi(priority.clamp(-16, 16) as i32)
-}
-
-/// Splits `budget` (bytes per second; `None` is unlimited) between transfers given as
-/// (weight, own cap), in proportion to weight, none above its cap, the excess of capped ones
-/// shared among the others (water-filling). `None` in the result means unlimited.
-pub fn allocate(budget: Option<f64>, wants: &[(f64, Option<f64>)]) -> Vec<Option<f64>> {
-    let Some(mut left) = budget else {
-        return wants.iter().map(|(_, cap)| *cap).collect();
-    };
-    let mut out: Vec<Option<f64>> = vec![None; wants.len()];
-    let mut open: Vec<usize> = (0..wants.len()).collect();
-    // Each round fixes every transfer whose cap is below its fair share; at most n rounds.
-    loop {
-        let total: f64 = open.iter().map(|&i| wants[i].0).sum();
-        if open.is_empty() || total <= 0.0 {
-            break;
-        }
-        let capped: Vec<usize> = open
-            .iter()
-            .copied()
-            .filter(|&i| {
-                wants[i]
-                    .1
-                    .is_some_and(|cap| cap < left * wants[i].0 / total)
-            })
-            .collect();
-        if capped.is_empty() {
-            for &i in &open {
-                out[i] = Some(left * wants[i].0 / total);
-            }
-            break;
-        }
-        for &i in &capped {
-            let cap = wants[i].1.expect("capped ones have caps");
-            out[i] = Some(cap);
-            left -= cap;
-        }
-        open.retain(|i| !capped.contains(i));
-    }
-    out
 }
 
 /// Wall-clock time for the scheduler. Tests start it at a chosen instant
@@ -168,9 +129,6 @@ pub struct RunReport {
 /// One transfer being sent by this daemon.
 struct Running {
     task: JoinHandle<Result<send::Summary, SendError>>,
-    throttle: Throttle,
-    weight: f64,
-    cap: Option<f64>,
 }
 
 impl Drop for Running {
@@ -339,6 +297,9 @@ pub async fn run(
     let mut report = RunReport::default();
     let owner = send::lock_owner();
     let (gate_control, gate) = Gate::new();
+    // The one limiter of this run: the budget below is set on it, each transfer's share drawn
+    // from it.
+    let uplink = Uplink::new(None);
     let mut running: HashMap<i64, Running> = HashMap::new();
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
@@ -376,6 +337,13 @@ pub async fn run(
         if last_budget != Some(budget) {
             tracing::info!(%budget, "uplink budget");
             last_budget = Some(budget);
+        }
+        // Before the gate opens, so a transfer let out of a pause sends at the new budget.
+        match budget {
+            Budget::Limited(r) => uplink.set_rate(Some(r)),
+            Budget::Unlimited => uplink.set_rate(None),
+            // The gate holds every transfer; the rate waits for the next slot.
+            Budget::Paused => {}
         }
         gate_control.set(GateState {
             open: budget != Budget::Paused,
@@ -433,25 +401,7 @@ pub async fn run(
                 if running.contains_key(&t.id) || busy_until.contains_key(&t.id) {
                     continue;
                 }
-                running.insert(t.id, start(&store, t, &opts, gate.clone()));
-            }
-        }
-
-        // Share the budget.
-        if budget != Budget::Paused {
-            let budget_bps = match budget {
-                Budget::Limited(r) => Some(r.bytes_per_second()),
-                _ => None,
-            };
-            let mut ids: Vec<i64> = running.keys().copied().collect();
-            ids.sort_unstable();
-            let wants: Vec<(f64, Option<f64>)> = ids
-                .iter()
-                .map(|id| (running[id].weight, running[id].cap))
-                .collect();
-            for (id, share) in ids.iter().zip(allocate(budget_bps, &wants)) {
-                let rate = share.and_then(|b| Rate::from_bytes_per_second(b).ok());
-                running[id].throttle.set_rate(rate);
+                running.insert(t.id, start(&store, t, &opts, &uplink, gate.clone()));
             }
         }
 
@@ -493,40 +443,34 @@ pub async fn run(
     Ok(report)
 }
 
-/// Starts sending one transfer in its own task, with its own share of the budget.
-fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running {
+/// Starts sending one transfer in its own task, through its own share of the run's budget.
+fn start(store: &Store, t: &Transfer, opts: &RunOptions, uplink: &Uplink, gate: Gate) -> Running {
     let host = url::Url::parse(&t.dest_url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_default();
-    let cap = t.rate_limit_bps.map(|bits| bits / 8.0);
-    // Start slow; the allocation right after this sets the real share.
-    let throttle = Throttle::new(Rate::from_bytes_per_second(cap.unwrap_or(1024.0)).ok());
+    let cap = t
+        .rate_limit_bps
+        .and_then(|b| Rate::from_bits_per_second(b).ok());
+    let throttle = uplink.share(weight(t.priority), cap);
     let mut so = SendOptions::new(&t.source_path, &t.dest_url);
     so.name = Some(t.name.clone());
     so.chunk = Some(t.chunk_size);
-    so.limit = t
-        .rate_limit_bps
-        .and_then(|b| Rate::from_bits_per_second(b).ok());
+    so.limit = cap;
     so.token = (opts.tokens)(&host);
     so.ca = opts.ca.clone();
     so.give_up_after = Some(opts.give_up_after);
     so.transfer_id = Some(t.id);
     so.gate = gate;
-    let (s, th, id) = (store.clone(), throttle.clone(), t.id);
+    let (s, id) = (store.clone(), t.id);
     tracing::info!(id, name = t.name, "starting");
     let task = tokio::spawn(async move {
         let outage = std::sync::Mutex::new(Outage::new());
         let events = move |e: Event| log_event(id, &e, &outage);
         // The daemon stops a transfer by dropping this task; it tidies up the row itself.
-        send::send(s, so, th, &events, std::future::pending()).await
+        send::send(s, so, throttle, &events, std::future::pending()).await
     });
-    Running {
-        task,
-        throttle,
-        weight: weight(t.priority),
-        cap,
-    }
+    Running { task }
 }
 
 /// When each transfer should finish, playing the queue forward through the timetable.
@@ -625,24 +569,6 @@ mod tests {
         assert_eq!(weight(0), 1.0);
         assert_eq!(weight(2), 4.0);
         assert_eq!(weight(-1), 0.5);
-    }
-
-    #[test]
-    fn allocation_is_weighted_and_capped() {
-        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, None)]);
-        assert_eq!(r, vec![Some(1000.0), Some(2000.0)]);
-        // The capped one's excess goes to the other.
-        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, Some(500.0))]);
-        assert_eq!(r, vec![Some(2500.0), Some(500.0)]);
-        // Everyone capped below the budget: the budget is not all used.
-        let r = allocate(Some(3000.0), &[(1.0, Some(100.0)), (1.0, Some(200.0))]);
-        assert_eq!(r, vec![Some(100.0), Some(200.0)]);
-        // Unlimited budget: only caps apply.
-        assert_eq!(
-            allocate(None, &[(1.0, None), (1.0, Some(5.0))]),
-            vec![None, Some(5.0)]
-        );
-        assert!(allocate(Some(1.0), &[]).is_empty());
     }
 
     fn queued(id: i64, size: u64) -> Transfer {

@@ -1,28 +1,40 @@
-//! The one bandwidth limiter of a process: a GCRA token bucket (governor) counting bytes, fed
-//! in small pieces so the link sees an even stream instead of lumps, and re-rated at run time
-//! (the scheduler's timetable, `upload limit`) without dropping a transfer.
+//! The one bandwidth limiter of a process. A policy sets one rate, the budget: a lone `upload
+//! send`'s `--limit`, or under `upload run` the timetable and `upload limit` (polite mode will
+//! steer the same number). The [`Uplink`] splits the budget between the transfers sending
+//! under it, each a share with a weight and its own cap, and paces each share's part with a
+//! token bucket counting bytes (GCRA), fed in small pieces so the link sees an even stream
+//! instead of lumps. [`Throttle`] is one transfer's handle: its share. The budget and the
+//! parts change at run time without dropping a transfer.
 //!
 //! Why it is built this way (measured, see issue 4):
-//! - governor's default burst is a whole second of data and its bucket starts full, so the first
-//!   second would go out at twice the rate. Here the bucket holds two pieces (about 1/10 s of
-//!   data) and is drained at construction. Two, not one: with room for exactly one piece,
-//!   every late timer wake-up (a millisecond per 50 ms piece) was lost credit, and the mean
-//!   rate fell 1.5 % short; the second piece absorbs the lateness.
-//! - `until_n_ready(n)` fails when `n` exceeds the burst, so callers ask for [`Throttle::piece`]
-//!   bytes at most.
-//! - governor has no `set_rate`: a rate change swaps in a new limiter and wakes every waiter
-//!   through a `watch` channel, so a sender asleep on the old rate re-queues on the new one.
-//! - Unlimited is a bypass, not a huge rate: counting bytes at nanosecond granularity would cap
-//!   the speed near 1 GB/s.
+//! - A bucket holds two pieces (about 1/10 s of data) and starts empty: governor's default, a
+//!   whole second of burst in a full bucket, let the first second out at twice the rate. Two,
+//!   not one: with room for exactly one piece, every late timer wake-up (a millisecond per
+//!   50 ms piece) was lost credit, and the mean rate fell 1.5 % short; the second piece
+//!   absorbs the lateness.
+//! - A request larger than the bucket could never be granted, so [`Throttle::acquire`] takes
+//!   [`Throttle::piece`] bytes at a time.
+//! - The split is water-filling (`allocate`) over the shares that are asking: in proportion
+//!   to weight, none above its cap, the excess of capped ones to the others. Each share's own
+//!   bucket then runs at its part, so two transfers at weights 2:1 get 2:1 (65 591 and
+//!   32 768 B/s of 96 KiB/s on the wire, tests/queue.rs; exact on a virtual clock) and each
+//!   one's bytes are as even as a lone transfer's.
+//!   A share that has asked for nothing for `IDLE` (retrying a server that is down, waiting
+//!   out a backoff) gives its part to the others until it asks again, and then starts empty,
+//!   so the credit of its pause is no lump on the link.
+//! - The buckets are our own GCRA on tokio's clock, not governor's: parts change whenever a
+//!   share starts, stops or idles, governor has no `set_rate` (a new limiter per change lost
+//!   the old one's credit and started empty again), and its waits run on a clock of its own,
+//!   out of reach of tests on tokio's paused one. A re-rated bucket keeps its credit in bytes,
+//!   so a new rate lets no burst out.
+//! - Unlimited is a bypass, not a huge rate: no bucket to keep, no timer to wake.
 
 use crate::units::Rate;
-use governor::{Quota, RateLimiter, clock::DefaultClock, state::InMemoryState, state::NotKeyed};
-use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+use tokio::time::Instant;
 
 /// Seconds of data in one piece: small enough that the modem's buffer never holds a lump.
 const PIECE_SECONDS: f64 = 0.05;
@@ -30,18 +42,312 @@ const PIECE_MIN: usize = 256;
 const PIECE_MAX: usize = 64 * 1024;
 /// The piece size when nothing limits the rate: large reads, few wake-ups.
 pub const UNLIMITED_PIECE: usize = 256 * 1024;
+/// A share that has asked for nothing this long is idle: its part goes to the others. Well
+/// above the pause between two chunks of a transfer (the server's answer, one commit, the next
+/// request: the longest silence on the wire in 60 s of `scripts/bench_loopback.py --only
+/// throttle`, chunk boundaries included, was 0.05 to 0.21 s on 2 shared cores), so a busy share
+/// keeps its part from chunk to chunk, and a transfer that stopped (retrying, backing off,
+/// held by a pause) gives it up within a second.
+const IDLE: Duration = Duration::from_secs(1);
 
-struct Current {
-    rate: Option<Rate>,
-    limiter: Option<Arc<Limiter>>,
-    piece: usize,
+/// The piece size for a rate: about [`PIECE_SECONDS`] of data.
+pub fn piece_for(rate: Option<Rate>) -> usize {
+    match rate {
+        None => UNLIMITED_PIECE,
+        Some(r) => ((r.bytes_per_second() * PIECE_SECONDS) as usize).clamp(PIECE_MIN, PIECE_MAX),
+    }
 }
 
-/// A shared, re-ratable byte limiter. Cloning shares the budget.
+/// Splits `budget` (bytes per second; `None` is unlimited) between shares given as (weight,
+/// own cap), in proportion to weight, none above its cap, the excess of capped ones shared
+/// among the others (water-filling). `None` in the result means unlimited.
+fn allocate(budget: Option<f64>, wants: &[(f64, Option<f64>)]) -> Vec<Option<f64>> {
+    let Some(mut left) = budget else {
+        return wants.iter().map(|(_, cap)| *cap).collect();
+    };
+    let mut out: Vec<Option<f64>> = vec![None; wants.len()];
+    let mut open: Vec<usize> = (0..wants.len()).collect();
+    // Each round fixes every share whose cap is below its fair part; at most n rounds.
+    loop {
+        let total: f64 = open.iter().map(|&i| wants[i].0).sum();
+        if open.is_empty() || total <= 0.0 {
+            break;
+        }
+        let capped: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| {
+                wants[i]
+                    .1
+                    .is_some_and(|cap| cap < left * wants[i].0 / total)
+            })
+            .collect();
+        if capped.is_empty() {
+            for &i in &open {
+                out[i] = Some(left * wants[i].0 / total);
+            }
+            break;
+        }
+        for &i in &capped {
+            let cap = wants[i].1.expect("capped ones have caps");
+            out[i] = Some(cap);
+            left -= cap;
+        }
+        open.retain(|i| !capped.contains(i));
+    }
+    out
+}
+
+/// A wait of `s` seconds, at most a billion: beyond any real wait (a piece at the smallest
+/// part of a tiny budget), and an instant that far ahead cannot overflow.
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
+/// A GCRA token bucket of bytes at some rate, holding at most `burst` bytes of credit.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// When every byte granted so far is paid for at the rate (GCRA's theoretical arrival
+    /// time); never more than `burst` bytes' worth ahead of now.
+    paid_until: Instant,
+}
+
+impl Bucket {
+    /// A bucket holding `credit` bytes at `now` (0: empty).
+    fn holding(credit: f64, rate: f64, burst: usize, now: Instant) -> Bucket {
+        let owed = (burst as f64 - credit.min(burst as f64)).max(0.0);
+        Bucket {
+            paid_until: now + seconds(owed / rate),
+        }
+    }
+
+    /// The bytes that may go out at once at `now`.
+    fn credit(&self, rate: f64, burst: usize, now: Instant) -> f64 {
+        let owed = self.paid_until.saturating_duration_since(now).as_secs_f64() * rate;
+        (burst as f64 - owed).max(0.0)
+    }
+
+    /// Takes `n` bytes (at most `burst`) if they may go out at `now`, else says when they may.
+    fn take(&mut self, n: usize, rate: f64, burst: usize, now: Instant) -> Result<(), Instant> {
+        let start = self.paid_until.max(now);
+        // Computed the same way at every call, so a waiter woken at the instant it was given
+        // is granted there (no rounding pushes it a timer tick later).
+        let allowed = seconds(burst.saturating_sub(n) as f64 / rate);
+        let owed = start - now;
+        if owed <= allowed {
+            self.paid_until = start + seconds(n as f64 / rate);
+            Ok(())
+        } else {
+            Err(now + (owed - allowed))
+        }
+    }
+}
+
+/// One transfer's part of the budget and the bucket that paces it.
+struct Share {
+    weight: f64,
+    /// Its own limit, bytes per second.
+    cap: Option<f64>,
+    /// Its part now (while idle: what it gets when it asks); `None`: nothing limits it.
+    rate: Option<Rate>,
+    piece: usize,
+    bucket: Bucket,
+    /// `acquire` calls in progress.
+    asking: usize,
+    /// When an `acquire` last began or ended.
+    last_asked: Instant,
+    /// Counted in the split: asking, or asked within [`IDLE`].
+    active: bool,
+}
+
+impl Share {
+    /// Moves the share to `rate`, keeping its credit in bytes; whether anything changed.
+    fn rerate(&mut self, rate: Option<Rate>, now: Instant) -> bool {
+        if self.rate.map(Rate::bytes_per_second) == rate.map(Rate::bytes_per_second) {
+            return false;
+        }
+        let piece = piece_for(rate);
+        if let Some(new) = rate {
+            // From unlimited a bucket starts empty, as at construction.
+            let credit = self.rate.map_or(0.0, |old| {
+                self.bucket
+                    .credit(old.bytes_per_second(), 2 * self.piece, now)
+            });
+            self.bucket = Bucket::holding(credit, new.bytes_per_second(), 2 * piece, now);
+        }
+        self.rate = rate;
+        self.piece = piece;
+        true
+    }
+}
+
+/// The budget and its shares, under one lock (never held across an await).
+struct Split {
+    budget: Option<Rate>,
+    shares: BTreeMap<u64, Share>,
+    next_id: u64,
+}
+
+impl Split {
+    /// Recomputes every share's part; whether any changed.
+    fn reallocate(&mut self, now: Instant) -> bool {
+        let budget = self.budget.map(Rate::bytes_per_second);
+        let want = |s: &Share| (s.weight, s.cap);
+        let active: Vec<u64> = (self.shares.iter())
+            .filter(|(_, s)| s.active)
+            .map(|(id, _)| *id)
+            .collect();
+        let wants: Vec<(f64, Option<f64>)> =
+            active.iter().map(|id| want(&self.shares[id])).collect();
+        let mut parts: Vec<(u64, Option<f64>)> = active
+            .iter()
+            .copied()
+            .zip(allocate(budget, &wants))
+            .collect();
+        // An idle share is told the part it would get by asking, so a transfer sizes its next
+        // chunk (and the last one before a pause) by what it will be allowed.
+        for (id, s) in self.shares.iter().filter(|(_, s)| !s.active) {
+            let mut with = wants.clone();
+            with.push(want(s));
+            parts.push((*id, allocate(budget, &with).pop().flatten()));
+        }
+        let mut changed = false;
+        for (id, part) in parts {
+            let rate = part.and_then(|b| Rate::from_bytes_per_second(b).ok());
+            let share = self.shares.get_mut(&id).expect("listed above");
+            changed |= share.rerate(rate, now);
+        }
+        changed
+    }
+
+    /// Takes the part of shares that stopped asking [`IDLE`] ago; whether any part changed.
+    fn expire_idle(&mut self, now: Instant) -> bool {
+        let mut expired = false;
+        for s in self.shares.values_mut() {
+            if s.active && s.asking == 0 && now.duration_since(s.last_asked) >= IDLE {
+                s.active = false;
+                expired = true;
+            }
+        }
+        expired && self.reallocate(now)
+    }
+}
+
+struct Inner {
+    split: Mutex<Split>,
+    /// Bumped when any share's part changes: waiters wake and wait on their new part.
+    changed: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Split> {
+        self.split.lock().expect("throttle lock")
+    }
+
+    fn parts_changed(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// The process' limiter: one budget, split between shares. `upload run` holds one and gives
+/// each transfer a share of it; a lone `upload send` has one inside its [`Throttle::new`].
+pub struct Uplink {
+    inner: Arc<Inner>,
+}
+
+impl Uplink {
+    /// A budget of `budget`, or none at all, with no shares yet.
+    pub fn new(budget: Option<Rate>) -> Uplink {
+        let (changed, _) = watch::channel(0);
+        Uplink {
+            inner: Arc::new(Inner {
+                split: Mutex::new(Split {
+                    budget,
+                    shares: BTreeMap::new(),
+                    next_id: 0,
+                }),
+                changed,
+            }),
+        }
+    }
+
+    /// Changes the budget; every share's part follows, and senders waiting on an old part
+    /// wake and wait on the new one.
+    pub fn set_rate(&self, budget: Option<Rate>) {
+        set_budget(&self.inner, budget);
+    }
+
+    /// A new share at `weight` (positive: a share of weight 2 gets twice one of weight 1),
+    /// never above `cap`. It counts in the split from its first [`Throttle::acquire`] and
+    /// leaves it when its last handle is dropped.
+    pub fn share(&self, weight: f64, cap: Option<Rate>) -> Throttle {
+        let now = Instant::now();
+        let mut split = self.inner.lock();
+        let id = split.next_id;
+        split.next_id += 1;
+        split.shares.insert(
+            id,
+            Share {
+                weight,
+                cap: cap.map(Rate::bytes_per_second),
+                rate: None,
+                piece: UNLIMITED_PIECE,
+                bucket: Bucket { paid_until: now },
+                asking: 0,
+                last_asked: now,
+                active: false,
+            },
+        );
+        // Only its own part is new: the others' change when it begins to ask.
+        split.reallocate(now);
+        drop(split);
+        Throttle {
+            share: Arc::new(ShareKey {
+                inner: self.inner.clone(),
+                id,
+            }),
+        }
+    }
+}
+
+fn set_budget(inner: &Inner, budget: Option<Rate>) {
+    let changed = {
+        let mut split = inner.lock();
+        if split.budget.map(Rate::bytes_per_second) == budget.map(Rate::bytes_per_second) {
+            return;
+        }
+        split.budget = budget;
+        split.reallocate(Instant::now())
+    };
+    if changed {
+        inner.parts_changed();
+    }
+}
+
+/// Removes its share from the split when the last handle goes.
+struct ShareKey {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for ShareKey {
+    fn drop(&mut self) {
+        let Ok(mut split) = self.inner.split.lock() else {
+            return;
+        };
+        split.shares.remove(&self.id);
+        let changed = split.reallocate(Instant::now());
+        drop(split);
+        if changed {
+            self.inner.parts_changed();
+        }
+    }
+}
+
+/// One transfer's handle on the process' limiter: its share. Clones are the same share.
 #[derive(Clone)]
 pub struct Throttle {
-    current: Arc<RwLock<Current>>,
-    changed: watch::Sender<u64>,
+    share: Arc<ShareKey>,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -52,94 +358,127 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
-/// The piece size for a rate: about [`PIECE_SECONDS`] of data.
-pub fn piece_for(rate: Option<Rate>) -> usize {
-    match rate {
-        None => UNLIMITED_PIECE,
-        Some(r) => ((r.bytes_per_second() * PIECE_SECONDS) as usize).clamp(PIECE_MIN, PIECE_MAX),
+/// Marks a share as asking for as long as an `acquire` runs, however it ends.
+struct Asking<'a>(&'a ShareKey);
+
+impl<'a> Asking<'a> {
+    fn begin(key: &'a ShareKey) -> Asking<'a> {
+        let now = Instant::now();
+        let changed = {
+            let mut split = key.inner.lock();
+            let s = split
+                .shares
+                .get_mut(&key.id)
+                .expect("a share lives as long as its handles");
+            let idle = !s.active || (s.asking == 0 && now.duration_since(s.last_asked) >= IDLE);
+            s.asking += 1;
+            s.last_asked = now;
+            if idle {
+                s.active = true;
+                // Back from idle it starts empty, as a new share does.
+                if let Some(r) = s.rate {
+                    s.bucket = Bucket::holding(0.0, r.bytes_per_second(), 2 * s.piece, now);
+                }
+            }
+            idle && split.reallocate(now)
+        };
+        if changed {
+            key.inner.parts_changed();
+        }
+        Asking(key)
     }
 }
 
-fn limiter_for(rate: Rate, piece: usize) -> Arc<Limiter> {
-    // One cell is one byte; the period per byte is rounded to whole nanoseconds by governor
-    // (16 KiB/s: 61 035 ns, 0.0003 % fast), which is far inside the 1 % we promise.
-    let per_byte =
-        Duration::from_secs_f64(1.0 / rate.bytes_per_second()).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(2 * piece as u32).expect("pieces are at least PIECE_MIN bytes");
-    let quota = Quota::with_period(per_byte)
-        .expect("period is positive")
-        .allow_burst(burst);
-    let limiter = Arc::new(RateLimiter::direct(quota));
-    // Start empty: a full bucket would let the first burst out at once.
-    let _ = limiter.check_n(burst);
-    limiter
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut split) = self.0.inner.split.lock()
+            && let Some(s) = split.shares.get_mut(&self.0.id)
+        {
+            s.asking -= 1;
+            s.last_asked = Instant::now();
+        }
+    }
 }
 
 impl Throttle {
-    /// A limiter at `rate`, or none at all.
+    /// A limiter at `rate`, or none at all: a budget with this one share.
     pub fn new(rate: Option<Rate>) -> Self {
-        let piece = piece_for(rate);
-        let (changed, _) = watch::channel(0);
-        Throttle {
-            current: Arc::new(RwLock::new(Current {
-                rate,
-                limiter: rate.map(|r| limiter_for(r, piece)),
-                piece,
-            })),
-            changed,
-        }
+        Uplink::new(rate).share(1.0, None)
     }
 
     pub fn unlimited() -> Self {
         Self::new(None)
     }
 
-    /// The rate in force, `None` when unlimited.
+    /// Reads this share after taking the parts of shares gone idle.
+    fn read<T>(&self, f: impl FnOnce(&Share) -> T) -> T {
+        let key = &self.share;
+        let (out, changed) = {
+            let mut split = key.inner.lock();
+            let changed = split.expire_idle(Instant::now());
+            (f(&split.shares[&key.id]), changed)
+        };
+        if changed {
+            key.inner.parts_changed();
+        }
+        out
+    }
+
+    /// The rate this share is allowed now, `None` when unlimited.
     pub fn rate(&self) -> Option<Rate> {
-        self.current.read().expect("throttle lock").rate
+        self.read(|s| s.rate)
     }
 
     /// The most bytes to ask for at once.
     pub fn piece(&self) -> usize {
-        self.current.read().expect("throttle lock").piece
+        self.read(|s| s.piece)
     }
 
-    /// Changes the rate; senders waiting on the old rate wake and wait on the new one.
+    /// Changes the budget this share draws from: a lone `upload send`'s rate (under `upload
+    /// run` the scheduler sets the budget on its [`Uplink`]).
     pub fn set_rate(&self, rate: Option<Rate>) {
-        {
-            let mut cur = self.current.write().expect("throttle lock");
-            if cur.rate == rate {
-                return;
-            }
-            cur.piece = piece_for(rate);
-            cur.limiter = rate.map(|r| limiter_for(r, cur.piece));
-            cur.rate = rate;
-        }
-        self.changed.send_modify(|v| *v += 1);
+        set_budget(&self.share.inner, rate);
     }
 
     /// Waits until `bytes` may go out. Larger requests than one piece are split.
     pub async fn acquire(&self, mut bytes: usize) {
-        let mut changes = self.changed.subscribe();
+        if bytes == 0 {
+            return;
+        }
+        let key = &*self.share;
+        let _asking = Asking::begin(key);
+        let mut changes = key.inner.changed.subscribe();
         while bytes > 0 {
-            let (limiter, piece) = {
-                let cur = self.current.read().expect("throttle lock");
-                (cur.limiter.clone(), cur.piece)
-            };
-            let Some(limiter) = limiter else {
-                return;
-            };
-            let n = bytes.min(piece);
-            let cells = NonZeroU32::new(n as u32).expect("n is positive");
-            tokio::select! {
-                ready = limiter.until_n_ready(cells) => {
-                    if ready.is_ok() {
-                        bytes -= n;
+            let now = Instant::now();
+            let (ready, changed) = {
+                let mut split = key.inner.lock();
+                let changed = split.expire_idle(now);
+                let s = split
+                    .shares
+                    .get_mut(&key.id)
+                    .expect("a share lives as long as its handles");
+                let ready = match s.rate {
+                    None => Ok(bytes),
+                    Some(rate) => {
+                        let n = bytes.min(s.piece);
+                        s.bucket
+                            .take(n, rate.bytes_per_second(), 2 * s.piece, now)
+                            .map(|()| n)
                     }
-                    // Err means n > burst, impossible as n <= piece < burst unless the rate
-                    // changed in between; the loop then re-reads the new piece size.
+                };
+                (ready, changed)
+            };
+            if changed {
+                key.inner.parts_changed();
+            }
+            match ready {
+                Ok(n) => bytes -= n,
+                Err(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        _ = changes.changed() => {}
+                    }
                 }
-                _ = changes.changed() => {}
             }
         }
     }
@@ -242,13 +581,32 @@ impl GateControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     fn rate(bps: f64) -> Option<Rate> {
         Some(Rate::from_bytes_per_second(bps).unwrap())
     }
 
-    #[tokio::test]
+    /// Asks `t` for piece after piece until `until`: when each was granted, and how big.
+    async fn keep_sending(t: Throttle, until: Instant) -> Vec<(Instant, usize)> {
+        let mut granted = Vec::new();
+        while Instant::now() < until {
+            let n = t.piece();
+            t.acquire(n).await;
+            granted.push((Instant::now(), n));
+        }
+        granted
+    }
+
+    /// Bytes granted in `[from, to)`.
+    fn bytes_between(granted: &[(Instant, usize)], from: Instant, to: Instant) -> usize {
+        (granted.iter())
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn holds_the_rate_without_an_initial_burst() {
         let t = Throttle::new(rate(100_000.0));
         let piece = t.piece();
@@ -264,7 +622,7 @@ mod tests {
         assert!(secs > 0.48 && secs < 0.6, "{secs}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn large_requests_are_split_not_refused() {
         let t = Throttle::new(rate(200_000.0));
         let start = Instant::now();
@@ -273,7 +631,7 @@ mod tests {
         assert!(secs > 0.18 && secs < 0.3, "{secs}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn unlimited_does_not_wait() {
         let t = Throttle::unlimited();
         let start = Instant::now();
@@ -282,7 +640,7 @@ mod tests {
         assert_eq!(t.piece(), UNLIMITED_PIECE);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_rate_change_wakes_a_waiting_sender() {
         // At 1 kB/s a 1 kB request would take a second; raising the rate mid-wait releases it.
         let t = Throttle::new(rate(1_000.0));
@@ -297,6 +655,185 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_senders_pieces_go_out_evenly() {
+        // 16 KiB/s, as the bench: 819-byte pieces every 50 ms, never two at once.
+        let t = Throttle::new(rate(16_384.0));
+        let start = Instant::now();
+        let granted = keep_sending(t, start + Duration::from_secs(10)).await;
+        let piece_time = 819.0 / 16_384.0;
+        for pair in granted.windows(2) {
+            let gap = (pair[1].0 - pair[0].0).as_secs_f64();
+            // tokio's timer wakes on whole milliseconds.
+            assert!((gap - piece_time).abs() <= 0.001, "a gap of {gap} s");
+        }
+        let secs = (granted.last().unwrap().0 - start).as_secs_f64();
+        let mean = granted.iter().map(|(_, n)| n).sum::<usize>() as f64 / secs;
+        assert!((mean / 16_384.0 - 1.0).abs() < 0.001, "{mean} B/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_wake_ups_cost_no_rate() {
+        // A sender that comes back a millisecond late after every piece (as real timers do)
+        // still gets the whole rate: the second piece of room absorbs it. With room for one
+        // piece it would fall 2 % short.
+        let t = Throttle::new(rate(100_000.0));
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(10) {
+            t.acquire(t.piece()).await;
+            sent += t.piece();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mean = sent as f64 / start.elapsed().as_secs_f64();
+        assert!(mean > 99_500.0, "{mean} B/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_shares_split_the_budget_by_weight_exactly() {
+        // The 2:1 of tests/queue.rs, on a virtual clock: 96 KiB/s, weights 2 and 1.
+        let uplink = Uplink::new(rate(98_304.0));
+        let (a, b) = (uplink.share(2.0, None), uplink.share(1.0, None));
+        let start = Instant::now();
+        let until = start + Duration::from_secs(32);
+        let (ta, tb) = (
+            tokio::spawn(keep_sending(a.clone(), until)),
+            tokio::spawn(keep_sending(b.clone(), until)),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(a.rate(), rate(65_536.0));
+        assert_eq!(b.rate(), rate(32_768.0));
+        let (ga, gb) = (ta.await.unwrap(), tb.await.unwrap());
+        let (from, to) = (
+            start + Duration::from_secs(1),
+            start + Duration::from_secs(31),
+        );
+        let ra = bytes_between(&ga, from, to) as f64 / 30.0;
+        let rb = bytes_between(&gb, from, to) as f64 / 30.0;
+        assert!((ra / 65_536.0 - 1.0).abs() < 0.002, "a {ra} B/s");
+        assert!((rb / 32_768.0 - 1.0).abs() < 0.002, "b {rb} B/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_shares_part_goes_to_the_others_until_it_asks_again() {
+        let budget = 64_000.0;
+        let uplink = Uplink::new(rate(budget));
+        let (a, b) = (uplink.share(1.0, None), uplink.share(1.0, None));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let ta = tokio::spawn(keep_sending(a.clone(), at(16)));
+        // b sends for 5 s, then waits (a backoff, a server that is down) and comes back at 10 s.
+        keep_sending(b.clone(), at(5)).await;
+        assert_eq!(
+            a.rate(),
+            rate(budget / 2.0),
+            "an idle second has not passed"
+        );
+        tokio::time::sleep_until(at(10)).await;
+        assert_eq!(a.rate(), rate(budget), "b has been idle for seconds");
+        assert_eq!(
+            b.rate(),
+            rate(budget / 2.0),
+            "b is told what it gets by asking"
+        );
+        let back = Instant::now();
+        let gb = keep_sending(b.clone(), at(16)).await;
+        // Back from idle, b starts empty: its first piece comes a piece's time later, not at
+        // once from credit saved while it was away.
+        assert!(
+            gb[0].0 - back >= Duration::from_millis(49),
+            "{:?}",
+            gb[0].0 - back
+        );
+        let ga = ta.await.unwrap();
+        let ra = |from, to| bytes_between(&ga, at(from), at(to)) as f64 / (to - from) as f64;
+        assert!(
+            (ra(2, 5) / (budget / 2.0) - 1.0).abs() < 0.01,
+            "a with b: {}",
+            ra(2, 5)
+        );
+        assert!(
+            (ra(7, 10) / budget - 1.0).abs() < 0.01,
+            "a alone: {}",
+            ra(7, 10)
+        );
+        assert!(
+            (ra(11, 16) / (budget / 2.0) - 1.0).abs() < 0.01,
+            "a with b again: {}",
+            ra(11, 16)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capped_or_dropped_shares_part_goes_to_the_others() {
+        let uplink = Uplink::new(rate(100_000.0));
+        let a = uplink.share(1.0, None);
+        let b = uplink.share(4.0, rate(10_000.0));
+        let start = Instant::now();
+        let until = start + Duration::from_secs(11);
+        let (ta, tb) = (
+            tokio::spawn(keep_sending(a.clone(), until)),
+            tokio::spawn(keep_sending(b.clone(), until)),
+        );
+        let (ga, gb) = (ta.await.unwrap(), tb.await.unwrap());
+        let (from, to) = (start + Duration::from_secs(1), until);
+        let ra = bytes_between(&ga, from, to) as f64 / 10.0;
+        let rb = bytes_between(&gb, from, to) as f64 / 10.0;
+        assert!((rb / 10_000.0 - 1.0).abs() < 0.01, "b at its cap: {rb}");
+        assert!((ra / 90_000.0 - 1.0).abs() < 0.01, "a has the rest: {ra}");
+        drop((b, gb));
+        assert_eq!(a.rate(), rate(100_000.0), "b's share left with its handle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_budget_reaches_every_share_without_a_burst() {
+        let uplink = Uplink::new(rate(10_000.0));
+        let (a, b) = (uplink.share(1.0, None), uplink.share(1.0, None));
+        let start = Instant::now();
+        let until = start + Duration::from_secs(4);
+        let (ta, tb) = (
+            tokio::spawn(keep_sending(a.clone(), until)),
+            tokio::spawn(keep_sending(b.clone(), until)),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        uplink.set_rate(rate(100_000.0));
+        assert_eq!(a.rate(), rate(50_000.0));
+        let (ga, gb) = (ta.await.unwrap(), tb.await.unwrap());
+        let changed = start + Duration::from_secs(2);
+        for g in [&ga, &gb] {
+            // One new piece, and perhaps the old part's last one (256 bytes): a fresh, full bucket
+            // would let out two new ones at once.
+            let first = bytes_between(g, changed, changed + Duration::from_millis(50));
+            assert!(
+                first <= piece_for(rate(50_000.0)) + 256,
+                "{first} bytes at once"
+            );
+            let r = bytes_between(g, changed + Duration::from_millis(500), until) as f64 / 1.5;
+            assert!(
+                (r / 50_000.0 - 1.0).abs() < 0.01,
+                "{r} B/s after the change"
+            );
+        }
+    }
+
+    #[test]
+    fn allocation_is_weighted_and_capped() {
+        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, None)]);
+        assert_eq!(r, vec![Some(1000.0), Some(2000.0)]);
+        // The capped one's excess goes to the other.
+        let r = allocate(Some(3000.0), &[(1.0, None), (2.0, Some(500.0))]);
+        assert_eq!(r, vec![Some(2500.0), Some(500.0)]);
+        // Everyone capped below the budget: the budget is not all used.
+        let r = allocate(Some(3000.0), &[(1.0, Some(100.0)), (1.0, Some(200.0))]);
+        assert_eq!(r, vec![Some(100.0), Some(200.0)]);
+        // Unlimited budget: only caps apply.
+        assert_eq!(
+            allocate(None, &[(1.0, None), (1.0, Some(5.0))]),
+            vec![None, Some(5.0)]
+        );
+        assert!(allocate(Some(1.0), &[]).is_empty());
     }
 
     #[tokio::test]

@@ -329,6 +329,40 @@ fn two_transfers_share_one_budget_by_weight() {
     );
 }
 
+/// A transfer that sends nothing (its server is down, so it retries) leaves its part of the
+/// budget to the others, measured on the wire: the run's one throttle gives the part of a
+/// share that does not ask to those that do.
+#[test]
+fn a_transfer_that_cannot_send_leaves_its_share_to_the_others() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    let (down, up) = (env.file("down.iso", 1 << 20), env.file("up.iso", 4 << 20));
+    let stuck = add(&env, &down, "http://127.0.0.1:9/files/", &[]);
+    add(&env, &up, &proxy.url(), &["--chunk", "256KiB"]);
+    let budget = 64.0 * 1024.0;
+    let runner = Runner::start(&env, &["--jobs", "2", "--timetable", "64KiB/s"], None);
+    wait_until(Duration::from_secs(20), "the live transfer sending", || {
+        proxy.patch_body_bytes() > 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (b0, t0) = (proxy.patch_body_bytes(), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let rate = (proxy.patch_body_bytes() - b0) as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("the live transfer: {rate:.0} B/s of {budget}");
+    assert!(
+        runner
+            .events("starting")
+            .iter()
+            .any(|e| e["fields"]["id"] == stuck),
+        "both transfers run at once"
+    );
+    assert!(
+        (rate / budget - 1.0).abs() < 0.05,
+        "the live transfer got {rate} B/s of {budget}"
+    );
+}
+
 #[test]
 fn run_killed_with_sigkill_resumes_every_transfer() {
     let env = Env::new();
