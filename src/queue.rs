@@ -20,7 +20,7 @@ use crate::estimate::LinkRate;
 use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
-use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
+use crate::store::{self, Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, GateState, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
@@ -53,7 +53,7 @@ pub fn budget_override(store: &Store) -> Result<Option<Budget>, StoreError> {
 pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
     Ok(store
         .get_setting(RUN_OWNER)?
-        .filter(|owner| !send::owner_is_dead(owner)))
+        .filter(|owner| !store::owner_is_dead(owner)))
 }
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
@@ -293,7 +293,7 @@ pub fn activity(t: &Transfer, budget: Budget) -> Activity {
         TransferState::Failed => Activity::Failed,
         TransferState::Running => match t.lock_owner.as_deref() {
             None => Activity::Interrupted,
-            Some(owner) if send::owner_is_dead(owner) => Activity::Interrupted,
+            Some(owner) if store::owner_is_dead(owner) => Activity::Interrupted,
             // Only the run's transfers pass its gate.
             Some(_) if t.origin == Origin::Queue && budget == Budget::Paused => Activity::Paused,
             Some(_) => Activity::Running,
@@ -318,7 +318,7 @@ fn runnable(t: &Transfer) -> bool {
     }
     match t.state {
         TransferState::Queued => true,
-        TransferState::Running => t.lock_owner.as_deref().is_none_or(send::owner_is_dead),
+        TransferState::Running => t.lock_owner.as_deref().is_none_or(store::owner_is_dead),
         _ => false,
     }
 }
@@ -337,7 +337,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, QueueError> {
     let mut report = RunReport::default();
-    let owner = send::lock_owner();
+    let owner = store::lock_owner();
     let (gate_control, gate) = Gate::new();
     let mut running: HashMap<i64, Running> = HashMap::new();
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
@@ -725,16 +725,16 @@ mod tests {
         t.state = TransferState::Running;
         let rate = Budget::Limited(Rate::from_bits_per_second(32_000.0).unwrap());
         assert_eq!(activity(&t, rate), Activity::Interrupted, "no owner");
-        t.lock_owner = Some(send::lock_owner());
+        t.lock_owner = Some(store::lock_owner());
         assert_eq!(activity(&t, rate), Activity::Running);
         assert_eq!(activity(&t, Budget::Paused), Activity::Paused);
         t.lock_owner = Some(format!(
             "4000000000@{}",
-            send::lock_owner().split_once('@').unwrap().1
+            store::lock_owner().split_once('@').unwrap().1
         ));
         assert_eq!(activity(&t, rate), Activity::Interrupted, "dead owner");
         // An `upload send` is not held by the run's pause.
-        t.lock_owner = Some(send::lock_owner());
+        t.lock_owner = Some(store::lock_owner());
         t.origin = Origin::Send;
         assert_eq!(activity(&t, Budget::Paused), Activity::Running);
     }

@@ -688,6 +688,24 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the lock of transfer `id` for `owner`: free, stale (no heartbeat for
+    /// [`LOCK_STALE_AFTER`]) or held by a process of this host that is gone (killed while its
+    /// heartbeat still looks fresh). Returns `Ok(Err(holder))` when a live process holds it,
+    /// or took the dead one's lock first.
+    pub fn acquire_lock(&self, id: i64, owner: &str) -> Result<Result<(), String>, StoreError> {
+        match self.try_lock(id, owner, LOCK_STALE_AFTER)? {
+            Ok(()) => Ok(Ok(())),
+            Err(holder) if owner_is_dead(&holder) => {
+                if self.take_lock(id, owner, &holder)? {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(holder))
+                }
+            }
+            Err(holder) => Ok(Err(holder)),
+        }
+    }
+
     // ---- settings ----
 
     pub fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -877,9 +895,43 @@ fn get_transfer(conn: &Connection, id: i64) -> Result<Transfer, StoreError> {
         .ok_or(StoreError::NotFound(id))
 }
 
+/// A lock whose heartbeat is older than this is taken over: its holder stopped beating
+/// (heartbeats come every 10 s), perhaps on another host where we cannot look for it.
+pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// `pid@host` of this process: the owner name of transfer locks and of a run.
+pub fn lock_owner() -> String {
+    format!("{}@{}", std::process::id(), hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A lock owner (`pid@host`) that is a process on this host that no longer runs (killed,
+/// crashed). An owner on another host is never declared dead here: only its heartbeat can.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let Some((pid, host)) = owner.split_once('@') else {
+        return false;
+    };
+    host == hostname()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_owners_are_recognised() {
+        assert!(!owner_is_dead(&lock_owner()));
+        assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
+        assert!(!owner_is_dead("1@another-host"));
+    }
 
     fn new_transfer(name: &str) -> NewTransfer {
         NewTransfer {

@@ -36,7 +36,9 @@ mod source;
 
 use crate::client::{ClientError, TusClient, parse_endpoint};
 use crate::estimate::chunk_size_for;
-use crate::store::{NewTransfer, Origin, Store, StoreError, Transfer, TransferState};
+use crate::store::{
+    NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
+};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use metering::{RateMeter, WireCount};
@@ -204,28 +206,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// `pid@host` of this process, the owner name of transfer locks.
-pub fn lock_owner() -> String {
-    format!("{}@{}", std::process::id(), hostname())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-/// A lock whose owner is a process on this host that no longer runs (killed, crashed).
-pub fn owner_is_dead(owner: &str) -> bool {
-    let Some((pid, host)) = owner.split_once('@') else {
-        return false;
-    };
-    host == hostname()
-        && pid
-            .parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
 }
 
 /// Sends a file. `events` receives progress; `throttle` is the process' shared limiter
@@ -418,30 +398,8 @@ async fn find_or_create_row(
 
 async fn acquire_lock(store: &Store, id: i64, owner: &str) -> Result<(), SendError> {
     let (s, o) = (store.clone(), owner.to_string());
-    let got = blocking(move || s.try_lock(id, &o, Duration::from_secs(60))).await?;
-    match got {
-        Ok(()) => Ok(()),
-        Err(holder) if owner_is_dead(&holder) => {
-            let (s, o, h) = (store.clone(), owner.to_string(), holder.clone());
-            if blocking(move || s.take_lock(id, &o, &h)).await? {
-                Ok(())
-            } else {
-                // Another process took the dead lock first.
-                Err(SendError::Busy { owner: holder })
-            }
-        }
-        Err(holder) => Err(SendError::Busy { owner: holder }),
-    }
+    blocking(move || s.acquire_lock(id, &o))
+        .await?
+        .map_err(|holder| SendError::Busy { owner: holder })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_owners_are_recognised() {
-        assert!(!owner_is_dead(&lock_owner()));
-        assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
-        assert!(!owner_is_dead("1@another-host"));
-    }
-}
