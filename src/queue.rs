@@ -20,7 +20,7 @@ use crate::estimate::LinkRate;
 use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
-use crate::store::{self, Origin, Store, StoreError, Transfer, TransferState};
+use crate::store::{self, AsyncStore, Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, GateState, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
@@ -323,12 +323,6 @@ fn runnable(t: &Transfer) -> bool {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
-}
-
 /// Runs the queue until it is empty (or forever with `daemon`), until `until`, or until
 /// `shutdown` resolves; transfers still running then are put back in the queue.
 pub async fn run(
@@ -342,15 +336,13 @@ pub async fn run(
     let mut running: HashMap<i64, Running> = HashMap::new();
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
+    let db = AsyncStore::new(store.clone());
     {
-        let (s, tt, o) = (store.clone(), opts.timetable.to_string(), owner.clone());
-        let over = blocking(move || {
-            s.set_setting(TIMETABLE, &tt)?;
-            s.set_setting(RUN_OWNER, &o)?;
-            budget_override(&s)
-        })
-        .await?;
-        if let Some(b) = over {
+        db.set_setting(TIMETABLE, &opts.timetable.to_string())
+            .await?;
+        db.set_setting(RUN_OWNER, &owner).await?;
+        let over = db.get_setting(BUDGET_OVERRIDE).await?;
+        if let Some(b) = over.and_then(|v| v.parse::<Budget>().ok()) {
             // Saved perhaps long ago: the timetable does not apply until `upload limit --clear`.
             tracing::warn!(
                 budget = %b,
@@ -364,13 +356,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = opts.clock.now();
-        let s = store.clone();
-        let (rows, over) = blocking(move || {
-            let rows = s.list_transfers()?;
-            let over = s.get_setting(BUDGET_OVERRIDE)?;
-            Ok::<_, StoreError>((rows, over))
-        })
-        .await?;
+        let rows = db.list_transfers().await?;
+        let over = db.get_setting(BUDGET_OVERRIDE).await?;
         let over = over.and_then(|v| v.parse::<Budget>().ok());
         let (budget, closes_in) = budget_now(&opts.timetable, over, &now);
         if last_budget != Some(budget) {
@@ -418,8 +405,7 @@ pub async fn run(
         for id in stopped {
             tracing::info!(id, "stopped (paused or removed)");
             running.remove(&id);
-            let (s, o) = (store.clone(), owner.clone());
-            let _ = blocking(move || s.unlock(id, &o)).await;
+            let _ = db.unlock(id, &owner).await;
         }
 
         let stopping = opts.until.is_some_and(|u| now >= u);
@@ -467,28 +453,18 @@ pub async fn run(
             }
         }
     }
-    {
-        let (s, o) = (store.clone(), owner.clone());
-        let _ = blocking(move || {
-            if s.get_setting(RUN_OWNER)?.as_deref() == Some(o.as_str()) {
-                s.delete_setting(RUN_OWNER)?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await;
-    }
+    let _ = db.delete_setting_if(RUN_OWNER, &owner).await;
     // Put what still runs back in the queue; its progress is already in the database.
     for (id, r) in running.drain() {
         drop(r);
-        let (s, o) = (store.clone(), owner.clone());
-        let _ = blocking(move || {
-            let t = s.transfer(id)?;
-            if t.state == TransferState::Running {
-                s.set_state(id, TransferState::Queued, None)?;
-            }
-            s.unlock(id, &o)
-        })
-        .await;
+        if db
+            .transfer(id)
+            .await
+            .is_ok_and(|t| t.state == TransferState::Running)
+        {
+            let _ = db.set_state(id, TransferState::Queued, None).await;
+        }
+        let _ = db.unlock(id, &owner).await;
     }
     Ok(report)
 }

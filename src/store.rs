@@ -3,7 +3,8 @@
 //!
 //! This is the only module that speaks SQL. Everything else sees plain Rust types
 //! ([`Transfer`], [`LinkSample`], [`TransferState`]) and synchronous `&self` methods
-//! on [`Store`]; async callers wrap them in `spawn_blocking`.
+//! on [`Store`]; async code (the engine, the scheduler) uses [`AsyncStore`], whose methods
+//! run the same calls on tokio's blocking pool.
 //!
 //! What it owns:
 //! - **One file.** Default `$XDG_STATE_HOME/upload/upload.db`, else
@@ -717,6 +718,16 @@ impl Store {
             .optional()?)
     }
 
+    /// Deletes `key` only while it still holds `value`: a run removes its own owner record,
+    /// never a later run's.
+    pub fn delete_setting_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM settings WHERE key = ?1 AND value = ?2",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM settings WHERE key = ?1", [key])?;
@@ -895,6 +906,143 @@ fn get_transfer(conn: &Connection, id: i64) -> Result<Transfer, StoreError> {
         .ok_or(StoreError::NotFound(id))
 }
 
+/// The [`Store`] for async code. A call can wait up to [`BUSY_TIMEOUT`] for another process's
+/// write lock, and a runtime thread that waits stalls every transfer on it: each method runs
+/// its call on tokio's blocking pool, here, once, so no caller hand-rolls the hand-off.
+#[derive(Debug, Clone)]
+pub struct AsyncStore(Store);
+
+impl AsyncStore {
+    pub fn new(store: Store) -> Self {
+        AsyncStore(store)
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("a store call panicked")
+    }
+
+    pub async fn transfer(&self, id: i64) -> Result<Transfer, StoreError> {
+        self.call(move |s| s.transfer(id)).await
+    }
+
+    pub async fn find_unfinished(
+        &self,
+        source_path: &Path,
+        dest_url: &str,
+    ) -> Result<Option<Transfer>, StoreError> {
+        let (path, url) = (source_path.to_path_buf(), dest_url.to_string());
+        self.call(move |s| s.find_unfinished(&path, &url)).await
+    }
+
+    pub async fn list_transfers(&self) -> Result<Vec<Transfer>, StoreError> {
+        self.call(|s| s.list_transfers()).await
+    }
+
+    pub async fn insert_transfer(&self, t: NewTransfer) -> Result<Transfer, StoreError> {
+        self.call(move |s| s.insert_transfer(&t)).await
+    }
+
+    /// [`Store::reset_transfer`], returning the row as it is now.
+    pub async fn reset_transfer(
+        &self,
+        id: i64,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<Transfer, StoreError> {
+        self.call(move |s| {
+            s.reset_transfer(id, size, mtime_ns)?;
+            s.transfer(id)
+        })
+        .await
+    }
+
+    pub async fn set_upload_url(
+        &self,
+        id: i64,
+        upload_url: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let url = upload_url.map(str::to_string);
+        self.call(move |s| s.set_upload_url(id, url.as_deref()))
+            .await
+    }
+
+    pub async fn record_progress(
+        &self,
+        id: i64,
+        offset: u64,
+        prefix_sha256: &str,
+        bytes_sent: u64,
+        resent_bytes: u64,
+        rate_bps: Option<f64>,
+    ) -> Result<(), StoreError> {
+        let prefix = prefix_sha256.to_string();
+        self.call(move |s| {
+            s.record_progress(id, offset, &prefix, bytes_sent, resent_bytes, rate_bps)
+        })
+        .await
+    }
+
+    pub async fn set_state(
+        &self,
+        id: i64,
+        state: TransferState,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = last_error.map(str::to_string);
+        self.call(move |s| s.set_state(id, state, error.as_deref()))
+            .await
+    }
+
+    pub async fn finish(&self, id: i64, sha256: &str) -> Result<(), StoreError> {
+        let sha = sha256.to_string();
+        self.call(move |s| s.finish(id, &sha)).await
+    }
+
+    pub async fn add_link_sample(&self, sample: LinkSample) -> Result<(), StoreError> {
+        self.call(move |s| s.add_link_sample(&sample)).await
+    }
+
+    pub async fn acquire_lock(
+        &self,
+        id: i64,
+        owner: &str,
+    ) -> Result<Result<(), String>, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.acquire_lock(id, &owner)).await
+    }
+
+    pub async fn heartbeat(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.heartbeat(id, &owner)).await
+    }
+
+    pub async fn unlock(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.unlock(id, &owner)).await
+    }
+
+    pub async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.call(move |s| s.get_setting(&key)).await
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |s| s.set_setting(&key, &value)).await
+    }
+
+    pub async fn delete_setting_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |s| s.delete_setting_if(&key, &value)).await
+    }
+}
+
 /// A lock whose heartbeat is older than this is taken over: its holder stopped beating
 /// (heartbeats come every 10 s), perhaps on another host where we cannot look for it.
 pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -925,6 +1073,16 @@ pub fn owner_is_dead(owner: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_is_deleted_only_while_it_holds_the_value() {
+        let s = Store::open_in_memory().unwrap();
+        s.set_setting("run_owner", "1@a").unwrap();
+        s.delete_setting_if("run_owner", "2@a").unwrap();
+        assert_eq!(s.get_setting("run_owner").unwrap().as_deref(), Some("1@a"));
+        s.delete_setting_if("run_owner", "1@a").unwrap();
+        assert_eq!(s.get_setting("run_owner").unwrap(), None);
+    }
 
     #[test]
     fn dead_owners_are_recognised() {

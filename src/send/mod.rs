@@ -37,7 +37,7 @@ mod source;
 use crate::client::{ClientError, TusClient, parse_endpoint};
 use crate::estimate::chunk_size_for;
 use crate::store::{
-    NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
+    AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
 };
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
@@ -193,6 +193,8 @@ pub enum SendError {
     Interrupted,
 }
 
+/// Reads and stats of the source, off the runtime's threads (the store has its own hand-off,
+/// [`AsyncStore`]).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
@@ -219,6 +221,7 @@ pub async fn send(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
+    let store = AsyncStore::new(store);
     let endpoint = parse_endpoint(&opts.url).map_err(SendError::Url)?;
     // A given --ca is checked even for http, so a typo shows before the URL changes to https.
     let tls = if endpoint.scheme() == "https" || opts.ca.is_some() {
@@ -245,14 +248,11 @@ pub async fn send(
     // ends this transfer: two senders would take the upload from each other forever.
     let (lost_tx, mut lost_rx) = tokio::sync::watch::channel::<Option<String>>(None);
     let heartbeat = {
-        let store = store.clone();
-        let owner = owner.clone();
-        let id = row.id;
+        let (store, owner, id) = (store.clone(), owner.clone(), row.id);
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                let (s, o) = (store.clone(), owner.clone());
-                match blocking(move || s.heartbeat(id, &o)).await {
+                match store.heartbeat(id, &owner).await {
                     Ok(()) => {}
                     Err(StoreError::LockLost { holder, .. }) => {
                         let _ = lost_tx.send(Some(holder.unwrap_or_else(|| "nobody".into())));
@@ -309,9 +309,8 @@ pub async fn send(
         holder = lock_lost => Err(SendError::Busy { owner: holder }),
     };
     drop(heartbeat);
-    let (s, id, o) = (store.clone(), t.row.id, owner);
     // Only releases the lock if it is still ours.
-    let _ = blocking(move || s.unlock(id, &o)).await;
+    let _ = store.unlock(t.row.id, &owner).await;
     let state = match &result {
         Ok(_) => None,
         // Progress is in the database. A queued transfer goes back to the queue; an
@@ -324,42 +323,36 @@ pub async fn send(
         Err(_) => Some(TransferState::Failed),
     };
     if let (Some(state), Err(e)) = (state, &result) {
-        let (s, id, msg) = (store.clone(), t.row.id, e.to_string());
-        let _ = blocking(move || s.set_state(id, state, Some(&msg))).await;
+        let _ = store.set_state(t.row.id, state, Some(&e.to_string())).await;
     }
     result
 }
 
 async fn find_or_create_row(
-    store: &Store,
+    store: &AsyncStore,
     opts: &SendOptions,
     path: &Path,
     identity: Identity,
     name: &str,
     chunk: u64,
 ) -> Result<Transfer, SendError> {
-    let (s, p, u) = (store.clone(), path.to_path_buf(), opts.url.clone());
     let existing = match opts.transfer_id {
         Some(id) => {
-            let row = blocking(move || s.transfer(id)).await?;
+            let row = store.transfer(id).await?;
             if row.upload_url.is_none()
                 && (row.size != identity.size || row.mtime_ns != identity.mtime_ns)
             {
                 // Queued, nothing sent yet: the file may change until its turn comes.
-                let s = store.clone();
-                let (size, mtime) = (identity.size, identity.mtime_ns);
                 Some(
-                    blocking(move || {
-                        s.reset_transfer(id, size, mtime)?;
-                        s.transfer(id)
-                    })
-                    .await?,
+                    store
+                        .reset_transfer(id, identity.size, identity.mtime_ns)
+                        .await?,
                 )
             } else {
                 Some(row)
             }
         }
-        None => blocking(move || s.find_unfinished(&p, &u)).await?,
+        None => store.find_unfinished(path, &opts.url).await?,
     };
     if let Some(row) = existing {
         if !opts.restart && row.size != identity.size {
@@ -392,14 +385,12 @@ async fn find_or_create_row(
         rate_limit_bps: opts.limit.map(Rate::bits_per_second),
         origin: Origin::Send,
     };
-    let s = store.clone();
-    Ok(blocking(move || s.insert_transfer(&new)).await?)
+    Ok(store.insert_transfer(new).await?)
 }
 
-async fn acquire_lock(store: &Store, id: i64, owner: &str) -> Result<(), SendError> {
-    let (s, o) = (store.clone(), owner.to_string());
-    blocking(move || s.acquire_lock(id, &o))
+async fn acquire_lock(store: &AsyncStore, id: i64, owner: &str) -> Result<(), SendError> {
+    store
+        .acquire_lock(id, owner)
         .await?
         .map_err(|holder| SendError::Busy { owner: holder })
 }
-

@@ -174,10 +174,12 @@ impl Transfer_ {
         let rate = (self.rate_bps > 0.0).then_some(self.rate_bps);
         self.row.offset = pos.offset;
         self.row.prefix_sha256 = Some(prefix.clone());
-        let (s, id, off) = (self.store.clone(), self.row.id, pos.offset);
+        let offset = pos.offset;
         let sent = self.base_sent + self.wire.sent.load(Ordering::Relaxed);
         let resent = self.base_resent + self.wire.resent.load(Ordering::Relaxed);
-        blocking(move || s.record_progress(id, off, &prefix, sent, resent, rate)).await?;
+        self.store
+            .record_progress(self.row.id, offset, &prefix, sent, resent, rate)
+            .await?;
 
         if let Some(ours) = digest {
             if let Some(theirs) = outcome.sha256

@@ -10,7 +10,7 @@ use super::{Event, SendError, SendOptions, Summary, blocking};
 use crate::client::{ClientError, Retry, TusClient};
 use crate::estimate::chunk_size_for;
 use crate::protocol::{Algorithm, Metadata, ext, meta};
-use crate::store::{LinkSample, Store, StoreError, Transfer, TransferState};
+use crate::store::{AsyncStore, LinkSample, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use sha2::{Digest, Sha256};
@@ -35,7 +35,7 @@ pub(super) const ADAPTIVE_FIRST_CHUNK: u64 = 256 * 1024;
 
 /// One transfer in progress.
 pub(super) struct Transfer_ {
-    pub(super) store: Store,
+    pub(super) store: AsyncStore,
     pub(super) row: Transfer,
     pub(super) path: PathBuf,
     pub(super) identity: Identity,
@@ -116,8 +116,9 @@ impl Transfer_ {
         if opts.restart {
             self.restart(events).await?;
         }
-        let (s, id) = (self.store.clone(), self.row.id);
-        blocking(move || s.set_state(id, TransferState::Running, None)).await?;
+        self.store
+            .set_state(self.row.id, TransferState::Running, None)
+            .await?;
 
         let mut synced = false;
         let mut caps_known = false;
@@ -198,9 +199,10 @@ impl Transfer_ {
                         delay,
                         error: e.to_string(),
                     });
-                    let (s, id, msg) = (self.store.clone(), self.row.id, e.to_string());
-                    let _ =
-                        blocking(move || s.set_state(id, TransferState::Running, Some(&msg))).await;
+                    let msg = e.to_string();
+                    let _ = (self.store)
+                        .set_state(self.row.id, TransferState::Running, Some(&msg))
+                        .await;
                     self.client.disconnect();
                     tokio::time::sleep(delay).await;
                     // The server is the truth after any failure: learn its offset again (our
@@ -210,8 +212,7 @@ impl Transfer_ {
             }
         }
         let (sha256, published_as) = final_digest.expect("loop ends with a digest");
-        let (s, id, sha) = (self.store.clone(), self.row.id, sha256.clone());
-        blocking(move || s.finish(id, &sha)).await?;
+        self.store.finish(self.row.id, &sha256).await?;
         if self.confirmed_here > 0 && self.sending_time > Duration::ZERO {
             let sample = LinkSample {
                 host: self
@@ -225,8 +226,7 @@ impl Transfer_ {
                 seconds: self.sending_time.as_secs_f64(),
                 limit_bps: self.throttled_to,
             };
-            let s = self.store.clone();
-            blocking(move || s.add_link_sample(&sample)).await?;
+            self.store.add_link_sample(sample).await?;
         }
         let summary = Summary {
             sha256,
@@ -328,17 +328,9 @@ impl Transfer_ {
                 "could not delete the earlier upload on the server ({e}); it will expire there"
             )));
         }
-        let (s, id, size, mtime) = (
-            self.store.clone(),
-            self.row.id,
-            self.identity.size,
-            self.identity.mtime_ns,
-        );
-        self.row = blocking(move || {
-            s.reset_transfer(id, size, mtime)?;
-            s.transfer(id)
-        })
-        .await?;
+        self.row = (self.store)
+            .reset_transfer(self.row.id, self.identity.size, self.identity.mtime_ns)
+            .await?;
         self.pos = None;
         Ok(())
     }
@@ -391,8 +383,9 @@ impl Transfer_ {
                 }
                 let url = self.client.create(size, &md).await?;
                 self.url_answered = false;
-                let (s, id, u) = (self.store.clone(), self.row.id, url.to_string());
-                blocking(move || s.set_upload_url(id, Some(&u))).await?;
+                (self.store)
+                    .set_upload_url(self.row.id, Some(url.as_str()))
+                    .await?;
                 self.row.upload_url = Some(url.to_string());
                 self.row.offset = 0;
                 self.row.prefix_sha256 = None;
@@ -434,8 +427,7 @@ impl Transfer_ {
     }
 
     pub(super) async fn forget_upload(&mut self) -> Result<(), StepError> {
-        let (s, id) = (self.store.clone(), self.row.id);
-        blocking(move || s.set_upload_url(id, None)).await?;
+        self.store.set_upload_url(self.row.id, None).await?;
         self.row.upload_url = None;
         self.pos = None;
         Ok(())
