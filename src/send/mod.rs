@@ -42,7 +42,7 @@ use crate::store::{
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use metering::{RateMeter, WireCount};
-use session::{MIN_CHUNK, Transfer_};
+use session::{MIN_CHUNK, Session};
 use source::{Identity, open_source};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -274,7 +274,7 @@ pub async fn send(
         }
     };
 
-    let mut t = Transfer_ {
+    let mut t = Session {
         store: store.clone(),
         path,
         identity,

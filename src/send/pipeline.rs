@@ -4,7 +4,7 @@
 //! back until the file is proved unchanged.
 
 use super::metering::WireCount;
-use super::session::{StepError, Transfer_};
+use super::session::{Session, StepError, Verified};
 use super::source::{Identity, LastBytes, prove_unchanged, read_range};
 use super::{SendError, blocking};
 use crate::client::{ChannelBody, ClientError, LinkProbe};
@@ -20,11 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-impl Transfer_ {
+impl Session {
     /// Sends the next chunk. Returns the digest and published name when it was the last.
-    pub(super) async fn send_chunk(
-        &mut self,
-    ) -> Result<Option<(String, Option<String>)>, StepError> {
+    pub(super) async fn send_chunk(&mut self) -> Result<Option<Verified>, StepError> {
         // A scheduler's pause slot holds us here, between chunks, and sizes the last chunk
         // before it so that nothing sent is thrown away.
         let speed = match self.throttle.rate() {
@@ -203,7 +201,10 @@ impl Transfer_ {
                     sha256: hex::encode(ours),
                 }));
             }
-            return Ok(Some((hex::encode(ours), outcome.published_as)));
+            return Ok(Some(Verified {
+                sha256: hex::encode(ours),
+                published_as: outcome.published_as,
+            }));
         }
         Ok(None)
     }

@@ -2,7 +2,7 @@
 //! error's classification and how long the server has been failing.
 
 use crate::client::{ClientError, Retry};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Exponential backoff with jitter: 1, 2, 4 ... s, capped at 60 s (10 min when the server
 /// said it is out of space: that will not change in a minute).
@@ -50,6 +50,63 @@ pub(super) fn retry_delay(e: &ClientError, failures: u32, down_for: Duration) ->
     }
 }
 
+/// What to do after a failed attempt, from the error's classification and the run of failures
+/// it ends.
+#[derive(Debug, PartialEq)]
+pub(super) enum Decision {
+    /// No attempt can help (a bad token, a refused size): stop and say why.
+    Stop,
+    /// Failing for longer than the user allows (`--max-retries`, `--give-up-after`).
+    GiveUp { attempts: u32 },
+    /// Try again after `delay`; this is the `attempt`-th failure in a row.
+    Retry { attempt: u32, delay: Duration },
+}
+
+/// A run of failed attempts: how many in a row, since when, and the limits the user set.
+pub(super) struct Failing {
+    max_retries: Option<u32>,
+    give_up_after: Option<Duration>,
+    attempts: u32,
+    since: Option<Instant>,
+}
+
+impl Failing {
+    pub(super) fn new(max_retries: Option<u32>, give_up_after: Option<Duration>) -> Self {
+        Failing {
+            max_retries,
+            give_up_after,
+            attempts: 0,
+            since: None,
+        }
+    }
+
+    /// A chunk was acknowledged: the server works again.
+    pub(super) fn clear(&mut self) {
+        self.attempts = 0;
+        self.since = None;
+    }
+
+    /// Counts the failure `e` and decides what comes next.
+    pub(super) fn decide(&mut self, e: &ClientError) -> Decision {
+        if e.retry() == Retry::Permanent {
+            return Decision::Stop;
+        }
+        self.attempts += 1;
+        let down_for = self.since.get_or_insert_with(Instant::now).elapsed();
+        if self.max_retries.is_some_and(|max| self.attempts > max)
+            || self.give_up_after.is_some_and(|limit| down_for > limit)
+        {
+            return Decision::GiveUp {
+                attempts: self.attempts,
+            };
+        }
+        Decision::Retry {
+            attempt: self.attempts,
+            delay: retry_delay(e, self.attempts, down_for),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +146,30 @@ mod tests {
         assert!((12.0..=20.0).contains(&d5), "{d5}");
         assert!(backoff(30, Retry::Temporary) <= Duration::from_secs(60));
         assert!(backoff(30, Retry::Persistent) > Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_run_of_failures_is_counted_until_it_ends_or_exceeds_the_limit() {
+        let mut f = Failing::new(Some(2), None);
+        let stalled = ClientError::Stalled(Duration::from_secs(10));
+        assert_eq!(
+            f.decide(&stalled),
+            Decision::Retry {
+                attempt: 1,
+                delay: Duration::ZERO
+            }
+        );
+        assert!(matches!(
+            f.decide(&stalled),
+            Decision::Retry { attempt: 2, .. }
+        ));
+        assert_eq!(f.decide(&stalled), Decision::GiveUp { attempts: 3 });
+        f.clear();
+        assert!(matches!(
+            f.decide(&stalled),
+            Decision::Retry { attempt: 1, .. }
+        ));
+        let refused = ClientError::TooLarge("the server accepts at most 1 byte".into());
+        assert_eq!(f.decide(&refused), Decision::Stop);
     }
 }

@@ -1,13 +1,15 @@
 //! One transfer in progress: its state (the confirmed offset and hash state, the upload URL,
-//! what the server said) and [`Transfer_::run`], the loop that discovers the server, learns its
-//! offset, sends chunks and retries until the file is on the server, verified.
+//! what the server said) and [`Session::run`], a loop over named [`Phase`]s: discover the
+//! server, learn its offset, send chunks (or verify what it already holds) until the file is on
+//! the server, verified; a failure goes back to learning the offset after the delay
+//! [`retry`](super::retry) decides.
 
 use super::metering::{RateMeter, WireCount};
 use super::pipeline::Prefetch;
-use super::retry::retry_delay;
+use super::retry::{Decision, Failing};
 use super::source::{Identity, read_range};
 use super::{Event, SendError, SendOptions, Summary, blocking};
-use crate::client::{ClientError, Retry, TusClient};
+use crate::client::{ClientError, TusClient};
 use crate::estimate::chunk_size_for;
 use crate::protocol::{Algorithm, Metadata, ext, meta};
 use crate::store::{AsyncStore, LinkSample, StoreError, Transfer, TransferState};
@@ -34,7 +36,7 @@ pub(super) const MIN_CHUNK: u64 = 1;
 pub(super) const ADAPTIVE_FIRST_CHUNK: u64 = 256 * 1024;
 
 /// One transfer in progress.
-pub(super) struct Transfer_ {
+pub(super) struct Session {
     pub(super) store: AsyncStore,
     pub(super) row: Transfer,
     pub(super) path: PathBuf,
@@ -104,7 +106,41 @@ impl From<StoreError> for StepError {
     }
 }
 
-impl Transfer_ {
+/// Where a session is. Each turn of [`Session::run`] does one phase and names the next; a
+/// failure sends it back to [`Phase::Sync`] (the server is the truth after any failure), or
+/// to [`Phase::Discover`] when the server was never reached.
+enum Phase {
+    /// Ask the server what it supports: the chunk checksum, the largest upload.
+    Discover,
+    /// Learn the server's offset (creating the upload when there is none) and bring the hash
+    /// state to it, proving the part already uploaded unchanged.
+    Sync,
+    /// Send the next chunk.
+    Send,
+    /// The server holds every byte already: compare its digest with ours.
+    Verify,
+    /// On the server, verified.
+    Done(Verified),
+}
+
+impl Phase {
+    /// Where to go on after a failed phase.
+    fn after_failure(&self) -> Phase {
+        match self {
+            Phase::Discover => Phase::Discover,
+            _ => Phase::Sync,
+        }
+    }
+}
+
+/// The end of the last chunk or of [`Phase::Verify`]: the whole file's SHA-256 (hex) and the
+/// name the server published it as.
+pub(super) struct Verified {
+    pub(super) sha256: String,
+    pub(super) published_as: Option<String>,
+}
+
+impl Session {
     pub(super) async fn run(
         &mut self,
         opts: &SendOptions,
@@ -120,21 +156,15 @@ impl Transfer_ {
             .set_state(self.row.id, TransferState::Running, None)
             .await?;
 
-        let mut synced = false;
-        let mut caps_known = false;
-        let mut failures = 0u32;
-        let mut failing_since: Option<Instant> = None;
+        let mut failing = Failing::new(opts.max_retries, opts.give_up_after);
         let mut announced = false;
-        let mut final_digest: Option<(String, Option<String>)> = None;
-        loop {
-            let step: Result<bool, StepError> = async {
-                if !caps_known {
-                    self.discover(events).await?;
-                    caps_known = true;
-                }
-                if !synced {
-                    let offset = self.sync(name, events).await?;
-                    synced = true;
+        let mut phase = Phase::Discover;
+        let verified = loop {
+            let on_failure = phase.after_failure();
+            let next = match phase {
+                Phase::Done(verified) => break verified,
+                Phase::Discover => self.discover(events).await.map(|()| Phase::Sync),
+                Phase::Sync => self.sync(name, events).await.map(|offset| {
                     if !announced {
                         events(Event::Started {
                             size,
@@ -145,57 +175,36 @@ impl Transfer_ {
                         announced = true;
                     }
                     self.meter.restart(Instant::now(), offset);
-                }
-                if self.offset() == size {
-                    final_digest = Some(self.verify_complete()?);
-                    return Ok(true);
-                }
-                let outcome = self.send_chunk().await?;
-                let offset = self.offset();
-                let rate = self.rate_bps;
-                let eta = (rate > 0.0).then(|| (size - offset) as f64 * 8.0 / rate);
-                events(Event::Progress {
-                    offset,
-                    size,
-                    rate_bps: rate,
-                    eta_seconds: eta,
-                });
-                if let Some(done) = outcome {
-                    final_digest = Some(done);
-                    return Ok(true);
-                }
-                Ok(false)
-            }
-            .await;
-            match step {
-                Ok(true) => break,
-                Ok(false) => {
-                    failures = 0;
-                    failing_since = None;
-                }
+                    if offset == size {
+                        Phase::Verify
+                    } else {
+                        Phase::Send
+                    }
+                }),
+                Phase::Send => self.send_chunk().await.map(|last| {
+                    // A chunk went through: the run of failures is over.
+                    failing.clear();
+                    self.report_progress(events);
+                    last.map_or(Phase::Send, Phase::Done)
+                }),
+                Phase::Verify => self.verify_complete().map(Phase::Done),
+            };
+            phase = match next {
+                Ok(next) => next,
                 Err(StepError::Stop(e)) => return Err(e),
-                Err(StepError::Recheck) => synced = false,
+                Err(StepError::Recheck) => Phase::Sync,
                 Err(StepError::Net(e)) => {
-                    let retry = e.retry();
-                    if retry == Retry::Permanent {
-                        return Err(SendError::Server(e));
-                    }
-                    failures += 1;
-                    let down_for = failing_since.get_or_insert_with(Instant::now).elapsed();
-                    if opts.max_retries.is_some_and(|max| failures > max)
-                        || opts.give_up_after.is_some_and(|limit| down_for > limit)
-                    {
-                        return Err(SendError::GaveUp {
-                            attempts: failures,
-                            error: e,
-                        });
-                    }
-                    // A damaged chunk or a moved offset is not the link being down: retry now.
-                    let delay = retry_delay(&e, failures, down_for);
+                    let (attempt, delay) = match failing.decide(&e) {
+                        Decision::Stop => return Err(SendError::Server(e)),
+                        Decision::GiveUp { attempts } => {
+                            return Err(SendError::GaveUp { attempts, error: e });
+                        }
+                        Decision::Retry { attempt, delay } => (attempt, delay),
+                    };
                     // Debug only: the caller renders the Retry event, folded (crate::outage).
-                    tracing::debug!(attempt = failures, ?delay, "{e}");
+                    tracing::debug!(attempt, ?delay, "{e}");
                     events(Event::Retry {
-                        attempt: failures,
+                        attempt,
                         delay,
                         error: e.to_string(),
                     });
@@ -205,14 +214,12 @@ impl Transfer_ {
                         .await;
                     self.client.disconnect();
                     tokio::time::sleep(delay).await;
-                    // The server is the truth after any failure: learn its offset again (our
-                    // hash state is kept and reused when the offsets agree).
-                    synced = false;
+                    // Our hash state is kept and reused when the server's offset agrees.
+                    on_failure
                 }
-            }
-        }
-        let (sha256, published_as) = final_digest.expect("loop ends with a digest");
-        self.store.finish(self.row.id, &sha256).await?;
+            };
+        };
+        self.store.finish(self.row.id, &verified.sha256).await?;
         if self.confirmed_here > 0 && self.sending_time > Duration::ZERO {
             let sample = LinkSample {
                 host: self
@@ -229,11 +236,11 @@ impl Transfer_ {
             self.store.add_link_sample(sample).await?;
         }
         let summary = Summary {
-            sha256,
+            sha256: verified.sha256,
             size,
             bytes_sent: self.wire.sent.load(Ordering::Relaxed),
             resent_bytes: self.wire.resent.load(Ordering::Relaxed),
-            published_as,
+            published_as: verified.published_as,
             upload_url: self.row.upload_url.clone().unwrap_or_default(),
             seconds: started.elapsed().as_secs_f64(),
         };
@@ -242,9 +249,21 @@ impl Transfer_ {
     }
 }
 
-impl Transfer_ {
+impl Session {
     pub(super) fn offset(&self) -> u64 {
         self.pos.as_ref().map_or(0, |p| p.offset)
+    }
+
+    /// Tells the caller the confirmed offset, the rate and what it means for the finish.
+    fn report_progress(&self, events: &(dyn Fn(Event) + Send + Sync)) {
+        let (offset, size, rate) = (self.offset(), self.identity.size, self.rate_bps);
+        let eta = (rate > 0.0).then(|| (size - offset) as f64 * 8.0 / rate);
+        events(Event::Progress {
+            offset,
+            size,
+            rate_bps: rate,
+            eta_seconds: eta,
+        });
     }
 
     /// The next chunk's size. Given by `--chunk` (or a queue), or derived from a `--limit`, it
@@ -313,10 +332,7 @@ impl Transfer_ {
     }
 
     /// `--restart`: drop the earlier upload on the server (best effort) and in the database.
-    pub(super) async fn restart(
-        &mut self,
-        events: &(dyn Fn(Event) + Send + Sync),
-    ) -> Result<(), SendError> {
+    async fn restart(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), SendError> {
         if let Some(u) = self
             .row
             .upload_url
@@ -336,10 +352,7 @@ impl Transfer_ {
     }
 
     /// OPTIONS: choose the chunk checksum, and refuse early what the server cannot take.
-    pub(super) async fn discover(
-        &mut self,
-        events: &(dyn Fn(Event) + Send + Sync),
-    ) -> Result<(), StepError> {
+    async fn discover(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), StepError> {
         let caps = self.client.options().await?;
         self.checksum = if caps.has(ext::CHECKSUM) {
             caps.checksum
@@ -367,7 +380,7 @@ impl Transfer_ {
 
     /// Learns the server's offset (creating the upload when there is none) and brings the
     /// local hash state to it. Returns the offset.
-    pub(super) async fn sync(
+    async fn sync(
         &mut self,
         name: &str,
         events: &(dyn Fn(Event) + Send + Sync),
@@ -426,7 +439,7 @@ impl Transfer_ {
         }
     }
 
-    pub(super) async fn forget_upload(&mut self) -> Result<(), StepError> {
+    async fn forget_upload(&mut self) -> Result<(), StepError> {
         self.store.set_upload_url(self.row.id, None).await?;
         self.row.upload_url = None;
         self.pos = None;
@@ -435,7 +448,7 @@ impl Transfer_ {
 
     /// Brings the hash state to the server's offset `server`, proving on the way that the
     /// part already uploaded is still what the file holds.
-    pub(super) async fn reconcile(&mut self, server: u64) -> Result<(), StepError> {
+    async fn reconcile(&mut self, server: u64) -> Result<(), StepError> {
         self.check_identity().await?;
         let path = self.path.clone();
         let unreadable = |e: std::io::Error| {
@@ -498,7 +511,7 @@ impl Transfer_ {
     }
 
     /// The server already has every byte: compare its digest with ours.
-    pub(super) fn verify_complete(&self) -> Result<(String, Option<String>), StepError> {
+    fn verify_complete(&self) -> Result<Verified, StepError> {
         let ours: [u8; 32] = self
             .pos
             .as_ref()
@@ -513,6 +526,9 @@ impl Transfer_ {
                 hex::encode(ours)
             ))));
         }
-        Ok((hex::encode(ours), self.published_as.clone()))
+        Ok(Verified {
+            sha256: hex::encode(ours),
+            published_as: self.published_as.clone(),
+        })
     }
 }
