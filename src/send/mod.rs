@@ -1,4 +1,4 @@
-//! The upload engine behind `upload send FILE URL`: one file to one tus endpoint, resumable
+//! The upload engine behind `upload send FILE URL`: one file to one destination, resumable
 //! across crashes, kills and dead links, verified end to end.
 //!
 //! How a byte is never lost nor sent as a mix of two versions:
@@ -16,25 +16,29 @@
 //!   publishes as soon as its last byte arrives. So its last piece is held back until the file
 //!   is proved to be the one that was hashed ([`source::prove_unchanged`], after the last byte
 //!   was read): a change then aborts the request, the server never has every byte and
-//!   publishes nothing (issue 11, item 3). A change in the instant after that proof is still seen after
-//!   the server's answer, and reported as what it is: the version read was published.
+//!   publishes nothing (issue 11, item 3). A change in the instant after that proof is still
+//!   seen after the server's answer, and reported as what it is: the version read was
+//!   published.
 //! - Only a chunk the server acknowledged advances the offset and the running hash.
 //!
 //! Reading streams through a bounded channel in pieces sized by the [`Throttle`], so memory is
 //! a few pieces whatever the file size, and a throttled transfer sleeps between pieces.
 //!
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
-//! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's state machine),
-//! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire). This file holds
-//! the API (options, events, errors) and [`send`], which sets a session up and tidies after it.
+//! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
+//! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
+//! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
+//! events, errors) and [`send`], which sets a session up and tidies after it.
 
+mod destination;
 mod metering;
 mod pipeline;
 mod retry;
 mod session;
 mod source;
+mod tus;
 
-use crate::client::{ClientError, TusClient, parse_endpoint};
+use crate::client::ClientError;
 use crate::estimate::chunk_size_for;
 use crate::store::{
     AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
@@ -222,13 +226,7 @@ pub async fn send(
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let store = AsyncStore::new(store);
-    let endpoint = parse_endpoint(&opts.url).map_err(SendError::Url)?;
-    // A given --ca is checked even for http, so a typo shows before the URL changes to https.
-    let tls = if endpoint.scheme() == "https" || opts.ca.is_some() {
-        Some(crate::tls::client_config(opts.ca.as_deref()).map_err(SendError::Tls)?)
-    } else {
-        None
-    };
+    let destination = destination::for_url(&opts)?;
     let (path, identity) = open_source(&opts.file)?;
     let name = opts.name.clone().unwrap_or_else(|| {
         path.file_name()
@@ -278,10 +276,7 @@ pub async fn send(
         store: store.clone(),
         path,
         identity,
-        client: match tls {
-            Some(config) => TusClient::new(endpoint, opts.token.clone()).with_tls(config),
-            None => TusClient::new(endpoint, opts.token.clone()),
-        },
+        destination,
         throttle,
         checksum: None,
         stall: opts.stall_timeout,

@@ -3,6 +3,7 @@
 //! paced by the throttle and watched for progress, and holds the last piece of the last chunk
 //! back until the file is proved unchanged.
 
+use super::destination::Destination;
 use super::metering::WireCount;
 use super::session::{Session, StepError, Verified};
 use super::source::{Identity, LastBytes, prove_unchanged, read_range};
@@ -10,7 +11,6 @@ use super::{SendError, blocking};
 use crate::client::{ChannelBody, ClientError, LinkProbe};
 use crate::protocol::{Algorithm, Checksum, ChecksumHasher};
 use crate::throttle::Throttle;
-use crate::units::Rate;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-impl Session {
+impl<D: Destination> Session<D> {
     /// Sends the next chunk. Returns the digest and published name when it was the last.
     pub(super) async fn send_chunk(&mut self) -> Result<Option<Verified>, StepError> {
         // A scheduler's pause slot holds us here, between chunks, and sizes the last chunk
@@ -82,11 +82,7 @@ impl Session {
 
         // Pass two: stream the chunk, paced by the throttle, watched for progress.
         let url = self.upload_url()?;
-        let lowat =
-            crate::client::notsent_lowat_for(self.throttle.rate().map(Rate::bytes_per_second));
-        self.client.set_notsent_lowat(lowat);
-        self.client.connect().await?;
-        let probe = self.client.probe();
+        let probe = self.destination.connect(self.throttle.rate()).await?;
         let (tx, body) = ChannelBody::new(len, 4);
         let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -99,9 +95,9 @@ impl Session {
         let began = Instant::now();
         let throttled_at_start = self.throttle.rate();
         let stall = self.stall;
-        let patch = self
-            .client
-            .patch(&url, offset, len, body, checksum.as_ref(), digest.as_ref());
+        let patch =
+            self.destination
+                .append(&url, offset, len, body, checksum.as_ref(), digest.as_ref());
         let result = tokio::select! {
             r = patch => r,
             () = watchdog(probe, stall) => Err(ClientError::Stalled(stall)),

@@ -4,14 +4,15 @@
 //! the server, verified; a failure goes back to learning the offset after the delay
 //! [`retry`](super::retry) decides.
 
+use super::destination::Destination;
 use super::metering::{RateMeter, WireCount};
 use super::pipeline::Prefetch;
 use super::retry::{Decision, Failing};
 use super::source::{Identity, read_range};
 use super::{Event, SendError, SendOptions, Summary, blocking};
-use crate::client::{ClientError, TusClient};
+use crate::client::ClientError;
 use crate::estimate::chunk_size_for;
-use crate::protocol::{Algorithm, Metadata, ext, meta};
+use crate::protocol::Algorithm;
 use crate::store::{AsyncStore, LinkSample, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
@@ -36,12 +37,12 @@ pub(super) const MIN_CHUNK: u64 = 1;
 pub(super) const ADAPTIVE_FIRST_CHUNK: u64 = 256 * 1024;
 
 /// One transfer in progress.
-pub(super) struct Session {
+pub(super) struct Session<D> {
     pub(super) store: AsyncStore,
     pub(super) row: Transfer,
     pub(super) path: PathBuf,
     pub(super) identity: Identity,
-    pub(super) client: TusClient,
+    pub(super) destination: D,
     pub(super) throttle: Throttle,
     pub(super) checksum: Option<Algorithm>,
     pub(super) stall: Duration,
@@ -140,7 +141,7 @@ pub(super) struct Verified {
     pub(super) published_as: Option<String>,
 }
 
-impl Session {
+impl<D: Destination> Session<D> {
     pub(super) async fn run(
         &mut self,
         opts: &SendOptions,
@@ -212,7 +213,7 @@ impl Session {
                     let _ = (self.store)
                         .set_state(self.row.id, TransferState::Running, Some(&msg))
                         .await;
-                    self.client.disconnect();
+                    self.destination.disconnect();
                     tokio::time::sleep(delay).await;
                     // Our hash state is kept and reused when the server's offset agrees.
                     on_failure
@@ -222,12 +223,7 @@ impl Session {
         self.store.finish(self.row.id, &verified.sha256).await?;
         if self.confirmed_here > 0 && self.sending_time > Duration::ZERO {
             let sample = LinkSample {
-                host: self
-                    .client
-                    .endpoint()
-                    .host_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                host: self.destination.host().to_string(),
                 at: chrono::Utc::now(),
                 bytes: self.confirmed_here,
                 seconds: self.sending_time.as_secs_f64(),
@@ -249,7 +245,7 @@ impl Session {
     }
 }
 
-impl Session {
+impl<D: Destination> Session<D> {
     pub(super) fn offset(&self) -> u64 {
         self.pos.as_ref().map_or(0, |p| p.offset)
     }
@@ -338,7 +334,7 @@ impl Session {
             .upload_url
             .as_deref()
             .and_then(|u| Url::parse(u).ok())
-            && let Err(e) = self.client.delete(&u).await
+            && let Err(e) = self.destination.delete(&u).await
         {
             events(Event::Notice(format!(
                 "could not delete the earlier upload on the server ({e}); it will expire there"
@@ -351,14 +347,10 @@ impl Session {
         Ok(())
     }
 
-    /// OPTIONS: choose the chunk checksum, and refuse early what the server cannot take.
+    /// Choose the chunk checksum, and refuse early what the server cannot take.
     async fn discover(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), StepError> {
-        let caps = self.client.options().await?;
-        self.checksum = if caps.has(ext::CHECKSUM) {
-            caps.checksum
-        } else {
-            None
-        };
+        let caps = self.destination.discover().await?;
+        self.checksum = caps.checksum;
         if self.checksum.is_none() {
             events(Event::Notice(
                 "the server does not offer the tus checksum extension: chunks are not checked \
@@ -388,13 +380,7 @@ impl Session {
         let size = self.identity.size;
         loop {
             if self.row.upload_url.is_none() {
-                let mut md = Metadata::default();
-                md.insert(meta::FILENAME, name.as_bytes().to_vec());
-                if size == 0 {
-                    // No PATCH will carry a Repr-Digest; declare the (empty) digest up front.
-                    md.insert(meta::SHA256, hex::encode(Sha256::digest(b"")).into_bytes());
-                }
-                let url = self.client.create(size, &md).await?;
+                let url = self.destination.create(size, name).await?;
                 self.url_answered = false;
                 (self.store)
                     .set_upload_url(self.row.id, Some(url.as_str()))
@@ -409,7 +395,7 @@ impl Session {
                 return Ok(0);
             }
             let url = self.upload_url()?;
-            let info = match self.client.head(&url).await {
+            let info = match self.destination.offset(&url).await {
                 Ok(info) => {
                     self.url_answered = true;
                     info
