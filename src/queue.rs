@@ -480,7 +480,8 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, gate: Gate) -> Running 
     let throttle = Throttle::new(Rate::from_bytes_per_second(cap.unwrap_or(1024.0)).ok());
     let mut so = SendOptions::new(&t.source_path, &t.dest_url);
     so.name = Some(t.name.clone());
-    so.chunk = Some(t.chunk_size);
+    // A given chunk stays; otherwise chunks follow the share allocated below.
+    so.chunk = t.chunk_fixed.then_some(t.chunk_size);
     so.limit = t
         .rate_limit_bps
         .and_then(|b| Rate::from_bits_per_second(b).ok());
@@ -635,6 +636,7 @@ mod tests {
             upload_url: None,
             offset: 0,
             chunk_size: 1,
+            chunk_fixed: true,
             state: TransferState::Queued,
             priority: 0,
             deadline: None,

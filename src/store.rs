@@ -109,6 +109,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE link_samples ADD COLUMN limit_bps REAL;  -- the throttle's rate; NULL: unthrottled
     "#,
+    // 4 -> 5: whether a transfer's chunk size was given (--chunk) or follows the rate it is
+    // allowed, so a queued transfer's chunks follow the share the scheduler gives it. Rows
+    // from before were all sent at their chunk_size and stay so.
+    r#"
+    ALTER TABLE transfers ADD COLUMN chunk_fixed INTEGER NOT NULL DEFAULT 1;  -- 0: follows the rate
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -276,6 +282,9 @@ pub struct Transfer {
     pub upload_url: Option<String>,
     pub offset: u64,
     pub chunk_size: u64,
+    /// The chunk size was given (`--chunk`); otherwise chunks follow the rate the transfer is
+    /// allowed, and `chunk_size` is what it was planned with.
+    pub chunk_fixed: bool,
     pub state: TransferState,
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
@@ -301,6 +310,9 @@ pub struct NewTransfer {
     pub mtime_ns: i64,
     pub dest_url: String,
     pub chunk_size: u64,
+    /// The chunk size was given (`--chunk`); otherwise chunks follow the rate the transfer is
+    /// allowed, and `chunk_size` is what it was planned with.
+    pub chunk_fixed: bool,
     pub state: TransferState,
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
@@ -324,7 +336,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps, origin";
+     rate_bps, origin, chunk_fixed";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -451,8 +463,9 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
-             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin, \
+             chunk_fixed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)",
             params![
                 t.name,
                 source,
@@ -466,6 +479,7 @@ impl Store {
                 t.rate_limit_bps,
                 now,
                 t.origin.as_str(),
+                t.chunk_fixed,
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -895,6 +909,7 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
                 )
             })?
         },
+        chunk_fixed: r.get(25)?,
     })
 }
 
@@ -1099,6 +1114,7 @@ mod tests {
             mtime_ns: 1_700_000_000_123_456_789,
             dest_url: "https://files.example/uploads".to_owned(),
             chunk_size: 4 << 20,
+            chunk_fixed: true,
             state: TransferState::Queued,
             priority: 0,
             deadline: None,
@@ -1120,7 +1136,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert!(s.path().is_none());
     }
 

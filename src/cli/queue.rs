@@ -3,9 +3,10 @@
 
 use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
-use crate::estimate::{self, LinkRate, chunk_size_for};
+use crate::estimate::{self, LinkRate};
 use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable, json_time};
+use crate::send::chunking::Chunking;
 use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
 use anyhow::{Context, anyhow};
@@ -365,10 +366,8 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         size: meta.len(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         dest_url: a.url,
-        chunk_size: a
-            .chunk
-            .map(Size::bytes)
-            .unwrap_or_else(|| chunk_size_for(Some(expected))),
+        chunk_size: Chunking::from_flag(a.chunk.map(Size::bytes)).planned(Some(expected)),
+        chunk_fixed: a.chunk.is_some(),
         state: TransferState::Queued,
         priority: a.priority,
         deadline,

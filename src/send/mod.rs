@@ -30,6 +30,7 @@
 //! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
 //! events, errors) and [`send`], which sets a session up and tidies after it.
 
+pub mod chunking;
 mod destination;
 mod metering;
 mod pipeline;
@@ -39,14 +40,14 @@ mod source;
 mod tus;
 
 use crate::client::ClientError;
-use crate::estimate::chunk_size_for;
 use crate::store::{
     AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
 };
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
+use chunking::Chunking;
 use metering::{RateMeter, WireCount};
-use session::{MIN_CHUNK, Session};
+use session::Session;
 use source::{Identity, open_source};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,7 +60,8 @@ pub struct SendOptions {
     pub url: String,
     /// The name on the server; the file's own name by default.
     pub name: Option<String>,
-    /// Bytes per PATCH; by default about 20 s at the limit (see [`chunk_size_for`]).
+    /// Bytes per PATCH; by default they follow the rate the transfer is allowed (see
+    /// [`chunking`]).
     pub chunk: Option<u64>,
     pub limit: Option<Rate>,
     pub token: Option<String>,
@@ -233,10 +235,7 @@ pub async fn send(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "upload".into())
     });
-    let chunk = opts
-        .chunk
-        .unwrap_or_else(|| chunk_size_for(opts.limit))
-        .max(MIN_CHUNK);
+    let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
 
     let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
     let owner = lock_owner();
@@ -291,7 +290,11 @@ pub async fn send(
         meter: RateMeter::new(Instant::now(), 0),
         gate: opts.gate.clone(),
         rate_bps: 0.0,
-        adaptive_chunk: opts.chunk.is_none() && opts.limit.is_none(),
+        // A given chunk keeps the size the transfer began with, as it always did.
+        chunking: match opts.chunk {
+            Some(_) => Chunking::Fixed(row.chunk_size),
+            None => Chunking::FollowRate,
+        },
         last_chunk: 0,
         url_answered: false,
         base_sent: row.bytes_sent,
@@ -374,6 +377,7 @@ async fn find_or_create_row(
         mtime_ns: identity.mtime_ns,
         dest_url: opts.url.clone(),
         chunk_size: chunk,
+        chunk_fixed: opts.chunk.is_some(),
         state: TransferState::Running,
         priority: 0,
         deadline: None,

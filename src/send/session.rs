@@ -4,6 +4,7 @@
 //! the server, verified; a failure goes back to learning the offset after the delay
 //! [`retry`](super::retry) decides.
 
+use super::chunking::Chunking;
 use super::destination::Destination;
 use super::metering::{RateMeter, WireCount};
 use super::pipeline::Prefetch;
@@ -11,7 +12,6 @@ use super::retry::{Decision, Failing};
 use super::source::{Identity, read_range};
 use super::{Event, SendError, SendOptions, Summary, blocking};
 use crate::client::ClientError;
-use crate::estimate::chunk_size_for;
 use crate::protocol::Algorithm;
 use crate::store::{AsyncStore, LinkSample, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, Throttle};
@@ -28,13 +28,6 @@ pub(super) struct Position {
     pub(super) offset: u64,
     pub(super) hasher: Sha256,
 }
-
-/// The smallest chunk: a zero-byte PATCH would never move the offset.
-pub(super) const MIN_CHUNK: u64 = 1;
-
-/// The first chunk of a transfer whose speed is not known yet: 16 s at 128 kbit/s, a
-/// millisecond on loopback; the next ones follow the measured rate.
-pub(super) const ADAPTIVE_FIRST_CHUNK: u64 = 256 * 1024;
 
 /// One transfer in progress.
 pub(super) struct Session<D> {
@@ -64,8 +57,8 @@ pub(super) struct Session<D> {
     pub(super) gate: Gate,
     /// The confirmed rate after the last acknowledged chunk, bits per second.
     pub(super) rate_bps: f64,
-    /// Whether the chunk size follows the measured rate (no `--chunk`, no `--limit`).
-    pub(super) adaptive_chunk: bool,
+    /// How the next chunk is sized.
+    pub(super) chunking: Chunking,
     /// The size of the last acknowledged chunk.
     pub(super) last_chunk: u64,
     /// The server answered for the current upload URL (a HEAD or an acknowledged PATCH). A
@@ -262,11 +255,8 @@ impl<D: Destination> Session<D> {
         });
     }
 
-    /// The next chunk's size. Given by `--chunk` (or a queue), or derived from a `--limit`, it
-    /// is fixed. Otherwise it follows the confirmed rate (about 20 s of it), starting small and
-    /// at most quadrupling per chunk: a fixed 64 MiB chunk on a 128 kbit/s link meant one
-    /// outage threw away up to 70 minutes of sending (measured by bench_link.py: a 60 s cut
-    /// re-sent the whole 2 MiB file).
+    /// The next chunk's size: given, or following the rate the throttle allows now, else the
+    /// confirmed rate ([`Chunking::next`]).
     pub(super) fn chunk_target(&self) -> u64 {
         self.chunk_target_after(self.last_chunk)
     }
@@ -274,16 +264,10 @@ impl<D: Destination> Session<D> {
     /// [`Self::chunk_target`] once a chunk of `last` bytes is acknowledged: what the read-ahead
     /// of the next chunk must guess, or it is hashed twice while the size ramps up.
     pub(super) fn chunk_target_after(&self, last: u64) -> u64 {
-        if !self.adaptive_chunk {
-            return self.row.chunk_size.max(MIN_CHUNK);
-        }
-        let measured = (self.rate_bps > 0.0)
+        let confirmed = (self.rate_bps > 0.0)
             .then(|| Rate::from_bits_per_second(self.rate_bps).ok())
             .flatten();
-        let Some(rate) = measured else {
-            return ADAPTIVE_FIRST_CHUNK;
-        };
-        chunk_size_for(Some(rate)).min(last.max(ADAPTIVE_FIRST_CHUNK) * 4)
+        self.chunking.next(self.throttle.rate(), confirmed, last)
     }
 
     pub(super) fn upload_url(&self) -> Result<Url, StepError> {
