@@ -45,6 +45,7 @@ use crate::store::{
 };
 use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
+use chrono::{DateTime, Utc};
 use chunking::Chunking;
 use metering::{RateMeter, WireCount};
 use session::Session;
@@ -230,11 +231,7 @@ pub async fn send(
     let store = AsyncStore::new(store);
     let destination = destination::for_url(&opts)?;
     let (path, identity) = open_source(&opts.file)?;
-    let name = opts.name.clone().unwrap_or_else(|| {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "upload".into())
-    });
+    let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
     let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
 
     let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
@@ -324,6 +321,54 @@ pub async fn send(
         let _ = store.set_state(t.row.id, state, Some(&e.to_string())).await;
     }
     result
+}
+
+/// The name on the server when none is given: the file's own.
+fn default_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload".into())
+}
+
+/// What `upload queue add` asks for.
+#[derive(Debug, Clone)]
+pub struct QueueRequest {
+    pub file: PathBuf,
+    pub url: String,
+    /// The name on the server; the file's own name by default.
+    pub name: Option<String>,
+    /// `--chunk`; by default chunks follow the rate the transfer is allowed.
+    pub chunk: Option<u64>,
+    pub limit: Option<Rate>,
+    pub priority: i64,
+    pub deadline: Option<DateTime<Utc>>,
+    /// The link's rate as the planner knows it (measured, else the default).
+    pub link: Rate,
+}
+
+/// The transfer `upload queue add` records: the source as it is now (`upload run` checks it
+/// again when its turn comes), its name on the server, and the chunk it is planned with at
+/// the rate it is expected to get (its limit, when below the link's).
+pub fn queued_transfer(req: QueueRequest) -> Result<NewTransfer, SendError> {
+    let (path, identity) = open_source(&req.file)?;
+    let expected = match req.limit {
+        Some(l) if l.bits_per_second() < req.link.bits_per_second() => l,
+        _ => req.link,
+    };
+    Ok(NewTransfer {
+        name: req.name.unwrap_or_else(|| default_name(&path)),
+        source_path: path,
+        size: identity.size,
+        mtime_ns: identity.mtime_ns,
+        dest_url: req.url,
+        chunk_size: Chunking::from_flag(req.chunk).planned(Some(expected)),
+        chunk_fixed: req.chunk.is_some(),
+        state: TransferState::Queued,
+        priority: req.priority,
+        deadline: req.deadline,
+        rate_limit_bps: req.limit.map(Rate::bits_per_second),
+        origin: Origin::Queue,
+    })
 }
 
 async fn find_or_create_row(
