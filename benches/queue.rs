@@ -24,6 +24,7 @@ fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
                 mtime_ns: 1_700_000_000_000_000_000,
                 dest_url: "https://files.example.org/files/".into(),
                 chunk_size: 327_680,
+                chunk_fixed: false,
                 state: TransferState::Queued,
                 priority: (i % 5) as i64,
                 deadline: None,

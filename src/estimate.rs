@@ -24,6 +24,7 @@
 //! and the model is not applied twice.
 
 use crate::schedule::{self, PlaceError, Timetable, Window};
+use crate::send::chunking::Chunking;
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::Serialize;
@@ -46,26 +47,6 @@ pub const TLS_HANDSHAKE_BYTES: u64 = 2048;
 pub const DEFAULT_RATE_BPS: f64 = 128_000.0;
 /// How many recent link samples the history rate is the median of.
 pub const HISTORY_SAMPLES: usize = 20;
-
-/// Seconds of link time a chunk should take: long enough that per-request overhead is small,
-/// short enough that an interruption loses little.
-pub const CHUNK_SECONDS: f64 = 20.0;
-const CHUNK_GRAIN: u64 = 64 * 1024;
-const CHUNK_MIN: u64 = 256 * 1024;
-const CHUNK_MAX: u64 = 64 * 1024 * 1024;
-
-/// The default chunk size for a rate: about [`CHUNK_SECONDS`] on the wire, in 64 KiB grains,
-/// between 256 KiB and 64 MiB; unlimited transfers use the largest.
-pub fn chunk_size_for(rate: Option<Rate>) -> u64 {
-    match rate {
-        None => CHUNK_MAX,
-        Some(r) => {
-            let bytes = (r.bytes_per_second() * CHUNK_SECONDS) as u64;
-            let grains = bytes.div_ceil(CHUNK_GRAIN).max(1);
-            (grains * CHUNK_GRAIN).clamp(CHUNK_MIN, CHUNK_MAX)
-        }
-    }
-}
 
 /// Where the rate came from, so the output can say it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -248,7 +229,7 @@ fn link_time(bytes: u64, chunk: u64, tls: bool, rate: Rate, measured: bool) -> (
 /// Plans the upload (and the remote build) of a request.
 pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
     let measured = matches!(req.rate_source, RateSource::History { .. });
-    let chunk = req.chunk.unwrap_or_else(|| chunk_size_for(Some(req.rate)));
+    let chunk = Chunking::from_flag(req.chunk).planned(Some(req.rate));
     let (wire, link_seconds, total_seconds) =
         link_time(req.bytes, chunk, req.tls, req.rate, measured);
     let timetable = Timetable::from_windows(&req.windows);
@@ -424,14 +405,5 @@ mod tests {
         assert_eq!(r.bytes_per_second(), 2000.0);
         let r = median_goodput(&[(1000, 1.0), (3000, 1.0)]).unwrap();
         assert_eq!(r.bytes_per_second(), 2000.0);
-    }
-
-    #[test]
-    fn chunk_sizes_follow_the_rate() {
-        // 128 kbit/s: 16 000 B/s for 20 s = 320 000 B, rounded up to 64 KiB grains.
-        assert_eq!(chunk_size_for(Some(rate(128_000.0))), 327_680);
-        assert_eq!(chunk_size_for(Some(rate(8_000.0))), CHUNK_MIN);
-        assert_eq!(chunk_size_for(Some(rate(1e10))), CHUNK_MAX);
-        assert_eq!(chunk_size_for(None), CHUNK_MAX);
     }
 }

@@ -21,7 +21,7 @@ use crate::estimate::LinkRate;
 use crate::outage::Outage;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
-use crate::store::{Origin, Store, StoreError, Transfer, TransferState};
+use crate::store::{self, AsyncStore, Origin, Store, StoreError, Transfer, TransferState};
 use crate::throttle::{Gate, GateState, Uplink};
 use crate::units::Rate;
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
@@ -54,7 +54,7 @@ pub fn budget_override(store: &Store) -> Result<Option<Budget>, StoreError> {
 pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
     Ok(store
         .get_setting(RUN_OWNER)?
-        .filter(|owner| !send::owner_is_dead(owner)))
+        .filter(|owner| !store::owner_is_dead(owner)))
 }
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
@@ -251,7 +251,7 @@ pub fn activity(t: &Transfer, budget: Budget) -> Activity {
         TransferState::Failed => Activity::Failed,
         TransferState::Running => match t.lock_owner.as_deref() {
             None => Activity::Interrupted,
-            Some(owner) if send::owner_is_dead(owner) => Activity::Interrupted,
+            Some(owner) if store::owner_is_dead(owner) => Activity::Interrupted,
             // Only the run's transfers pass its gate.
             Some(_) if t.origin == Origin::Queue && budget == Budget::Paused => Activity::Paused,
             Some(_) => Activity::Running,
@@ -276,15 +276,9 @@ fn runnable(t: &Transfer) -> bool {
     }
     match t.state {
         TransferState::Queued => true,
-        TransferState::Running => t.lock_owner.as_deref().is_none_or(send::owner_is_dead),
+        TransferState::Running => t.lock_owner.as_deref().is_none_or(store::owner_is_dead),
         _ => false,
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
 }
 
 /// Runs the queue until it is empty (or forever with `daemon`), until `until`, or until
@@ -295,7 +289,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, QueueError> {
     let mut report = RunReport::default();
-    let owner = send::lock_owner();
+    let owner = store::lock_owner();
     let (gate_control, gate) = Gate::new();
     // The one limiter of this run: the budget below is set on it, each transfer's share drawn
     // from it.
@@ -303,15 +297,13 @@ pub async fn run(
     let mut running: HashMap<i64, Running> = HashMap::new();
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
+    let db = AsyncStore::new(store.clone());
     {
-        let (s, tt, o) = (store.clone(), opts.timetable.to_string(), owner.clone());
-        let over = blocking(move || {
-            s.set_setting(TIMETABLE, &tt)?;
-            s.set_setting(RUN_OWNER, &o)?;
-            budget_override(&s)
-        })
-        .await?;
-        if let Some(b) = over {
+        db.set_setting(TIMETABLE, &opts.timetable.to_string())
+            .await?;
+        db.set_setting(RUN_OWNER, &owner).await?;
+        let over = db.get_setting(BUDGET_OVERRIDE).await?;
+        if let Some(b) = over.and_then(|v| v.parse::<Budget>().ok()) {
             // Saved perhaps long ago: the timetable does not apply until `upload limit --clear`.
             tracing::warn!(
                 budget = %b,
@@ -325,13 +317,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = opts.clock.now();
-        let s = store.clone();
-        let (rows, over) = blocking(move || {
-            let rows = s.list_transfers()?;
-            let over = s.get_setting(BUDGET_OVERRIDE)?;
-            Ok::<_, StoreError>((rows, over))
-        })
-        .await?;
+        let rows = db.list_transfers().await?;
+        let over = db.get_setting(BUDGET_OVERRIDE).await?;
         let over = over.and_then(|v| v.parse::<Budget>().ok());
         let (budget, closes_in) = budget_now(&opts.timetable, over, &now);
         if last_budget != Some(budget) {
@@ -386,8 +373,7 @@ pub async fn run(
         for id in stopped {
             tracing::info!(id, "stopped (paused or removed)");
             running.remove(&id);
-            let (s, o) = (store.clone(), owner.clone());
-            let _ = blocking(move || s.unlock(id, &o)).await;
+            let _ = db.unlock(id, &owner).await;
         }
 
         let stopping = opts.until.is_some_and(|u| now >= u);
@@ -417,28 +403,18 @@ pub async fn run(
             }
         }
     }
-    {
-        let (s, o) = (store.clone(), owner.clone());
-        let _ = blocking(move || {
-            if s.get_setting(RUN_OWNER)?.as_deref() == Some(o.as_str()) {
-                s.delete_setting(RUN_OWNER)?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await;
-    }
+    let _ = db.delete_setting_if(RUN_OWNER, &owner).await;
     // Put what still runs back in the queue; its progress is already in the database.
     for (id, r) in running.drain() {
         drop(r);
-        let (s, o) = (store.clone(), owner.clone());
-        let _ = blocking(move || {
-            let t = s.transfer(id)?;
-            if t.state == TransferState::Running {
-                s.set_state(id, TransferState::Queued, None)?;
-            }
-            s.unlock(id, &o)
-        })
-        .await;
+        if db
+            .transfer(id)
+            .await
+            .is_ok_and(|t| t.state == TransferState::Running)
+        {
+            let _ = db.set_state(id, TransferState::Queued, None).await;
+        }
+        let _ = db.unlock(id, &owner).await;
     }
     Ok(report)
 }
@@ -455,7 +431,8 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, uplink: &Uplink, gate: 
     let throttle = uplink.share(weight(t.priority), cap);
     let mut so = SendOptions::new(&t.source_path, &t.dest_url);
     so.name = Some(t.name.clone());
-    so.chunk = Some(t.chunk_size);
+    // A given chunk stays; otherwise chunks follow the share the uplink allows.
+    so.chunk = t.chunk_fixed.then_some(t.chunk_size);
     so.limit = cap;
     so.token = (opts.tokens)(&host);
     so.ca = opts.ca.clone();
@@ -585,6 +562,7 @@ mod tests {
             upload_url: None,
             offset: 0,
             chunk_size: 1,
+            chunk_fixed: true,
             state: TransferState::Queued,
             priority: 0,
             deadline: None,
@@ -651,16 +629,16 @@ mod tests {
         t.state = TransferState::Running;
         let rate = Budget::Limited(Rate::from_bits_per_second(32_000.0).unwrap());
         assert_eq!(activity(&t, rate), Activity::Interrupted, "no owner");
-        t.lock_owner = Some(send::lock_owner());
+        t.lock_owner = Some(store::lock_owner());
         assert_eq!(activity(&t, rate), Activity::Running);
         assert_eq!(activity(&t, Budget::Paused), Activity::Paused);
         t.lock_owner = Some(format!(
             "4000000000@{}",
-            send::lock_owner().split_once('@').unwrap().1
+            store::lock_owner().split_once('@').unwrap().1
         ));
         assert_eq!(activity(&t, rate), Activity::Interrupted, "dead owner");
         // An `upload send` is not held by the run's pause.
-        t.lock_owner = Some(send::lock_owner());
+        t.lock_owner = Some(store::lock_owner());
         t.origin = Origin::Send;
         assert_eq!(activity(&t, Budget::Paused), Activity::Running);
     }

@@ -3,7 +3,8 @@
 //!
 //! This is the only module that speaks SQL. Everything else sees plain Rust types
 //! ([`Transfer`], [`LinkSample`], [`TransferState`]) and synchronous `&self` methods
-//! on [`Store`]; async callers wrap them in `spawn_blocking`.
+//! on [`Store`]; async code (the engine, the scheduler) uses [`AsyncStore`], whose methods
+//! run the same calls on tokio's blocking pool.
 //!
 //! What it owns:
 //! - **One file.** Default `$XDG_STATE_HOME/upload/upload.db`, else
@@ -107,6 +108,12 @@ pub const MIGRATIONS: &[&str] = &[
     // be told apart and count as unlimited, as they did.
     r#"
     ALTER TABLE link_samples ADD COLUMN limit_bps REAL;  -- the throttle's rate; NULL: unthrottled
+    "#,
+    // 4 -> 5: whether a transfer's chunk size was given (--chunk) or follows the rate it is
+    // allowed, so a queued transfer's chunks follow the share the scheduler gives it. Rows
+    // from before were all sent at their chunk_size and stay so.
+    r#"
+    ALTER TABLE transfers ADD COLUMN chunk_fixed INTEGER NOT NULL DEFAULT 1;  -- 0: follows the rate
     "#,
 ];
 
@@ -275,6 +282,9 @@ pub struct Transfer {
     pub upload_url: Option<String>,
     pub offset: u64,
     pub chunk_size: u64,
+    /// The chunk size was given (`--chunk`); otherwise chunks follow the rate the transfer is
+    /// allowed, and `chunk_size` is what it was planned with.
+    pub chunk_fixed: bool,
     pub state: TransferState,
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
@@ -300,6 +310,9 @@ pub struct NewTransfer {
     pub mtime_ns: i64,
     pub dest_url: String,
     pub chunk_size: u64,
+    /// The chunk size was given (`--chunk`); otherwise chunks follow the rate the transfer is
+    /// allowed, and `chunk_size` is what it was planned with.
+    pub chunk_fixed: bool,
     pub state: TransferState,
     pub priority: i64,
     pub deadline: Option<DateTime<Utc>>,
@@ -323,7 +336,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps, origin";
+     rate_bps, origin, chunk_fixed";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -450,8 +463,9 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
-             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+             state, priority, deadline, rate_limit_bps, created_at, updated_at, origin, \
+             chunk_fixed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)",
             params![
                 t.name,
                 source,
@@ -465,6 +479,7 @@ impl Store {
                 t.rate_limit_bps,
                 now,
                 t.origin.as_str(),
+                t.chunk_fixed,
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -688,6 +703,24 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the lock of transfer `id` for `owner`: free, stale (no heartbeat for
+    /// [`LOCK_STALE_AFTER`]) or held by a process of this host that is gone (killed while its
+    /// heartbeat still looks fresh). Returns `Ok(Err(holder))` when a live process holds it,
+    /// or took the dead one's lock first.
+    pub fn acquire_lock(&self, id: i64, owner: &str) -> Result<Result<(), String>, StoreError> {
+        match self.try_lock(id, owner, LOCK_STALE_AFTER)? {
+            Ok(()) => Ok(Ok(())),
+            Err(holder) if owner_is_dead(&holder) => {
+                if self.take_lock(id, owner, &holder)? {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(holder))
+                }
+            }
+            Err(holder) => Ok(Err(holder)),
+        }
+    }
+
     // ---- settings ----
 
     pub fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -697,6 +730,16 @@ impl Store {
                 r.get(0)
             })
             .optional()?)
+    }
+
+    /// Deletes `key` only while it still holds `value`: a run removes its own owner record,
+    /// never a later run's.
+    pub fn delete_setting_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM settings WHERE key = ?1 AND value = ?2",
+            params![key, value],
+        )?;
+        Ok(())
     }
 
     pub fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
@@ -866,6 +909,7 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
                 )
             })?
         },
+        chunk_fixed: r.get(25)?,
     })
 }
 
@@ -877,9 +921,190 @@ fn get_transfer(conn: &Connection, id: i64) -> Result<Transfer, StoreError> {
         .ok_or(StoreError::NotFound(id))
 }
 
+/// The [`Store`] for async code. A call can wait up to [`BUSY_TIMEOUT`] for another process's
+/// write lock, and a runtime thread that waits stalls every transfer on it: each method runs
+/// its call on tokio's blocking pool, here, once, so no caller hand-rolls the hand-off.
+#[derive(Debug, Clone)]
+pub struct AsyncStore(Store);
+
+impl AsyncStore {
+    pub fn new(store: Store) -> Self {
+        AsyncStore(store)
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("a store call panicked")
+    }
+
+    pub async fn transfer(&self, id: i64) -> Result<Transfer, StoreError> {
+        self.call(move |s| s.transfer(id)).await
+    }
+
+    pub async fn find_unfinished(
+        &self,
+        source_path: &Path,
+        dest_url: &str,
+    ) -> Result<Option<Transfer>, StoreError> {
+        let (path, url) = (source_path.to_path_buf(), dest_url.to_string());
+        self.call(move |s| s.find_unfinished(&path, &url)).await
+    }
+
+    pub async fn list_transfers(&self) -> Result<Vec<Transfer>, StoreError> {
+        self.call(|s| s.list_transfers()).await
+    }
+
+    pub async fn insert_transfer(&self, t: NewTransfer) -> Result<Transfer, StoreError> {
+        self.call(move |s| s.insert_transfer(&t)).await
+    }
+
+    /// [`Store::reset_transfer`], returning the row as it is now.
+    pub async fn reset_transfer(
+        &self,
+        id: i64,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<Transfer, StoreError> {
+        self.call(move |s| {
+            s.reset_transfer(id, size, mtime_ns)?;
+            s.transfer(id)
+        })
+        .await
+    }
+
+    pub async fn set_upload_url(
+        &self,
+        id: i64,
+        upload_url: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let url = upload_url.map(str::to_string);
+        self.call(move |s| s.set_upload_url(id, url.as_deref()))
+            .await
+    }
+
+    pub async fn record_progress(
+        &self,
+        id: i64,
+        offset: u64,
+        prefix_sha256: &str,
+        bytes_sent: u64,
+        resent_bytes: u64,
+        rate_bps: Option<f64>,
+    ) -> Result<(), StoreError> {
+        let prefix = prefix_sha256.to_string();
+        self.call(move |s| {
+            s.record_progress(id, offset, &prefix, bytes_sent, resent_bytes, rate_bps)
+        })
+        .await
+    }
+
+    pub async fn set_state(
+        &self,
+        id: i64,
+        state: TransferState,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = last_error.map(str::to_string);
+        self.call(move |s| s.set_state(id, state, error.as_deref()))
+            .await
+    }
+
+    pub async fn finish(&self, id: i64, sha256: &str) -> Result<(), StoreError> {
+        let sha = sha256.to_string();
+        self.call(move |s| s.finish(id, &sha)).await
+    }
+
+    pub async fn add_link_sample(&self, sample: LinkSample) -> Result<(), StoreError> {
+        self.call(move |s| s.add_link_sample(&sample)).await
+    }
+
+    pub async fn acquire_lock(
+        &self,
+        id: i64,
+        owner: &str,
+    ) -> Result<Result<(), String>, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.acquire_lock(id, &owner)).await
+    }
+
+    pub async fn heartbeat(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.heartbeat(id, &owner)).await
+    }
+
+    pub async fn unlock(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.call(move |s| s.unlock(id, &owner)).await
+    }
+
+    pub async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.call(move |s| s.get_setting(&key)).await
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |s| s.set_setting(&key, &value)).await
+    }
+
+    pub async fn delete_setting_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |s| s.delete_setting_if(&key, &value)).await
+    }
+}
+
+/// A lock whose heartbeat is older than this is taken over: its holder stopped beating
+/// (heartbeats come every 10 s), perhaps on another host where we cannot look for it.
+pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// `pid@host` of this process: the owner name of transfer locks and of a run.
+pub fn lock_owner() -> String {
+    format!("{}@{}", std::process::id(), hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A lock owner (`pid@host`) that is a process on this host that no longer runs (killed,
+/// crashed). An owner on another host is never declared dead here: only its heartbeat can.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let Some((pid, host)) = owner.split_once('@') else {
+        return false;
+    };
+    host == hostname()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_is_deleted_only_while_it_holds_the_value() {
+        let s = Store::open_in_memory().unwrap();
+        s.set_setting("run_owner", "1@a").unwrap();
+        s.delete_setting_if("run_owner", "2@a").unwrap();
+        assert_eq!(s.get_setting("run_owner").unwrap().as_deref(), Some("1@a"));
+        s.delete_setting_if("run_owner", "1@a").unwrap();
+        assert_eq!(s.get_setting("run_owner").unwrap(), None);
+    }
+
+    #[test]
+    fn dead_owners_are_recognised() {
+        assert!(!owner_is_dead(&lock_owner()));
+        assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
+        assert!(!owner_is_dead("1@another-host"));
+    }
 
     fn new_transfer(name: &str) -> NewTransfer {
         NewTransfer {
@@ -889,6 +1114,7 @@ mod tests {
             mtime_ns: 1_700_000_000_123_456_789,
             dest_url: "https://files.example/uploads".to_owned(),
             chunk_size: 4 << 20,
+            chunk_fixed: true,
             state: TransferState::Queued,
             priority: 0,
             deadline: None,
@@ -910,7 +1136,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert!(s.path().is_none());
     }
 

@@ -3,10 +3,11 @@
 
 use super::{Failure, Global, exit, ordinal};
 use crate::client::parse_endpoint;
-use crate::estimate::{self, LinkRate, chunk_size_for};
+use crate::estimate::{self, LinkRate};
 use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable, json_time};
-use crate::store::{NewTransfer, Origin, Store, Transfer, TransferState};
+use crate::send::{self, QueueRequest, SendError};
+use crate::store::{Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Local, Utc};
@@ -314,20 +315,7 @@ fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
 
 fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     super::send::check_chunk(a.chunk)?;
-    let meta = std::fs::metadata(&a.file).map_err(|e| {
-        Failure::new(
-            exit::SOURCE,
-            anyhow!(e).context(format!("cannot read \"{}\"", a.file.display())),
-        )
-    })?;
-    if !meta.is_file() {
-        return Err(Failure::new(
-            exit::NOT_A_FILE,
-            anyhow!("\"{}\" is not a regular file", a.file.display()),
-        ));
-    }
     parse_endpoint(&a.url).map_err(Failure::usage)?;
-    let path = std::fs::canonicalize(&a.file).context("resolving the file's path")?;
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,
@@ -349,32 +337,23 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
             Some(at.with_timezone(&Utc))
         }
     };
-    let link = link_rate(store)?.rate;
-    let expected = match a.limit {
-        Some(l) if l.bits_per_second() < link.bits_per_second() => l,
-        _ => link,
-    };
-    use std::os::unix::fs::MetadataExt;
-    let new = NewTransfer {
-        name: a.name.clone().unwrap_or_else(|| {
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "upload".into())
-        }),
-        source_path: path,
-        size: meta.len(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        dest_url: a.url,
-        chunk_size: a
-            .chunk
-            .map(Size::bytes)
-            .unwrap_or_else(|| chunk_size_for(Some(expected))),
-        state: TransferState::Queued,
+    let new = send::queued_transfer(QueueRequest {
+        file: a.file,
+        url: a.url,
+        name: a.name,
+        chunk: a.chunk.map(Size::bytes),
+        limit: a.limit,
         priority: a.priority,
         deadline,
-        rate_limit_bps: a.limit.map(Rate::bits_per_second),
-        origin: Origin::Queue,
-    };
+        link: link_rate(store)?.rate,
+    })
+    .map_err(|e| {
+        let code = match e {
+            SendError::NotAFile { .. } => exit::NOT_A_FILE,
+            _ => exit::SOURCE,
+        };
+        Failure::new(code, anyhow!(e))
+    })?;
     let t = store.insert_transfer(&new).context("queueing")?;
     let rows = store.list_transfers().context("reading the queue")?;
     let outlook = plan(store, global, &rows)?;

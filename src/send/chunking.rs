@@ -1,0 +1,118 @@
+//! Chunk sizing, in one place: how many bytes the next PATCH carries, for `upload send`, for
+//! each transfer of `upload run` and for the planner (`upload estimate`, the queue's outlook).
+//!
+//! A chunk should take about [`CHUNK_SECONDS`] on the wire at the rate the transfer is allowed:
+//! long enough that per-request overhead is small, short enough that an outage loses little (a
+//! fixed 64 MiB chunk on a 128 kbit/s link meant one outage threw away up to 70 minutes of
+//! sending; measured by bench_link.py: a 60 s cut re-sent the whole 2 MiB file). The allowed
+//! rate is the throttle's current rate when the transfer is limited (a `--limit`, its share of
+//! a run's budget, which the scheduler changes as transfers come and go), else the confirmed
+//! rate, which starts unknown: then chunks start at [`FIRST_CHUNK`] and at most quadruple.
+
+use crate::units::Rate;
+
+/// Seconds of link time a chunk should take.
+pub const CHUNK_SECONDS: f64 = 20.0;
+const CHUNK_GRAIN: u64 = 64 * 1024;
+const CHUNK_MIN: u64 = 256 * 1024;
+const CHUNK_MAX: u64 = 64 * 1024 * 1024;
+
+/// The smallest chunk: a zero-byte PATCH would never move the offset.
+pub const MIN_CHUNK: u64 = 1;
+
+/// The first chunk of a transfer whose speed is not known yet: 16 s at 128 kbit/s, a
+/// millisecond on loopback; the next ones follow the measured rate.
+pub const FIRST_CHUNK: u64 = 256 * 1024;
+
+/// The chunk size for a rate: about [`CHUNK_SECONDS`] on the wire, in 64 KiB grains, between
+/// 256 KiB and 64 MiB; an unlimited rate gets the largest.
+pub fn chunk_size_for(rate: Option<Rate>) -> u64 {
+    match rate {
+        None => CHUNK_MAX,
+        Some(r) => {
+            let bytes = (r.bytes_per_second() * CHUNK_SECONDS) as u64;
+            let grains = bytes.div_ceil(CHUNK_GRAIN).max(1);
+            (grains * CHUNK_GRAIN).clamp(CHUNK_MIN, CHUNK_MAX)
+        }
+    }
+}
+
+/// How a transfer's chunks are sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Given (`--chunk`): every chunk has this size.
+    Fixed(u64),
+    /// About [`CHUNK_SECONDS`] at the rate the transfer is allowed.
+    FollowRate,
+}
+
+impl Chunking {
+    /// `--chunk`, if given.
+    pub fn from_flag(chunk: Option<u64>) -> Chunking {
+        chunk.map_or(Chunking::FollowRate, Chunking::Fixed)
+    }
+
+    /// The chunk to plan with for a transfer expected to move at `rate`.
+    pub fn planned(self, rate: Option<Rate>) -> u64 {
+        match self {
+            Chunking::Fixed(n) => n.max(MIN_CHUNK),
+            Chunking::FollowRate => chunk_size_for(rate),
+        }
+    }
+
+    /// The next chunk, after one of `last` bytes, for a transfer its throttle holds to
+    /// `allowed` now (`None`: unlimited) that the server confirmed at `confirmed` lately.
+    pub fn next(self, allowed: Option<Rate>, confirmed: Option<Rate>, last: u64) -> u64 {
+        match (self, allowed, confirmed) {
+            (Chunking::Fixed(n), _, _) => n.max(MIN_CHUNK),
+            (Chunking::FollowRate, Some(allowed), _) => chunk_size_for(Some(allowed)),
+            (Chunking::FollowRate, None, None) => FIRST_CHUNK,
+            // At most quadrupling: a rate measured over one small chunk is a rough guess.
+            (Chunking::FollowRate, None, Some(confirmed)) => {
+                chunk_size_for(Some(confirmed)).min(last.max(FIRST_CHUNK) * 4)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(bps: f64) -> Rate {
+        Rate::from_bits_per_second(bps).unwrap()
+    }
+
+    #[test]
+    fn chunk_sizes_follow_the_rate() {
+        // 128 kbit/s: 16 000 B/s for 20 s = 320 000 B, rounded up to 64 KiB grains.
+        assert_eq!(chunk_size_for(Some(rate(128_000.0))), 327_680);
+        assert_eq!(chunk_size_for(Some(rate(8_000.0))), CHUNK_MIN);
+        assert_eq!(chunk_size_for(Some(rate(1e10))), CHUNK_MAX);
+        assert_eq!(chunk_size_for(None), CHUNK_MAX);
+    }
+
+    #[test]
+    fn chunks_follow_the_allowed_rate_then_the_confirmed_one() {
+        let follow = Chunking::FollowRate;
+        // A run's budget moves the share: the next chunk follows it at once.
+        assert_eq!(follow.next(Some(rate(128_000.0)), None, 0), 327_680);
+        assert_eq!(
+            follow.next(Some(rate(1_024_000.0)), Some(rate(128_000.0)), 327_680),
+            chunk_size_for(Some(rate(1_024_000.0)))
+        );
+        // Unlimited: small first, then the confirmed rate, at most quadrupling.
+        assert_eq!(follow.next(None, None, 0), FIRST_CHUNK);
+        assert_eq!(
+            follow.next(None, Some(rate(1e10)), FIRST_CHUNK),
+            4 * FIRST_CHUNK
+        );
+        // Given: always the same.
+        let fixed = Chunking::Fixed(64 * 1024);
+        assert_eq!(
+            fixed.next(Some(rate(1e10)), Some(rate(8_000.0)), 1),
+            64 * 1024
+        );
+        assert_eq!(Chunking::Fixed(0).next(None, None, 0), MIN_CHUNK);
+    }
+}

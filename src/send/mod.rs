@@ -1,0 +1,440 @@
+//! The upload engine behind `upload send FILE URL`: one file to one destination, resumable
+//! across crashes, kills and dead links, verified end to end.
+//!
+//! How a byte is never lost nor sent as a mix of two versions:
+//! - The server is the truth for what arrived: every (re)start and every failure ends in a
+//!   HEAD, and sending continues from the server's offset, never from our record alone.
+//! - The database is the truth for what was asked: after every acknowledged chunk it holds the
+//!   upload URL, the confirmed offset and the SHA-256 of the source's first `offset` bytes, so
+//!   a rerun finds the upload and proves the file's prefix is unchanged (an edit that restores
+//!   the mtime is caught by content, not by stat).
+//! - Each chunk is read twice: once to compute its `Upload-Checksum` (and advance the running
+//!   whole-file SHA-256), once to send it. A change in between makes the server answer 460,
+//!   and a change anywhere else changes the file's mtime or ctime, checked before every chunk
+//!   and before the final one carries the whole file's digest (`Repr-Digest`).
+//! - The last chunk is different: nothing comes after it to notice a change, and the server
+//!   publishes as soon as its last byte arrives. So its last piece is held back until the file
+//!   is proved to be the one that was hashed ([`source::prove_unchanged`], after the last byte
+//!   was read): a change then aborts the request, the server never has every byte and
+//!   publishes nothing (issue 11, item 3). A change in the instant after that proof is still
+//!   seen after the server's answer, and reported as what it is: the version read was
+//!   published.
+//! - Only a chunk the server acknowledged advances the offset and the running hash.
+//!
+//! Reading streams through a bounded channel in pieces sized by the [`Throttle`], so memory is
+//! a few pieces whatever the file size, and a throttled transfer sleeps between pieces.
+//!
+//! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
+//! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
+//! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
+//! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
+//! events, errors) and [`send`], which sets a session up and tidies after it.
+
+pub mod chunking;
+mod destination;
+mod metering;
+mod pipeline;
+mod retry;
+mod session;
+mod source;
+mod tus;
+
+use crate::client::ClientError;
+use crate::store::{
+    AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
+};
+use crate::throttle::{Gate, Throttle};
+use crate::units::Rate;
+use chrono::{DateTime, Utc};
+use chunking::Chunking;
+use metering::{RateMeter, WireCount};
+use session::Session;
+use source::{Identity, open_source};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to send where, and how.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub file: PathBuf,
+    pub url: String,
+    /// The name on the server; the file's own name by default.
+    pub name: Option<String>,
+    /// Bytes per PATCH; by default they follow the rate the transfer is allowed (see
+    /// [`chunking`]).
+    pub chunk: Option<u64>,
+    pub limit: Option<Rate>,
+    pub token: Option<String>,
+    /// Trust only the CA certificates in this PEM file for https, instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// Consecutive failed attempts before giving up; `None` retries forever.
+    pub max_retries: Option<u32>,
+    /// Forget an earlier, unfinished upload of this file to this URL and start over.
+    pub restart: bool,
+    /// With no confirmed progress for this long, the connection is considered dead.
+    pub stall_timeout: Duration,
+    /// Give up when failing continuously for this long; `None` never gives up this way.
+    pub give_up_after: Option<Duration>,
+    /// Send this queued transfer (by id) instead of finding one by file and URL.
+    pub transfer_id: Option<i64>,
+    /// The scheduler's pause slots; always open for a lone `upload send`.
+    pub gate: Gate,
+}
+
+impl SendOptions {
+    pub fn new(file: impl Into<PathBuf>, url: impl Into<String>) -> Self {
+        SendOptions {
+            file: file.into(),
+            url: url.into(),
+            name: None,
+            chunk: None,
+            limit: None,
+            token: None,
+            ca: None,
+            max_retries: None,
+            restart: false,
+            stall_timeout: Duration::from_secs(10),
+            give_up_after: None,
+            transfer_id: None,
+            gate: Gate::always_open(),
+        }
+    }
+}
+
+/// What the engine tells its caller (the CLI prints these; the engine never does).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The upload is known on the server; `offset` bytes were already there.
+    Started {
+        size: u64,
+        offset: u64,
+        upload_url: String,
+        resumed: bool,
+    },
+    /// Something the user should know that is not an error.
+    Notice(String),
+    /// The server confirmed `offset` bytes.
+    Progress {
+        offset: u64,
+        size: u64,
+        rate_bps: f64,
+        eta_seconds: Option<f64>,
+    },
+    /// An attempt failed and the next one starts after `delay`.
+    Retry {
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+    Done(Summary),
+}
+
+/// The end of a successful transfer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub sha256: String,
+    pub size: u64,
+    /// Payload bytes this process put on the wire.
+    pub bytes_sent: u64,
+    /// Of those, bytes this process had sent before.
+    pub resent_bytes: u64,
+    pub published_as: Option<String>,
+    pub upload_url: String,
+    pub seconds: f64,
+}
+
+/// Why a transfer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot read \"{}\": {source}", path.display())]
+    SourceUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("\"{}\" does not exist", path.display())]
+    SourceMissing { path: PathBuf },
+    #[error("\"{}\" is not a regular file: give the file to upload, e.g. upload send image.iso http://server:8080/files/", path.display())]
+    NotAFile { path: PathBuf },
+    #[error(
+        "\"{}\" changed since its upload began: {what}. Nothing mixed was published. \
+         Rerun with --restart to upload the new version from the beginning",
+        path.display()
+    )]
+    SourceChanged { path: PathBuf, what: String },
+    /// The race that no hold-back can close: the file changed after its last byte was read
+    /// and proved, while the server verified and published what was read.
+    #[error(
+        "\"{}\" changed just after its last byte was sent: {what}. The server verified and \
+         published the version that was read{}, SHA-256 {sha256}, which is not the file as it \
+         is now. Rerun with --restart to upload the new version",
+        path.display(),
+        published_as.as_deref().map(|n| format!(" as {n}")).unwrap_or_default()
+    )]
+    ChangedAfterPublished {
+        path: PathBuf,
+        what: String,
+        published_as: Option<String>,
+        sha256: String,
+    },
+    #[error(
+        "this transfer is being sent by another upload process ({owner}); wait for it or stop it"
+    )]
+    Busy { owner: String },
+    #[error("{0}")]
+    Url(ClientError),
+    /// The TLS trust roots cannot be loaded (a bad `--ca` file, no system roots).
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    #[error(
+        "{error} (gave up after {attempts} attempts; --max-retries and --give-up-after, or \
+         give_up_after in the configuration file, set when)"
+    )]
+    GaveUp { attempts: u32, error: ClientError },
+    #[error("{0}")]
+    Server(ClientError),
+    #[error("the state database: {0}")]
+    Store(#[from] StoreError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Reads and stats of the source, off the runtime's threads (the store has its own hand-off,
+/// [`AsyncStore`]).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a file. `events` receives progress; `throttle` is the process' shared limiter
+/// (`Throttle::new(opts.limit)` for a lone transfer). When `shutdown` resolves the transfer
+/// stops, is unlocked and goes back to the queue ([`SendError::Interrupted`]).
+pub async fn send(
+    store: Store,
+    opts: SendOptions,
+    throttle: Throttle,
+    events: &(dyn Fn(Event) + Send + Sync),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Summary, SendError> {
+    let started = Instant::now();
+    let store = AsyncStore::new(store);
+    let destination = destination::for_url(&opts)?;
+    let (path, identity) = open_source(&opts.file)?;
+    let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
+    let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
+
+    let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
+    let owner = lock_owner();
+    acquire_lock(&store, row.id, &owner).await?;
+    // Aborted on every way out, including this future being dropped (a scheduler stopping it).
+    // A lock taken over by another process (ours looked stale, e.g. this one was suspended)
+    // ends this transfer: two senders would take the upload from each other forever.
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel::<Option<String>>(None);
+    let heartbeat = {
+        let (store, owner, id) = (store.clone(), owner.clone(), row.id);
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                match store.heartbeat(id, &owner).await {
+                    Ok(()) => {}
+                    Err(StoreError::LockLost { holder, .. }) => {
+                        let _ = lost_tx.send(Some(holder.unwrap_or_else(|| "nobody".into())));
+                        return;
+                    }
+                    Err(e) => tracing::warn!("lock heartbeat: {e}"),
+                }
+            }
+        }))
+    };
+    let lock_lost = async move {
+        loop {
+            if lost_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if let Some(holder) = lost_rx.borrow().clone() {
+                return holder;
+            }
+        }
+    };
+
+    let mut t = Session {
+        store: store.clone(),
+        path,
+        identity,
+        destination,
+        throttle,
+        checksum: None,
+        stall: opts.stall_timeout,
+        wire: Arc::new(WireCount::default()),
+        confirmed_here: 0,
+        sending_time: Duration::ZERO,
+        throttled_to: None,
+        pos: None,
+        server_sha256: None,
+        published_as: None,
+        prefetch: None,
+        meter: RateMeter::new(Instant::now(), 0),
+        gate: opts.gate.clone(),
+        rate_bps: 0.0,
+        // A given chunk keeps the size the transfer began with, as it always did.
+        chunking: match opts.chunk {
+            Some(_) => Chunking::Fixed(row.chunk_size),
+            None => Chunking::FollowRate,
+        },
+        last_chunk: 0,
+        url_answered: false,
+        base_sent: row.bytes_sent,
+        base_resent: row.resent_bytes,
+        row,
+    };
+    let result = tokio::select! {
+        r = t.run(&opts, &name, events, started) => r,
+        () = shutdown => Err(SendError::Interrupted),
+        holder = lock_lost => Err(SendError::Busy { owner: holder }),
+    };
+    drop(heartbeat);
+    // Only releases the lock if it is still ours.
+    let _ = store.unlock(t.row.id, &owner).await;
+    let state = match &result {
+        Ok(_) => None,
+        // Progress is in the database. A queued transfer goes back to the queue; an
+        // `upload send`'s is held until that command is rerun (or `upload queue resume`
+        // hands it to the run): nobody asked `upload run` to send it.
+        Err(SendError::Interrupted) if t.row.origin == Origin::Queue => Some(TransferState::Queued),
+        Err(SendError::Interrupted) => Some(TransferState::Paused),
+        // Another process has it now: its state is its own.
+        Err(SendError::Busy { .. }) => None,
+        Err(_) => Some(TransferState::Failed),
+    };
+    if let (Some(state), Err(e)) = (state, &result) {
+        let _ = store.set_state(t.row.id, state, Some(&e.to_string())).await;
+    }
+    result
+}
+
+/// The name on the server when none is given: the file's own.
+fn default_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload".into())
+}
+
+/// What `upload queue add` asks for.
+#[derive(Debug, Clone)]
+pub struct QueueRequest {
+    pub file: PathBuf,
+    pub url: String,
+    /// The name on the server; the file's own name by default.
+    pub name: Option<String>,
+    /// `--chunk`; by default chunks follow the rate the transfer is allowed.
+    pub chunk: Option<u64>,
+    pub limit: Option<Rate>,
+    pub priority: i64,
+    pub deadline: Option<DateTime<Utc>>,
+    /// The link's rate as the planner knows it (measured, else the default).
+    pub link: Rate,
+}
+
+/// The transfer `upload queue add` records: the source as it is now (`upload run` checks it
+/// again when its turn comes), its name on the server, and the chunk it is planned with at
+/// the rate it is expected to get (its limit, when below the link's).
+pub fn queued_transfer(req: QueueRequest) -> Result<NewTransfer, SendError> {
+    let (path, identity) = open_source(&req.file)?;
+    let expected = match req.limit {
+        Some(l) if l.bits_per_second() < req.link.bits_per_second() => l,
+        _ => req.link,
+    };
+    Ok(NewTransfer {
+        name: req.name.unwrap_or_else(|| default_name(&path)),
+        source_path: path,
+        size: identity.size,
+        mtime_ns: identity.mtime_ns,
+        dest_url: req.url,
+        chunk_size: Chunking::from_flag(req.chunk).planned(Some(expected)),
+        chunk_fixed: req.chunk.is_some(),
+        state: TransferState::Queued,
+        priority: req.priority,
+        deadline: req.deadline,
+        rate_limit_bps: req.limit.map(Rate::bits_per_second),
+        origin: Origin::Queue,
+    })
+}
+
+async fn find_or_create_row(
+    store: &AsyncStore,
+    opts: &SendOptions,
+    path: &Path,
+    identity: Identity,
+    name: &str,
+    chunk: u64,
+) -> Result<Transfer, SendError> {
+    let existing = match opts.transfer_id {
+        Some(id) => {
+            let row = store.transfer(id).await?;
+            if row.upload_url.is_none()
+                && (row.size != identity.size || row.mtime_ns != identity.mtime_ns)
+            {
+                // Queued, nothing sent yet: the file may change until its turn comes.
+                Some(
+                    store
+                        .reset_transfer(id, identity.size, identity.mtime_ns)
+                        .await?,
+                )
+            } else {
+                Some(row)
+            }
+        }
+        None => store.find_unfinished(path, &opts.url).await?,
+    };
+    if let Some(row) = existing {
+        if !opts.restart && row.size != identity.size {
+            return Err(SendError::SourceChanged {
+                path: path.into(),
+                what: format!(
+                    "its size changed from {} to {} bytes",
+                    row.size, identity.size
+                ),
+            });
+        }
+        if !opts.restart && row.mtime_ns != identity.mtime_ns {
+            return Err(SendError::SourceChanged {
+                path: path.into(),
+                what: "its modification time changed".into(),
+            });
+        }
+        return Ok(row);
+    }
+    let new = NewTransfer {
+        name: name.to_string(),
+        source_path: path.to_path_buf(),
+        size: identity.size,
+        mtime_ns: identity.mtime_ns,
+        dest_url: opts.url.clone(),
+        chunk_size: chunk,
+        chunk_fixed: opts.chunk.is_some(),
+        state: TransferState::Running,
+        priority: 0,
+        deadline: None,
+        rate_limit_bps: opts.limit.map(Rate::bits_per_second),
+        origin: Origin::Send,
+    };
+    Ok(store.insert_transfer(new).await?)
+}
+
+async fn acquire_lock(store: &AsyncStore, id: i64, owner: &str) -> Result<(), SendError> {
+    store
+        .acquire_lock(id, owner)
+        .await?
+        .map_err(|holder| SendError::Busy { owner: holder })
+}
