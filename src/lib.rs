@@ -1,8 +1,8 @@
 //! `upload`: get big files over slow, flaky uplinks, unattended, without losing a byte.
 //!
 //! Data flows one way: `cli` (parses, prints) -> engine (`estimate`, `send`, `queue`)
-//! -> transport (`client`, `server`, `protocol`, `tls`). Only `store` speaks SQL; only `cli`
-//! prints.
+//! -> destination (`send::destination`: where bytes go, over `client`, `protocol` and `tls`).
+//! `server` is the other end. Only `store` speaks SQL; only `cli` prints.
 
 pub mod cli;
 pub mod client;
