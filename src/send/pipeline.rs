@@ -5,7 +5,7 @@
 
 use super::destination::Destination;
 use super::metering::WireCount;
-use super::session::{Session, StepError, Verified};
+use super::session::{Session, StepError, Verified, digest_mismatch};
 use super::source::{Identity, LastBytes, prove_unchanged, read_range};
 use super::{SendError, blocking};
 use crate::client::{ChannelBody, ClientError, LinkProbe};
@@ -179,11 +179,11 @@ impl<D: Destination> Session<D> {
             if let Some(theirs) = outcome.sha256
                 && theirs != ours
             {
-                return Err(StepError::Net(ClientError::Verification(format!(
-                    "the server computed {}, the file has {}",
-                    hex::encode(theirs),
-                    hex::encode(ours)
-                ))));
+                return Err(StepError::Net(digest_mismatch(
+                    &theirs,
+                    &ours,
+                    outcome.published_as.as_deref(),
+                )));
             }
             // Success is reported only for the file as it is now.
             let (path, identity) = (self.path.clone(), self.identity);

@@ -385,9 +385,11 @@ impl<D: Destination> Session<D> {
                     info
                 }
                 Err(ClientError::Gone(status)) => {
+                    // Our server also answers 410 for an upload its whole-file check refused
+                    // (nothing published); sending it again from the file is the cure then too.
                     events(Event::Notice(format!(
-                        "the server no longer has the earlier upload ({status}: expired or \
-                         deleted); starting over"
+                        "the server no longer has the earlier upload ({status}: expired, \
+                         deleted, or refused by its whole-file check); starting over"
                     )));
                     self.forget_upload().await?;
                     continue;
@@ -490,15 +492,56 @@ impl<D: Destination> Session<D> {
         if let Some(theirs) = self.server_sha256
             && theirs != ours
         {
-            return Err(StepError::Net(ClientError::Verification(format!(
-                "the server holds SHA-256 {}, the file has {}",
-                hex::encode(theirs),
-                hex::encode(ours)
-            ))));
+            return Err(StepError::Net(digest_mismatch(
+                &theirs,
+                &ours,
+                self.published_as.as_deref(),
+            )));
         }
         Ok(Verified {
             sha256: hex::encode(ours),
             published_as: self.published_as.clone(),
         })
+    }
+}
+
+/// The whole file's SHA-256 on the server is not the file's. Our server then publishes nothing;
+/// a server that ignores `Repr-Digest` may have published it all the same, and the user must
+/// hear that a wrong copy sits under that name rather than "nothing was published".
+pub(super) fn digest_mismatch(
+    theirs: &[u8; 32],
+    ours: &[u8; 32],
+    published_as: Option<&str>,
+) -> ClientError {
+    let published = match published_as {
+        None => String::new(),
+        Some(name) => format!(
+            "; yet the server published it as {name} (it does not check the whole-file \
+             digest): that copy is not this file, delete it on the server"
+        ),
+    };
+    ClientError::Verification(format!(
+        "the server holds SHA-256 {}, the file has {}{published}",
+        hex::encode(theirs),
+        hex::encode(ours)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mismatch_says_whether_a_wrong_copy_was_published() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let quiet = digest_mismatch(&a, &b, None).to_string();
+        assert!(
+            quiet.contains(&hex::encode(a)) && quiet.contains(&hex::encode(b)),
+            "{quiet}"
+        );
+        assert!(!quiet.contains("published"), "{quiet}");
+        let loud = digest_mismatch(&a, &b, Some("image.iso")).to_string();
+        assert!(loud.contains("published it as image.iso"), "{loud}");
+        assert!(loud.contains("delete it"), "{loud}");
     }
 }
