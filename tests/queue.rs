@@ -339,7 +339,11 @@ fn a_transfer_that_cannot_send_leaves_its_share_to_the_others() {
     let proxy = Proxy::start(server.addr);
     let (down, up) = (env.file("down.iso", 1 << 20), env.file("up.iso", 4 << 20));
     let stuck = add(&env, &down, "http://127.0.0.1:9/files/", &[]);
-    add(&env, &up, &proxy.url(), &["--chunk", "256KiB"]);
+    // One 1 MiB chunk lasts 16 s at the budget, so the 2 + 10 s measured below hold no chunk
+    // boundary: what is measured is the share, not how long the server's commit (an fsync)
+    // takes on a busy disk. With 256 KiB chunks, three boundaries fell in the window, and under
+    // a full parallel test run they cost a third of the rate.
+    add(&env, &up, &proxy.url(), &["--chunk", "1MiB"]);
     let budget = 64.0 * 1024.0;
     let runner = Runner::start(&env, &["--jobs", "2", "--timetable", "64KiB/s"], None);
     wait_until(Duration::from_secs(20), "the live transfer sending", || {
