@@ -3,7 +3,8 @@
 
 use crate::helper::proxy::Proxy;
 use crate::helper::{
-    Env, event, json_events, kill9, pattern, run, send_until_progress, sha256_file, wait_at_most,
+    Env, event, json_events, kill9, pattern, run, send_until, send_until_progress, sha256_file,
+    wait_at_most,
 };
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -558,30 +559,15 @@ fn unthrottled_chunks_start_small_and_grow() {
 /// Starts `send --json` and returns once the upload exists on the server (its `started`
 /// event), so a test can change the source while the first (here: only) chunk is on the wire.
 fn send_until_started(env: &Env, file: &Path, url: &str, extra: &[&str]) -> Child {
-    let mut child = env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "started" {
-            std::thread::spawn(move || for _ in lines {});
-            return child;
-        }
-    }
-    kill9(&mut child);
-    panic!("no started event within 30 s");
+    send_until(
+        env,
+        file,
+        url,
+        extra,
+        Stdio::piped(),
+        "started event",
+        |v| v["event"] == "started",
+    )
 }
 
 /// Issue 11, item 3: a change to the source while its last (here its only) chunk is sent is

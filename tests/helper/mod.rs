@@ -153,6 +153,28 @@ pub fn send_until_progress(
     extra: &[&str],
     min_offset: u64,
 ) -> std::process::Child {
+    send_until(
+        env,
+        file,
+        url,
+        extra,
+        std::process::Stdio::null(),
+        &format!("progress beyond {min_offset}"),
+        |v| v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset,
+    )
+}
+
+/// Starts `send --json` (its stderr as given) and returns once an event satisfies `reached`,
+/// keeping stdout drained; kills it and panics, naming `what`, after 30 s without one.
+pub fn send_until(
+    env: &Env,
+    file: &Path,
+    url: &str,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+    what: &str,
+    reached: impl Fn(&serde_json::Value) -> bool,
+) -> std::process::Child {
     let mut child = env
         .upload()
         .arg("send")
@@ -161,7 +183,7 @@ pub fn send_until_progress(
         .arg("--json")
         .args(extra)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -170,12 +192,12 @@ pub fn send_until_progress(
     while std::time::Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "progress" && v["offset"].as_u64().unwrap() > min_offset {
+        if reached(&v) {
             // Keep the pipe drained in the background so the client never blocks on it.
             std::thread::spawn(move || for _ in lines {});
             return child;
         }
     }
     kill9(&mut child);
-    panic!("no progress beyond {min_offset} within 30 s");
+    panic!("no {what} within 30 s");
 }
