@@ -19,6 +19,8 @@
 //!   body on its way in (`Part`), an upload's record (`Info`);
 //! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
 //!   `.info`), crash consistency, publishing by hard link;
+//! - `delta`: delta uploads (issue 13): the index route, the base check at creation, and
+//!   assembling a finished recipe into the new file (a store capability, `DeltaStore`);
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
 //!   `receiving`: the cap on bodies received at once; `cors`: browser clients from other
 //!   origins.
@@ -85,6 +87,7 @@ mod append;
 mod auth;
 mod config;
 mod cors;
+mod delta;
 mod dir_store;
 mod error;
 mod handlers;
