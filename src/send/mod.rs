@@ -31,6 +31,7 @@
 //! events, errors) and [`send`], which sets a session up and tidies after it.
 
 pub mod chunking;
+mod delta;
 mod destination;
 mod metering;
 mod pipeline;
@@ -40,6 +41,7 @@ mod source;
 mod tus;
 
 use crate::client::ClientError;
+pub use crate::store::BaseChoice;
 use crate::store::{
     AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
 };
@@ -47,6 +49,7 @@ use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, Utc};
 use chunking::Chunking;
+pub use delta::delta_line;
 use metering::{RateMeter, WireCount};
 use session::Session;
 use source::{Identity, open_source};
@@ -80,6 +83,9 @@ pub struct SendOptions {
     pub transfer_id: Option<i64>,
     /// The scheduler's pause slots; always open for a lone `upload send`.
     pub gate: Gate,
+    /// Which published file to send a delta against (`--base`, `--no-base`); by default one
+    /// of the same name, when the server holds one.
+    pub base: BaseChoice,
 }
 
 impl SendOptions {
@@ -98,6 +104,7 @@ impl SendOptions {
             give_up_after: None,
             transfer_id: None,
             gate: Gate::always_open(),
+            base: BaseChoice::SameName,
         }
     }
 }
@@ -229,20 +236,21 @@ pub async fn send(
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let store = AsyncStore::new(store);
-    let destination = destination::for_url(&opts)?;
+    let mut destination = destination::for_url(&opts)?;
     let (path, identity) = open_source(&opts.file)?;
     let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
     let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
 
-    let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
+    let mut row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
+    let (id, origin) = (row.id, row.origin);
     let owner = lock_owner();
-    acquire_lock(&store, row.id, &owner).await?;
+    acquire_lock(&store, id, &owner).await?;
     // Aborted on every way out, including this future being dropped (a scheduler stopping it).
     // A lock taken over by another process (ours looked stale, e.g. this one was suspended)
     // ends this transfer: two senders would take the upload from each other forever.
     let (lost_tx, mut lost_rx) = tokio::sync::watch::channel::<Option<String>>(None);
     let heartbeat = {
-        let (store, owner, id) = (store.clone(), owner.clone(), row.id);
+        let (store, owner) = (store.clone(), owner.clone());
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -268,12 +276,114 @@ pub async fn send(
         }
     };
 
-    let mut t = Session {
+    let work = async {
+        if opts.restart {
+            session::restart(&mut destination, &store, &mut row, identity, events).await?;
+            delta::forget_recipe(&store, id);
+        }
+        let payload = delta::prepare(
+            &store,
+            &mut row,
+            &opts,
+            &path,
+            identity,
+            &mut destination,
+            events,
+        )
+        .await?;
+        let is_delta = payload.delta.is_some();
+        let mut t = session(
+            &store,
+            row,
+            payload,
+            destination,
+            &throttle,
+            &opts,
+            identity,
+        );
+        let result = t.run(&opts, &name, events, started).await;
+        match result {
+            Err(SendError::Server(why @ ClientError::DeltaRefused { .. })) if is_delta => {
+                let Session {
+                    mut row,
+                    destination,
+                    ..
+                } = t;
+                delta::fall_back(&store, &mut row, identity, &why, events).await?;
+                let full = delta::Payload::file(&path, identity);
+                let mut t = session(&store, row, full, destination, &throttle, &opts, identity);
+                t.run(&opts, &name, events, started).await
+            }
+            Ok(summary) if is_delta => {
+                delta::forget_recipe(&store, id);
+                // The recipe was a snapshot of the file: a change since is not in what was
+                // published, which the user must hear.
+                let now = blocking({
+                    let path = path.clone();
+                    move || std::fs::metadata(&path)
+                })
+                .await
+                .map(|m| Identity::of(&m));
+                match now.map(|now| identity.difference(&now)) {
+                    Ok(None) => Ok(summary),
+                    Ok(Some(what)) => Err(SendError::ChangedAfterPublished {
+                        path: path.clone(),
+                        what,
+                        published_as: summary.published_as,
+                        sha256: summary.sha256,
+                    }),
+                    Err(e) => Err(SendError::ChangedAfterPublished {
+                        path: path.clone(),
+                        what: format!("it can no longer be read ({e})"),
+                        published_as: summary.published_as,
+                        sha256: summary.sha256,
+                    }),
+                }
+            }
+            other => other,
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = shutdown => Err(SendError::Interrupted),
+        holder = lock_lost => Err(SendError::Busy { owner: holder }),
+    };
+    drop(heartbeat);
+    // Only releases the lock if it is still ours.
+    let _ = store.unlock(id, &owner).await;
+    let state = match &result {
+        Ok(_) => None,
+        // Progress is in the database. A queued transfer goes back to the queue; an
+        // `upload send`'s is held until that command is rerun (or `upload queue resume`
+        // hands it to the run): nobody asked `upload run` to send it.
+        Err(SendError::Interrupted) if origin == Origin::Queue => Some(TransferState::Queued),
+        Err(SendError::Interrupted) => Some(TransferState::Paused),
+        // Another process has it now: its state is its own.
+        Err(SendError::Busy { .. }) => None,
+        Err(_) => Some(TransferState::Failed),
+    };
+    if let (Some(state), Err(e)) = (state, &result) {
+        let _ = store.set_state(id, state, Some(&e.to_string())).await;
+    }
+    result
+}
+
+/// A session sending `payload` for transfer `row`, whose file has `identity`.
+fn session<D: destination::Destination>(
+    store: &AsyncStore,
+    row: Transfer,
+    payload: delta::Payload,
+    destination: D,
+    throttle: &Throttle,
+    opts: &SendOptions,
+    identity: Identity,
+) -> Session<D> {
+    Session {
         store: store.clone(),
-        path,
-        identity,
+        path: payload.path,
+        identity: payload.identity,
         destination,
-        throttle,
+        throttle: throttle.clone(),
         checksum: None,
         stall: opts.stall_timeout,
         wire: Arc::new(WireCount::default()),
@@ -296,31 +406,11 @@ pub async fn send(
         url_answered: false,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
+        delta: payload.delta,
+        target_sha256: payload.target_sha256,
+        file_size: identity.size,
         row,
-    };
-    let result = tokio::select! {
-        r = t.run(&opts, &name, events, started) => r,
-        () = shutdown => Err(SendError::Interrupted),
-        holder = lock_lost => Err(SendError::Busy { owner: holder }),
-    };
-    drop(heartbeat);
-    // Only releases the lock if it is still ours.
-    let _ = store.unlock(t.row.id, &owner).await;
-    let state = match &result {
-        Ok(_) => None,
-        // Progress is in the database. A queued transfer goes back to the queue; an
-        // `upload send`'s is held until that command is rerun (or `upload queue resume`
-        // hands it to the run): nobody asked `upload run` to send it.
-        Err(SendError::Interrupted) if t.row.origin == Origin::Queue => Some(TransferState::Queued),
-        Err(SendError::Interrupted) => Some(TransferState::Paused),
-        // Another process has it now: its state is its own.
-        Err(SendError::Busy { .. }) => None,
-        Err(_) => Some(TransferState::Failed),
-    };
-    if let (Some(state), Err(e)) = (state, &result) {
-        let _ = store.set_state(t.row.id, state, Some(&e.to_string())).await;
     }
-    result
 }
 
 /// The name on the server when none is given: the file's own.
@@ -344,6 +434,8 @@ pub struct QueueRequest {
     pub deadline: Option<DateTime<Utc>>,
     /// The link's rate as the planner knows it (measured, else the default).
     pub link: Rate,
+    /// `--base`, `--no-base`.
+    pub base: BaseChoice,
 }
 
 /// The transfer `upload queue add` records: the source as it is now (`upload run` checks it
@@ -368,6 +460,7 @@ pub fn queued_transfer(req: QueueRequest) -> Result<NewTransfer, SendError> {
         deadline: req.deadline,
         rate_limit_bps: req.limit.map(Rate::bits_per_second),
         origin: Origin::Queue,
+        base: req.base,
     })
 }
 
@@ -428,6 +521,7 @@ async fn find_or_create_row(
         deadline: None,
         rate_limit_bps: opts.limit.map(Rate::bits_per_second),
         origin: Origin::Send,
+        base: opts.base.clone(),
     };
     Ok(store.insert_transfer(new).await?)
 }
