@@ -315,3 +315,74 @@ fn a_queued_delta_is_sent_by_the_run() {
     assert_eq!(t["state"], "done", "{t}");
     assert!(t["bytes_sent"].as_u64().unwrap() < 100_000, "{t}");
 }
+
+#[test]
+fn estimate_gives_the_exact_bytes_of_a_delta_from_the_server_or_a_local_base() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let (rc1, rc2) = rc_pair(&env, 3 * MIB, 30_000);
+    let (code, _, stderr) = send(&env, &rc1, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let estimate = |extra: &[&str]| {
+        let (out, stdout, stderr) = run(env
+            .upload()
+            .arg("estimate")
+            .arg(&rc2)
+            .args(["--rate", "128kbit"])
+            .args(extra));
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    let local: Value =
+        serde_json::from_str(&estimate(&["--base-file", rc1.to_str().unwrap(), "--json"])).unwrap();
+    let remote: Value = serde_json::from_str(&estimate(&[
+        "--base",
+        "RC1.iso",
+        "--to",
+        &server.url(),
+        "--json",
+    ]))
+    .unwrap();
+    let size = rc2.metadata().unwrap().len();
+    for v in [&local, &remote] {
+        let d = &v["delta"];
+        assert_eq!(d["file_bytes"], size, "{v}");
+        assert_eq!(v["bytes"], d["recipe_bytes"], "{v}");
+        assert!(d["recipe_bytes"].as_u64().unwrap() < 150_000, "{v}");
+        assert!(d["copied_percent"].as_f64().unwrap() > 95.0, "{v}");
+        assert!(d["speedup"].as_f64().unwrap() > 10.0, "{v}");
+        assert!(
+            v["total_seconds"].as_f64() < d["full_total_seconds"].as_f64(),
+            "{v}"
+        );
+    }
+    // The same chunking on both sides: the same recipe.
+    assert_eq!(
+        local["delta"]["recipe_bytes"],
+        remote["delta"]["recipe_bytes"]
+    );
+    assert_eq!(local["delta"]["index_bytes"], Value::Null);
+    assert!(remote["delta"]["index_bytes"].as_u64().unwrap() > 0);
+    let human = estimate(&["--base-file", rc1.to_str().unwrap()]);
+    assert!(human.contains("delta against"), "{human}");
+    assert!(human.contains("whole file:"), "{human}");
+    // And it is exactly what the delta upload then sends.
+    let (code, ev, stderr) = send(&env, &rc2, &server.url(), &["--base", "RC1.iso"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        event(&ev, "done").unwrap()["bytes_sent"],
+        remote["delta"]["recipe_bytes"]
+    );
+    // A base the server does not have is said, not guessed at.
+    let (out, _, stderr) = run(env.upload().arg("estimate").arg(&rc2).args([
+        "--base",
+        "nothing.iso",
+        "--to",
+        &server.url(),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no published file \"nothing.iso\""),
+        "{stderr}"
+    );
+}

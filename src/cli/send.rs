@@ -148,7 +148,11 @@ fn say_err(line: &str) {
 }
 
 /// The token from `--token-file`, else `UPLOAD_TOKEN`, else the config file's for the host.
-fn token(global: &Global, file: Option<&Path>, url: &str) -> Result<Option<String>, Failure> {
+pub(super) fn token(
+    global: &Global,
+    file: Option<&Path>,
+    url: &str,
+) -> Result<Option<String>, Failure> {
     if let Some(f) = file {
         return read_token_file(f).map(Some);
     }

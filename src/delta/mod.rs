@@ -27,6 +27,36 @@ pub use index::{FileIdentity, Index};
 pub use matcher::{Matched, make_recipe};
 pub use recipe::{Op, RecipeHeader, RecipeReader};
 
+/// The index of a local file, as a server would make it of a published one (for
+/// `upload estimate --base-file`).
+pub fn index_file(path: &std::path::Path) -> std::io::Result<Index> {
+    let file = std::fs::File::open(path)?;
+    let identity = FileIdentity::of(&file.metadata()?);
+    Index::build(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        Params::DEFAULT,
+        identity,
+        None,
+    )
+}
+
+/// What a recipe of the file at `path` against `index` would be, without writing it.
+pub fn measure_file(
+    path: &std::path::Path,
+    index: &Index,
+    base_name: &str,
+) -> std::io::Result<Matched> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    make_recipe(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        len,
+        index,
+        base_name,
+        std::io::sink(),
+    )
+}
+
 /// Bytes of BLAKE3 kept per chunk. 128 bits make an accidental collision between two chunks
 /// of a pair of images negligible (2^-100 for a million chunks), and any collision would still
 /// be caught: the assembled file's SHA-256 must be the declared one before it is published.
