@@ -6,14 +6,25 @@
 //! packed end to end and shift by every changed file, still shares most chunks with the old
 //! one (fixed-size blocks share none, as measured in issue 13).
 //!
-//! Chunk sizes ([`Params::DEFAULT`]): minimum 2 KiB, average 8 KiB, maximum 32 KiB. Issue 13
-//! measured bytes to send on a 107 MB live-ISO pair at averages 4 / 16 / 64 KiB: 1.6 / 2.1 /
-//! 3.5 % of the image, rsync 1.7 %; the target is at most 1.3x rsync's bytes (2.2 %). The index
-//! costs about 20 bytes per chunk on the downlink: 4.7 MB per GiB at 4 KiB, 2.4 MB at 8 KiB,
-//! 1.2 MB at 16 KiB. 8 KiB sits between the two measured points that meet the target and keeps
-//! the index of a 1 GiB image within "a few MB" (README "Delta uploads" has the figures of our
-//! own pair). The parameters travel in every index, so a server and a client never disagree
-//! about them, and a later change of default only needs new indexes.
+//! Chunk sizes ([`Params::DEFAULT`]): minimum 1 KiB, average 4 KiB, maximum 16 KiB, chosen
+//! by measurement on the live-ISO-like pairs of `scripts/rc_pair.py` (a 256 MiB tree in an
+//! xz squashfs in an ISO; RC2 with a small and a larger change), with `cargo bench --bench
+//! delta` (`UPLOAD_DELTA_PAIR=OLD:NEW`, minimum avg/4, maximum 4 avg):
+//!
+//! | average | small change: sent (rsync 1 866 725) | larger change: sent (rsync 18 372 081) | index per 100 MB |
+//! |---|---|---|---|
+//! | 4 KiB | 1 716 369 (0.92x) | 17 289 978 (0.94x) | 381 KB |
+//! | 8 KiB | 2 061 944 (1.10x) | 19 447 505 (1.06x) | 191 KB |
+//! | 16 KiB | 2 721 149 (1.46x) | 23 769 160 (1.29x) | 98 KB |
+//! | 64 KiB | 5 737 090 (3.07x) | 38 654 782 (2.10x) | 25 KB |
+//!
+//! 4 KiB is the only size that sends no more than rsync (issue 13's best case; its target is
+//! 1.3x), for an index of about 3.9 MB per GiB. The index travels the downlink, which on the
+//! links this is for is many times faster than the uplink: on 8 Mbit/s down and 128 kbit/s up,
+//! 4 KiB instead of 8 KiB costs 2 s more downloading a 1 GiB image's index and saves about
+//! 20 s of uplink for the small change, 2 min for the larger one. The parameters travel in
+//! every index, so a server and a client never disagree about them, and a later change of
+//! default only needs new indexes.
 //!
 //! The buffer is 1 MiB plus one maximum chunk: the scan never waits on a read for less than a
 //! chunk, and memory stays flat whatever the file's size.
@@ -33,9 +44,9 @@ pub struct Params {
 impl Params {
     /// See the module doc for why.
     pub const DEFAULT: Params = Params {
-        min: 2 * 1024,
-        avg: 8 * 1024,
-        max: 32 * 1024,
+        min: 1024,
+        avg: 4 * 1024,
+        max: 16 * 1024,
     };
 
     /// Chunk sizes FastCDC accepts, as read from an index: `min < avg < max`, even, within the
@@ -178,7 +189,7 @@ pub(crate) mod tests {
         );
         assert!(*last <= p.max as usize);
         let avg = data.len() / lens.len();
-        assert!(avg > 4 * 1024 && avg < 16 * 1024, "average {avg}");
+        assert!(avg > 2 * 1024 && avg < 8 * 1024, "average {avg}");
         assert!(lengths(&[], p).is_empty());
     }
 

@@ -218,6 +218,10 @@ pub(crate) async fn assemble_and_publish(
     base: (String, [u8; 32]),
     wanted: String,
 ) -> Result<(String, Assembled), ApiError> {
+    // Checked at creation; an info file is not trusted to name a path.
+    if published_name(&base.0).is_none() {
+        return Err(ApiError::DeltaRefused(Refusal::BaseMissing(base.0)));
+    }
     let store = app.uploads.store().clone();
     let (assemble_id, assemble_sub) = (id.clone(), subdir.clone());
     let assembled = blocking(move || {

@@ -1,7 +1,7 @@
 //! `upload serve`: a tus 1.0.0 server (core, creation, creation-with-upload,
-//! creation-defer-length, checksum, termination, expiration) that receives uploads into a
-//! directory, verifies them, and publishes them under their names. Of these,
-//! creation-defer-length, termination and expiration depend on what the store can do:
+//! creation-defer-length, checksum, termination, expiration, and our `delta`) that receives
+//! uploads into a directory, verifies them, and publishes them under their names. Of these,
+//! creation-defer-length, termination, expiration and delta depend on what the store can do:
 //! `Tus-Extension` names those the store in use supports (`store::Capabilities`; the
 //! directory store supports all), and the server serves no others.
 //!
