@@ -271,6 +271,8 @@ fn a_delta_killed_midway_resumes_and_resends_at_most_a_chunk() {
     ];
     let mut child = send_until_progress(&env, &rc2, &server.url(), &args, 64 * 1024);
     kill9(&mut child);
+    let recipes = || std::fs::read_dir(env.path("recipes")).map_or(0, |d| d.count());
+    assert_eq!(recipes(), 1, "the recipe is kept for the rerun");
     let (code, ev, stderr) = send(&env, &rc2, &server.url(), &args);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(

@@ -256,6 +256,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         QueueCommand::Rm { id } => {
             let t = get(&store, id)?;
             store.delete_transfer(id).context("removing")?;
+            send::remove_recipe(store.path(), id);
             println!("removed #{id} {}", t.name);
             Ok(())
         }

@@ -56,7 +56,12 @@ impl Payload {
 /// Where transfer `id`'s recipe is kept: beside the state database, or in the temporary
 /// directory for a database in memory.
 pub(super) fn recipe_path(store: &AsyncStore, id: i64) -> PathBuf {
-    let dir = match store.path().and_then(Path::parent) {
+    recipe_path_beside(store.path(), id)
+}
+
+/// [`recipe_path`] for the database at `db` (`None`: in memory).
+fn recipe_path_beside(db: Option<&Path>, id: i64) -> PathBuf {
+    let dir = match db.and_then(Path::parent) {
         Some(dir) => dir.join("recipes"),
         None => std::env::temp_dir().join(format!("upload-recipes-{}", std::process::id())),
     };
@@ -65,7 +70,13 @@ pub(super) fn recipe_path(store: &AsyncStore, id: i64) -> PathBuf {
 
 /// Removes transfer `id`'s recipe, if any: it is done, refused, or restarted.
 pub(super) fn forget_recipe(store: &AsyncStore, id: i64) {
-    let path = recipe_path(store, id);
+    remove_recipe(store.path(), id);
+}
+
+/// Removes the recipe of transfer `id` of the database at `db`, if it has one (`upload queue
+/// rm`: a removed transfer's recipe would stay forever).
+pub fn remove_recipe(db: Option<&Path>, id: i64) {
+    let path = recipe_path_beside(db, id);
     if let Err(e) = std::fs::remove_file(&path)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -191,7 +202,7 @@ pub(super) async fn prepare<D: Destination>(
 }
 
 /// "delta against RC1.iso: 1.9 MiB of 1.0 GiB to send (98.2 % copied from the base)".
-pub fn delta_line(base: &str, matched: &Matched, size: u64) -> String {
+fn delta_line(base: &str, matched: &Matched, size: u64) -> String {
     format!(
         "delta against {base}: {} of {} to send ({} copied from the base)",
         format_size(matched.recipe_len),

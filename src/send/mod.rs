@@ -49,7 +49,7 @@ use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, Utc};
 use chunking::Chunking;
-pub use delta::delta_line;
+pub use delta::remove_recipe;
 use metering::{RateMeter, WireCount};
 use session::Session;
 use source::{Identity, open_source};
