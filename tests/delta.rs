@@ -388,3 +388,52 @@ fn estimate_gives_the_exact_bytes_of_a_delta_from_the_server_or_a_local_base() {
         "{stderr}"
     );
 }
+
+/// The changed-source rules of a full upload hold for a delta: the real file is checked before
+/// every chunk of its recipe (a change stops it, nothing is published), and on a rerun (exit 5;
+/// `--restart` makes a new recipe of the file as it is now).
+#[test]
+fn a_source_changed_during_or_after_its_delta_is_never_published_stale() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let (rc1, rc2) = rc_pair(&env, 2 * MIB, 500_000);
+    let (code, _, stderr) = send(&env, &rc1, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let args = [
+        "--base", "RC1.iso", "--chunk", "64KiB", "--limit", "256KiB/s",
+    ];
+
+    // Changed while its recipe is on the way.
+    let mut child = send_until_progress(&env, &rc2, &server.url(), &args, 64 * 1024);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&rc2).unwrap();
+    f.write_all(b"a late fix").unwrap();
+    drop(f);
+    let status = wait_at_most(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(5));
+    assert!(
+        !server.dir.join("RC2.iso").exists(),
+        "a stale RC2 was published"
+    );
+
+    // The rerun is refused as for any upload; --restart sends the file as it is now.
+    let (code, _, stderr) = send(&env, &rc2, &server.url(), &args);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("--restart"), "{stderr}");
+    let (code, ev, stderr) = send(
+        &env,
+        &rc2,
+        &server.url(),
+        &[&args[..], &["--restart"]].concat(),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        notices(&ev).contains("delta against RC1.iso"),
+        "{}",
+        notices(&ev)
+    );
+    assert!(
+        same(&server.dir.join("RC2.iso"), &rc2),
+        "RC2.iso is not the file as it is now"
+    );
+}

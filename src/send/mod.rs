@@ -299,7 +299,7 @@ pub async fn send(
             destination,
             &throttle,
             &opts,
-            identity,
+            (&path, identity),
         );
         let result = t.run(&opts, &name, events, started).await;
         match result {
@@ -311,33 +311,32 @@ pub async fn send(
                 } = t;
                 delta::fall_back(&store, &mut row, identity, &why, events).await?;
                 let full = delta::Payload::file(&path, identity);
-                let mut t = session(&store, row, full, destination, &throttle, &opts, identity);
+                let mut t = session(
+                    &store,
+                    row,
+                    full,
+                    destination,
+                    &throttle,
+                    &opts,
+                    (&path, identity),
+                );
                 t.run(&opts, &name, events, started).await
             }
             Ok(summary) if is_delta => {
                 delta::forget_recipe(&store, id);
-                // The recipe was a snapshot of the file: a change since is not in what was
-                // published, which the user must hear.
-                let now = blocking({
-                    let path = path.clone();
-                    move || std::fs::metadata(&path)
-                })
-                .await
-                .map(|m| Identity::of(&m));
-                match now.map(|now| identity.difference(&now)) {
-                    Ok(None) => Ok(summary),
-                    Ok(Some(what)) => Err(SendError::ChangedAfterPublished {
+                // The recipe was a snapshot of the file, checked before every chunk; a change
+                // after the last one is not in what was published, which the user must hear.
+                // A moved change time alone is settled by content, as for a full upload.
+                let digest = protocol_digest(&summary.sha256);
+                let (p, sha) = (path.clone(), digest);
+                match blocking(move || source::prove_unchanged(&p, identity, &sha)).await {
+                    source::LastBytes::Changed(what) => Err(SendError::ChangedAfterPublished {
                         path: path.clone(),
                         what,
                         published_as: summary.published_as,
                         sha256: summary.sha256,
                     }),
-                    Err(e) => Err(SendError::ChangedAfterPublished {
-                        path: path.clone(),
-                        what: format!("it can no longer be read ({e})"),
-                        published_as: summary.published_as,
-                        sha256: summary.sha256,
-                    }),
+                    _ => Ok(summary),
                 }
             }
             other => other,
@@ -368,7 +367,12 @@ pub async fn send(
     result
 }
 
-/// A session sending `payload` for transfer `row`, whose file has `identity`.
+/// A SHA-256 in hex as bytes (ours, so always 64 hex digits).
+fn protocol_digest(hex: &str) -> [u8; 32] {
+    crate::protocol::parse_hex_sha256(hex).unwrap_or_default()
+}
+
+/// A session sending `payload` for transfer `row`, of the file `source` with `identity`.
 fn session<D: destination::Destination>(
     store: &AsyncStore,
     row: Transfer,
@@ -376,8 +380,9 @@ fn session<D: destination::Destination>(
     destination: D,
     throttle: &Throttle,
     opts: &SendOptions,
-    identity: Identity,
+    (source, identity): (&Path, Identity),
 ) -> Session<D> {
+    let is_recipe = payload.delta.is_some();
     Session {
         store: store.clone(),
         path: payload.path,
@@ -409,6 +414,7 @@ fn session<D: destination::Destination>(
         delta: payload.delta,
         target_sha256: payload.target_sha256,
         file_size: identity.size,
+        delta_source: is_recipe.then(|| (source.to_path_buf(), identity)),
         row,
     }
 }

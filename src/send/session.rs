@@ -76,6 +76,8 @@ pub(super) struct Session<D> {
     pub(super) target_sha256: Option<String>,
     /// The size of the file delivered (for a recipe, the file it builds).
     pub(super) file_size: u64,
+    /// For a recipe: the file it was made from, and its identity then.
+    pub(super) delta_source: Option<(PathBuf, Identity)>,
 }
 
 /// A step's failure: either the engine's own (stop) or the server's (maybe retry).
@@ -287,6 +289,7 @@ impl<D: Destination> Session<D> {
     /// change time moved, adopts it and asks for the uploaded part to be proved again
     /// ([`StepError::Recheck`]): a chmod must not end a transfer, an edit must not slip by.
     pub(super) async fn check_identity(&mut self) -> Result<(), StepError> {
+        self.check_delta_source().await?;
         let path = self.path.clone();
         let meta = blocking(move || std::fs::metadata(&path))
             .await
@@ -312,6 +315,33 @@ impl<D: Destination> Session<D> {
                 path: self.path.clone(),
                 what,
             })),
+        }
+    }
+
+    /// For a recipe: the file it was made from must still be that file, or the rest of the
+    /// recipe is not sent (the server never has all of it, and publishes nothing). Only its
+    /// change time moving (a chmod) is no reason to stop: the end of the transfer proves the
+    /// file by content then (`send::delta`).
+    async fn check_delta_source(&self) -> Result<(), StepError> {
+        let Some((path, identity)) = self.delta_source.clone() else {
+            return Ok(());
+        };
+        let stat_path = path.clone();
+        let meta = blocking(move || std::fs::metadata(&stat_path))
+            .await
+            .map_err(|e| SendError::SourceUnreadable {
+                path: path.clone(),
+                source: e,
+            })?;
+        let now = Identity::of(&meta);
+        match identity.difference(&now) {
+            Some(what) if !identity.same_but_ctime(&now) => {
+                Err(StepError::Stop(SendError::SourceChanged {
+                    path,
+                    what: format!("{what} while its delta was being sent"),
+                }))
+            }
+            _ => Ok(()),
         }
     }
 
