@@ -149,6 +149,10 @@ fn tls_hint(e: &rustls::Error) -> &'static str {
     }
 }
 
+/// How long the answer to an index request may take to begin: a server makes a file's index
+/// when it is first asked for, reading the whole file (about 2 s per GiB measured here).
+const INDEX_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The largest index a client accepts: a 16 GiB file at 4 KiB chunks has one of 60 MB.
 pub const MAX_INDEX_BYTES: usize = 128 << 20;
 
@@ -805,7 +809,7 @@ impl TusClient {
             .request(Method::GET, &url)
             .body(Self::empty())
             .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let resp = self.send(req, Some(INDEX_TIMEOUT)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let _ = read_body_text(resp).await;
             return Ok(None);

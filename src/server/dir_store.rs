@@ -51,6 +51,9 @@ pub const INDEX_DIR: &str = ".upload-index";
 pub struct DirStore {
     dir: PathBuf,
     partial: PathBuf,
+    /// Held while an index is made: a second request for the same index (a client retrying
+    /// while a big file is read) waits and finds it made, instead of reading the file again.
+    indexing: std::sync::Mutex<()>,
 }
 
 impl DirStore {
@@ -61,6 +64,7 @@ impl DirStore {
         Ok(DirStore {
             dir: dir.to_path_buf(),
             partial,
+            indexing: std::sync::Mutex::new(()),
         })
     }
 
@@ -432,9 +436,16 @@ impl DeltaStore for DirStore {
             return Ok(None);
         };
         let path = sidecar(&dir, name, "idx");
-        if let Ok(bytes) = fs::read(&path)
-            && Index::decode(&bytes).is_ok_and(|i| i.identity == identity)
-        {
+        let fresh = || {
+            fs::read(&path)
+                .ok()
+                .filter(|bytes| Index::decode(bytes).is_ok_and(|i| i.identity == identity))
+        };
+        if let Some(bytes) = fresh() {
+            return Ok(Some(bytes));
+        }
+        let _one_at_a_time = self.indexing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = fresh() {
             return Ok(Some(bytes));
         }
         let known = read_record(&dir, name)
