@@ -437,3 +437,93 @@ fn a_source_changed_during_or_after_its_delta_is_never_published_stale() {
         "RC2.iso is not the file as it is now"
     );
 }
+
+/// A raw request on its own connection: the status line's code, the headers (lowercase) and
+/// the body.
+fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        text[9..12].parse().unwrap(),
+        headers.to_ascii_lowercase(),
+        body.to_string(),
+    )
+}
+
+/// What the server does with recipes it must not trust: a base digest that is not the base's
+/// is refused at creation, a recipe that copies past the base's end when it is complete;
+/// both with 412 and the reason, nothing published, the base untouched.
+#[test]
+fn the_server_refuses_recipes_it_cannot_build_and_publishes_nothing() {
+    use base64::Engine;
+    use upload::delta::recipe::{RecipeHeader, RecipeWriter};
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let (rc1, _) = rc_pair(&env, MIB, 10);
+    let (code, _, stderr) = send(&env, &rc1, &server.url(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "GET /files/index/RC1.iso HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nConnection: \
+         close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let at = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let index = upload::delta::Index::decode(&reply[at..]).unwrap();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let post = |base_sha: &[u8; 32], body: &[u8]| {
+        let head = format!(
+            "POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Length: {}\r\n\
+             Upload-Metadata: filename {},delta-base {},delta-base-sha256 {}\r\nContent-Type: \
+             application/offset+octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            b64(b"evil.iso"),
+            b64(b"RC1.iso"),
+            b64(hex::encode(base_sha).as_bytes()),
+            body.len()
+        );
+        raw(server.addr, &head, body)
+    };
+    let recipe = |copy_from: u64| {
+        let header = RecipeHeader {
+            base_name: "RC1.iso".into(),
+            base_sha256: index.sha256,
+            target_length: 4096,
+        };
+        let mut w = RecipeWriter::new(Vec::new(), &header).unwrap();
+        w.copy(copy_from, 4096).unwrap();
+        w.finish(&[0; 32]).unwrap().1
+    };
+    // Another base digest: refused before the upload exists.
+    let (status, headers, body) = post(&[7; 32], &recipe(0));
+    assert_eq!(status, 412, "{headers}{body}");
+    assert!(
+        headers.contains("upload-delta-refused: base-changed"),
+        "{headers}"
+    );
+    // A copy past the base's end: refused once complete.
+    let (status, headers, body) = post(&index.sha256, &recipe(index.length - 100));
+    assert_eq!(status, 412, "{headers}{body}");
+    assert!(
+        headers.contains("upload-delta-refused: bad-recipe"),
+        "{headers}"
+    );
+    assert!(body.contains("past the base's end"), "{body}");
+    // A recipe whose file is not the SHA-256 it declares: refused, never published.
+    let (status, headers, _) = post(&index.sha256, &recipe(0));
+    assert_eq!(status, 412);
+    assert!(
+        headers.contains("upload-delta-refused: target-mismatch"),
+        "{headers}"
+    );
+    assert!(!server.dir.join("evil.iso").exists());
+    assert!(same(&server.dir.join("RC1.iso"), &rc1), "the base changed");
+}

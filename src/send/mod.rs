@@ -27,8 +27,10 @@
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
 //! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
 //! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
-//! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
-//! events, errors) and [`send`], which sets a session up and tidies after it.
+//! (the seam to where bytes go; [`tus`] the first kind), [`delta`] (what a transfer sends:
+//! the file, or a recipe against a base the destination holds, and the fall back to the file
+//! when the recipe is refused). This file holds the API (options, events, errors) and
+//! [`send`], which sets a session up and tidies after it.
 
 pub mod chunking;
 mod delta;

@@ -232,6 +232,8 @@ impl IntoResponse for ApiError {
                 | ApiError::ContentType
                 | ApiError::Busy
                 | ApiError::TooManyUploads { .. }
+                // Refused at creation, before a creation-with-upload body was read.
+                | ApiError::DeltaRefused(_)
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
