@@ -30,6 +30,7 @@ fn queue_of(n: usize) -> (tempfile::TempDir, Store) {
                 deadline: None,
                 rate_limit_bps: None,
                 origin: Origin::Queue,
+                base: Default::default(),
             })
             .unwrap();
     }

@@ -27,6 +27,7 @@ fn planning(c: &mut Criterion) {
         start,
         windows: windows.into_iter().map(|w| w.parse().unwrap()).collect(),
         remote_build: None,
+        delta: None,
     };
     let plain = req(vec![], 1 << 30);
     c.bench_function("plan 1GiB, no windows", |b| {

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod delta;
 pub mod estimate;
 pub mod outage;
 pub mod protocol;

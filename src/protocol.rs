@@ -32,6 +32,9 @@ pub const METHOD_OVERRIDE: &str = "x-http-method-override";
 /// when that name was taken; see the server's clash policy).
 pub const UPLOAD_PUBLISHED_AS: &str = "upload-published-as";
 /// The content type of a PATCH body.
+/// Ours: why a delta upload (issue 13) was refused, on a 412: `base-missing`, `base-changed`,
+/// `bad-recipe`, `target-mismatch`, `unsupported`. A client then sends the whole file.
+pub const UPLOAD_DELTA_REFUSED: &str = "upload-delta-refused";
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// Status 460: the body did not match its `Upload-Checksum`; the offset did not move.
@@ -45,6 +48,9 @@ pub mod ext {
     pub const CHECKSUM: &str = "checksum";
     pub const TERMINATION: &str = "termination";
     pub const EXPIRATION: &str = "expiration";
+    /// Ours: the server serves indexes of published files (`GET /files/index/NAME`) and
+    /// assembles uploads that are delta recipes against them (issue 13).
+    pub const DELTA: &str = "delta";
 }
 
 /// Metadata keys our client sets.
@@ -53,6 +59,10 @@ pub mod meta {
     pub const FILENAME: &str = "filename";
     /// Hex SHA-256 of the whole file, when known at creation.
     pub const SHA256: &str = "sha256";
+    /// Ours: the upload is a delta recipe against this published file (issue 13)...
+    pub const DELTA_BASE: &str = "delta-base";
+    /// ...whose index had this SHA-256 (hex) when the client matched against it.
+    pub const DELTA_BASE_SHA256: &str = "delta-base-sha256";
 }
 
 /// A header value that is not what tus allows.

@@ -494,7 +494,7 @@ pub fn outlook<Tz: chrono::TimeZone>(
                     windows: None,
                 };
             }
-            let left = t.size.saturating_sub(t.offset);
+            let left = t.bytes_to_send().saturating_sub(t.offset);
             let tls = t.dest_url.starts_with("https:");
             let link = link.payload_rate(left, t.chunk_size, tls);
             // A transfer's own limit slows only its own part.
@@ -577,6 +577,9 @@ mod tests {
             finished_at: None,
             rate_bps: None,
             origin: Origin::Queue,
+            base: Default::default(),
+            delta_base: None,
+            payload_size: None,
         }
     }
 

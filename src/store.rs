@@ -115,6 +115,15 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE transfers ADD COLUMN chunk_fixed INTEGER NOT NULL DEFAULT 1;  -- 0: follows the rate
     "#,
+    // 5 -> 6: delta uploads (issue 13). What base the user asked for, which one the current
+    // upload is a recipe against, and the recipe's size (what progress counts). Rows from
+    // before were full uploads; they keep the default (a base of the same name, if any) for
+    // their next start only if nothing was sent yet (see send::delta).
+    r#"
+    ALTER TABLE transfers ADD COLUMN base TEXT;          -- NULL: same name if published; '': none
+    ALTER TABLE transfers ADD COLUMN delta_base TEXT;    -- the base the upload is a recipe against
+    ALTER TABLE transfers ADD COLUMN payload_size INTEGER;  -- the recipe's bytes; NULL: size
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -300,6 +309,51 @@ pub struct Transfer {
     /// Bits per second the server confirmed over the last minute, while running.
     pub rate_bps: Option<f64>,
     pub origin: Origin,
+    /// Which base to send a delta against (issue 13).
+    pub base: BaseChoice,
+    /// The base the current upload is a recipe against; `None`: the file itself is sent.
+    pub delta_base: Option<String>,
+    /// The bytes that cross the link: the recipe's size for a delta, else `size`.
+    pub payload_size: Option<u64>,
+}
+
+impl Transfer {
+    /// What must cross the link: the recipe for a delta, else the file. Progress and finish
+    /// times count these bytes (`offset` is an offset into them).
+    pub fn bytes_to_send(&self) -> u64 {
+        self.payload_size.unwrap_or(self.size)
+    }
+}
+
+/// Which published file a transfer is sent as a delta against (`--base`, `--no-base`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum BaseChoice {
+    /// A published file of the transfer's own name, when the server holds one.
+    #[default]
+    SameName,
+    /// This published file.
+    Named(String),
+    /// None: the whole file (`--no-base`, or after a refused delta).
+    Full,
+}
+
+impl BaseChoice {
+    fn to_column(&self) -> Option<&str> {
+        match self {
+            BaseChoice::SameName => None,
+            BaseChoice::Named(name) => Some(name),
+            BaseChoice::Full => Some(""),
+        }
+    }
+
+    fn from_column(value: Option<String>) -> BaseChoice {
+        match value {
+            None => BaseChoice::SameName,
+            Some(v) if v.is_empty() => BaseChoice::Full,
+            Some(v) => BaseChoice::Named(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +372,7 @@ pub struct NewTransfer {
     pub deadline: Option<DateTime<Utc>>,
     pub rate_limit_bps: Option<f64>,
     pub origin: Origin,
+    pub base: BaseChoice,
 }
 
 /// A handle on the database. Clones share one connection.
@@ -336,7 +391,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps, origin, chunk_fixed";
+     rate_bps, origin, chunk_fixed, base, delta_base, payload_size";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -464,8 +519,8 @@ impl Store {
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
              state, priority, deadline, rate_limit_bps, created_at, updated_at, origin, \
-             chunk_fixed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)",
+             chunk_fixed, base) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)",
             params![
                 t.name,
                 source,
@@ -480,6 +535,7 @@ impl Store {
                 now,
                 t.origin.as_str(),
                 t.chunk_fixed,
+                t.base.to_column(),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -596,8 +652,34 @@ impl Store {
             id,
             "UPDATE transfers SET upload_url = NULL, offset = 0, prefix_sha256 = NULL, \
              sha256 = NULL, size = ?2, mtime_ns = ?3, state = 'queued', last_error = NULL, \
-             finished_at = NULL, updated_at = ?4 WHERE id = ?1",
+             finished_at = NULL, delta_base = NULL, payload_size = NULL, updated_at = ?4 \
+             WHERE id = ?1",
             params![id, size, mtime_ns, Utc::now().timestamp()],
+        )
+    }
+
+    /// What the transfer's upload is from now on: a recipe of `payload_size` bytes against
+    /// `delta_base`, or (both `None`) the file itself. Only with no upload begun.
+    pub fn set_payload(
+        &self,
+        id: i64,
+        delta_base: Option<&str>,
+        payload_size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE transfers SET delta_base = ?2, payload_size = ?3, updated_at = ?4 \
+             WHERE id = ?1",
+            params![id, delta_base, payload_size, Utc::now().timestamp()],
+        )
+    }
+
+    /// Which base the transfer is sent against from now on (a refused delta: none).
+    pub fn set_base_choice(&self, id: i64, base: &BaseChoice) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE transfers SET base = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, base.to_column(), Utc::now().timestamp()],
         )
     }
 
@@ -910,6 +992,9 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
             })?
         },
         chunk_fixed: r.get(25)?,
+        base: BaseChoice::from_column(r.get(26)?),
+        delta_base: r.get(27)?,
+        payload_size: r.get(28)?,
     })
 }
 
@@ -940,6 +1025,11 @@ impl AsyncStore {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .expect("a store call panicked")
+    }
+
+    /// The database file; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.0.path()
     }
 
     pub async fn transfer(&self, id: i64) -> Result<Transfer, StoreError> {
@@ -1012,6 +1102,20 @@ impl AsyncStore {
         let error = last_error.map(str::to_string);
         self.call(move |s| s.set_state(id, state, error.as_deref()))
             .await
+    }
+
+    pub async fn set_payload(
+        &self,
+        id: i64,
+        delta_base: Option<String>,
+        payload_size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.call(move |s| s.set_payload(id, delta_base.as_deref(), payload_size))
+            .await
+    }
+
+    pub async fn set_base_choice(&self, id: i64, base: BaseChoice) -> Result<(), StoreError> {
+        self.call(move |s| s.set_base_choice(id, &base)).await
     }
 
     pub async fn finish(&self, id: i64, sha256: &str) -> Result<(), StoreError> {
@@ -1100,6 +1204,32 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_remembers_its_base_and_its_payload() {
+        let s = Store::open_in_memory().unwrap();
+        let mut new = new_transfer("RC2.iso");
+        new.base = BaseChoice::Named("RC1.iso".into());
+        let t = s.insert_transfer(&new).unwrap();
+        assert_eq!(t.base, BaseChoice::Named("RC1.iso".into()));
+        assert_eq!((t.delta_base.as_deref(), t.bytes_to_send()), (None, t.size));
+        s.set_payload(t.id, Some("RC1.iso"), Some(1234)).unwrap();
+        let t = s.transfer(t.id).unwrap();
+        assert_eq!(
+            (t.delta_base.as_deref(), t.bytes_to_send()),
+            (Some("RC1.iso"), 1234)
+        );
+        s.set_base_choice(t.id, &BaseChoice::Full).unwrap();
+        assert_eq!(s.transfer(t.id).unwrap().base, BaseChoice::Full);
+        s.reset_transfer(t.id, 5, 6).unwrap();
+        let t = s.transfer(t.id).unwrap();
+        assert_eq!(
+            (t.delta_base, t.payload_size, t.base),
+            (None, None, BaseChoice::Full)
+        );
+        let plain = s.insert_transfer(&new_transfer("x")).unwrap();
+        assert_eq!(plain.base, BaseChoice::SameName);
+    }
+
+    #[test]
     fn dead_owners_are_recognised() {
         assert!(!owner_is_dead(&lock_owner()));
         assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
@@ -1120,6 +1250,7 @@ mod tests {
             deadline: None,
             rate_limit_bps: None,
             origin: Origin::Queue,
+            base: BaseChoice::SameName,
         }
     }
 
@@ -1136,7 +1267,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         assert!(s.path().is_none());
     }
 

@@ -104,8 +104,13 @@ fn tus_js_client_uploads_to_our_server() {
         names(&server.dir)
     );
     assert_eq!(sha256_file(&published), sha256_file(&file));
-    let expected: BTreeSet<String> = ["three-mib.bin", ".partial"].map(String::from).into();
+    // `.upload-index` holds what the server records of its published files (issue 13).
+    let expected: BTreeSet<String> = ["three-mib.bin", ".partial", ".upload-index"]
+        .map(String::from)
+        .into();
     assert_eq!(names(&server.dir), expected, "leftovers in the upload dir");
+    let recorded: BTreeSet<String> = ["three-mib.bin.sha256"].map(String::from).into();
+    assert_eq!(names(&server.dir.join(".upload-index")), recorded);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod helper;
 
 mod cli;
+mod delta;
 mod estimate;
 mod faults;
 mod interop;

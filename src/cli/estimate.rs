@@ -2,13 +2,16 @@
 //! rate (flag, link history, default), and prints the plan for people or as JSON.
 
 use super::{Failure, Global, exit, ordinal};
-use crate::estimate::{self, Estimate, RateSource, Recommendation, RemoteBuildRequest};
+use crate::delta;
+use crate::estimate::{
+    self, DeltaRequest, Estimate, RateSource, Recommendation, RemoteBuildRequest,
+};
 use crate::schedule::{self, Window};
 use crate::store::Store;
 use crate::units::{self, Rate, Size, format_duration, format_size};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, FixedOffset, Local};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const AFTER_HELP: &str = "\
@@ -18,6 +21,8 @@ Examples:
   upload estimate 1GB --rate 128kbit --window 23:00-07:00 --start \"2026-01-01 23:00\"
   upload estimate 1GiB --remote-build 40m --sources 25MiB
   upload estimate 4.7GB --to https://files.example.org/files/ --json
+  upload estimate RC2.iso --base RC1.iso --to https://files.example.org/files/
+  upload estimate RC2.iso --base-file RC1.iso
 
 Without --rate, the rate is the median goodput of the last 20 transfers recorded in the
 state database (of --to's host when given), else 128 kbit/s.";
@@ -51,6 +56,22 @@ pub struct Args {
     /// With --remote-build: the size of the sources or patch to send instead, e.g. 25MiB.
     #[arg(long, value_name = "SIZE", requires = "remote_build")]
     pub sources: Option<Size>,
+
+    /// Plan a delta upload against NAME, a file published on the server of --to URL: its
+    /// index is fetched and the file matched against it (the token as for `upload send`:
+    /// UPLOAD_TOKEN or the configuration file).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "to",
+        conflicts_with = "base_file"
+    )]
+    pub base: Option<String>,
+
+    /// Plan a delta upload against a local copy of the base, e.g. --base-file RC1.iso: the
+    /// same figures as --base, with no network.
+    #[arg(long, value_name = "OLD")]
+    pub base_file: Option<PathBuf>,
 
     /// Chunk size the upload would use [default: about 20 s of link time].
     #[arg(long, value_name = "SIZE")]
@@ -141,8 +162,107 @@ fn choose_rate(
     Ok((r, RateSource::Default))
 }
 
+/// Matches the file against the base asked for (`--base` on the server, `--base-file`
+/// here); `None` without either.
+/// Also returns the recipe's size, which becomes the plan's bytes.
+fn delta_request(global: &Global, args: &Args) -> Result<Option<(DeltaRequest, u64)>, Failure> {
+    let needs_file = || {
+        let path = Path::new(&args.target);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Failure::usage(anyhow!(
+                "a delta is planned for a file, not a size: give the new file, e.g. upload \
+                 estimate RC2.iso --base-file RC1.iso"
+            )))
+        }
+    };
+    let (index, base, index_bytes) = match (&args.base, &args.base_file) {
+        (None, None) => return Ok(None),
+        (Some(name), _) => {
+            needs_file()?;
+            let url = args.to.clone().unwrap_or_default();
+            let bytes = fetch_index(global, &url, name)?;
+            let index = delta::Index::decode(&bytes).map_err(|e| {
+                Failure::new(
+                    exit::PROTOCOL,
+                    anyhow!("the server's index of {name:?} is unusable: {e}"),
+                )
+            })?;
+            (index, name.clone(), Some(bytes.len() as u64))
+        }
+        (None, Some(old)) => {
+            needs_file()?;
+            let index = delta::index_file(old)
+                .with_context(|| format!("cannot read the base \"{}\"", old.display()))
+                .map_err(|e| Failure::new(exit::SOURCE, e))?;
+            // Named as it would be on the server: the recipe carries the base's name.
+            let name = old.file_name().map_or_else(
+                || old.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            (index, name, None)
+        }
+    };
+    let matched = delta::measure_file(needs_file()?, &index, &base)
+        .with_context(|| format!("cannot read \"{}\"", args.target))
+        .map_err(|e| Failure::new(exit::SOURCE, e))?;
+    let request = DeltaRequest {
+        base,
+        file_bytes: matched.copied + matched.literal,
+        copied_bytes: matched.copied,
+        index_bytes,
+    };
+    Ok(Some((request, matched.recipe_len)))
+}
+
+/// The index of `name` on the server at `url`.
+fn fetch_index(global: &Global, url: &str, name: &str) -> Result<Vec<u8>, Failure> {
+    let endpoint = crate::client::parse_endpoint(url).map_err(|e| Failure::usage(anyhow!(e)))?;
+    let token = super::send::token(global, None, url)?;
+    let mut client = crate::client::TusClient::new(endpoint.clone(), token);
+    if endpoint.scheme() == "https" {
+        client = client
+            .with_tls(crate::tls::client_config(None).map_err(|e| Failure::usage(anyhow!(e)))?);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let fetched = runtime.block_on(async {
+        let caps = client.options().await?;
+        if !caps.has(crate::protocol::ext::DELTA) {
+            return Ok(None);
+        }
+        client.index(name).await
+    });
+    match fetched {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(Failure::new(
+            exit::FAILURE,
+            anyhow!(
+                "the server at {url} has no published file {name:?} for this token, or does not \
+                 take delta uploads: `upload send` would send the whole file (plan it without \
+                 --base)"
+            ),
+        )),
+        Err(e) => {
+            let code = match e {
+                crate::client::ClientError::Auth { .. }
+                | crate::client::ClientError::Untrusted(_) => exit::AUTH,
+                crate::client::ClientError::BadUrl { .. }
+                | crate::client::ClientError::NoEndpoint { .. } => exit::USAGE,
+                _ => exit::NETWORK,
+            };
+            Err(Failure::new(code, anyhow!(e)))
+        }
+    }
+}
+
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
-    let bytes = target_bytes(&args.target)?;
+    let delta = delta_request(global, &args)?;
+    let bytes = match &delta {
+        Some((_, recipe)) => *recipe,
+        None => target_bytes(&args.target)?,
+    };
+    let delta = delta.map(|(d, _)| d);
     let (host, tls) = destination(args.to.as_deref())?;
     let (rate, rate_source) = choose_rate(global, args.rate, host.as_deref())?;
     let now = Local::now();
@@ -165,6 +285,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
             }),
             _ => None,
         },
+        delta,
     };
     let plan = estimate::plan(&request).map_err(|e| match e {
         // Say how long it really is, and what to do instead: the figure is the point of asking.
@@ -261,6 +382,28 @@ fn human(e: &Estimate, host: Option<&str>) -> String {
             when(&e.finish_at),
             ordinal(e.windows_used),
             secs(e.elapsed_seconds)
+        );
+    }
+    if let Some(d) = &e.delta {
+        let _ = writeln!(
+            out,
+            "delta against {}: {} of {} to send ({:.1} % copied from the base{})",
+            d.base,
+            format_size(d.recipe_bytes),
+            format_size(d.file_bytes),
+            d.copied_percent,
+            d.index_bytes
+                .map(|b| format!("; its index, {} down", format_size(b)))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "whole file: {} with overhead, finishes {} ({} after the start); the delta is \
+             there {:.1} times sooner",
+            secs(d.full_total_seconds),
+            when(&d.full_finish_at),
+            secs(d.full_elapsed_seconds),
+            d.speedup
         );
     }
     if let Some(rb) = &e.remote_build {

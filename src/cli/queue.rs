@@ -83,6 +83,8 @@ pub struct AddArgs {
     /// Bytes per request [default: about 20 s at the expected rate].
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
+    #[command(flatten)]
+    pub base: super::send::BaseArgs,
     /// Print the queued transfer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -223,6 +225,8 @@ fn transfer_json(
         "origin": t.origin,
         "offset": t.offset,
         "size": t.size,
+        "bytes_to_send": t.bytes_to_send(),
+        "delta_base": t.delta_base,
         "priority": t.priority,
         "deadline": t.deadline.as_ref().map(json_time),
         "limit_bps": t.rate_limit_bps,
@@ -252,6 +256,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         QueueCommand::Rm { id } => {
             let t = get(&store, id)?;
             store.delete_transfer(id).context("removing")?;
+            send::remove_recipe(store.path(), id);
             println!("removed #{id} {}", t.name);
             Ok(())
         }
@@ -346,6 +351,7 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         priority: a.priority,
         deadline,
         link: link_rate(store)?.rate,
+        base: a.base.choice(),
     })
     .map_err(|e| {
         let code = match e {
@@ -435,10 +441,12 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         return Ok(());
     }
     for (t, o, activity) in shown {
-        let pct = if t.size == 0 {
+        // A delta's offset is into its recipe: the bytes that cross the link.
+        let to_send = t.bytes_to_send();
+        let pct = if to_send == 0 {
             100.0
         } else {
-            t.offset as f64 * 100.0 / t.size as f64
+            t.offset as f64 * 100.0 / to_send as f64
         };
         let mut line = format!(
             "#{:<4} {:<8} p{:<3} {:<24} {:>5.1} % of {:>10}",
@@ -447,8 +455,11 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
             t.priority,
             t.name,
             pct,
-            format_size(t.size)
+            format_size(to_send)
         );
+        if let Some(base) = &t.delta_base {
+            line += &format!(" (delta against {base}, for {})", format_size(t.size));
+        }
         if activity == Activity::Running
             && let Some(r) = t.rate_bps
         {

@@ -22,6 +22,10 @@ Examples:
   upload send debian.iso http://server:8080/files/ --limit 100kbit --token-file ~/.upload-token
   upload send debian.iso http://server:8080/files/ --json
   upload send debian.iso https://files.example.org/files/ --ca /etc/upload/ca.pem
+  upload send debian-rc2.iso http://server:8080/files/ --base debian-rc1.iso
+
+A file the server already holds an older version of (--base NAME, or one of the same name)
+is sent as a delta: only what the server lacks crosses the link.
 
 Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
 server holds; progress is saved after every acknowledged chunk.
@@ -79,9 +83,37 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "10s")]
     pub stall_timeout: Duration,
 
+    #[command(flatten)]
+    pub base: BaseArgs,
+
     /// Print newline-delimited JSON events on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--base NAME` and `--no-base`, of `upload send` and `upload queue add` (issue 13).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaseArgs {
+    /// Send only what the server lacks: a delta against NAME, a file already published on
+    /// that server (in this token's namespace), e.g. --base debian-rc1.iso [default: a
+    /// published file of the same name, if the server holds one]. If the server no longer has
+    /// it, or it changed, the whole file is sent.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_base")]
+    pub base: Option<String>,
+
+    /// Send the whole file, even if the server holds a file of the same name.
+    #[arg(long)]
+    pub no_base: bool,
+}
+
+impl BaseArgs {
+    pub fn choice(&self) -> send::BaseChoice {
+        match (&self.base, self.no_base) {
+            (_, true) => send::BaseChoice::Full,
+            (Some(name), false) => send::BaseChoice::Named(name.clone()),
+            (None, false) => send::BaseChoice::SameName,
+        }
+    }
 }
 
 /// The first line of a token file that is not empty or a `#` comment.
@@ -116,7 +148,11 @@ fn say_err(line: &str) {
 }
 
 /// The token from `--token-file`, else `UPLOAD_TOKEN`, else the config file's for the host.
-fn token(global: &Global, file: Option<&Path>, url: &str) -> Result<Option<String>, Failure> {
+pub(super) fn token(
+    global: &Global,
+    file: Option<&Path>,
+    url: &str,
+) -> Result<Option<String>, Failure> {
     if let Some(f) = file {
         return read_token_file(f).map(Some);
     }
@@ -575,6 +611,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         give_up_after: settings.give_up_after_for(crate::config::SettingsFor::Send),
         transfer_id: None,
         gate: Gate::always_open(),
+        base: args.base.choice(),
     };
     let json = args.json;
     let planned = planned_rate(&store, limit, &opts.url);

@@ -11,6 +11,10 @@
 //! there; a payload of another kind (a delta recipe) is sent through the same calls, as an
 //! ordinary upload.
 //!
+//! Delta uploads (issue 13) add two calls with defaults, so a destination without them needs
+//! nothing: [`Destination::index`] (a base's index; `None` by default, and the session then
+//! sends the whole file) and [`Destination::create_delta`].
+//!
 //! Errors are [`ClientError`]s, so each destination classifies its failures by what a retry
 //! can do and the session's retry policy reads only that.
 
@@ -76,6 +80,41 @@ pub(super) trait Destination: Send {
 
     /// The host whose link the transfer measured, for link samples.
     fn host(&self) -> &str;
+
+    /// The index of the published file `name` (issue 13: a delta upload's base), as the
+    /// destination serves it; `None` when it has no such file, or keeps no indexes (a
+    /// destination without delta uploads need not implement this).
+    fn index(
+        &mut self,
+        _name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ClientError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// [`Destination::create`] for an upload that is a delta recipe against `base`: the
+    /// destination assembles the file named `name` from it. Only asked of a destination that
+    /// served an index.
+    fn create_delta(
+        &mut self,
+        _size: u64,
+        _name: &str,
+        _base: &DeltaBase,
+    ) -> impl Future<Output = Result<Url, ClientError>> + Send {
+        async {
+            Err(ClientError::DeltaRefused {
+                code: "unsupported".into(),
+                why: "this destination does not take delta uploads".into(),
+            })
+        }
+    }
+}
+
+/// The base a delta upload's recipe was made against: its published name and the SHA-256 its
+/// index gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DeltaBase {
+    pub(super) name: String,
+    pub(super) sha256: [u8; 32],
 }
 
 /// The destination `opts.url` names, with its credentials and trust roots.

@@ -27,10 +27,13 @@
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
 //! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
 //! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
-//! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
-//! events, errors) and [`send`], which sets a session up and tidies after it.
+//! (the seam to where bytes go; [`tus`] the first kind), [`delta`] (what a transfer sends:
+//! the file, or a recipe against a base the destination holds, and the fall back to the file
+//! when the recipe is refused). This file holds the API (options, events, errors) and
+//! [`send`], which sets a session up and tidies after it.
 
 pub mod chunking;
+mod delta;
 mod destination;
 mod metering;
 mod pipeline;
@@ -40,6 +43,7 @@ mod source;
 mod tus;
 
 use crate::client::ClientError;
+pub use crate::store::BaseChoice;
 use crate::store::{
     AsyncStore, NewTransfer, Origin, Store, StoreError, Transfer, TransferState, lock_owner,
 };
@@ -47,6 +51,7 @@ use crate::throttle::{Gate, Throttle};
 use crate::units::Rate;
 use chrono::{DateTime, Utc};
 use chunking::Chunking;
+pub use delta::remove_recipe;
 use metering::{RateMeter, WireCount};
 use session::Session;
 use source::{Identity, open_source};
@@ -80,6 +85,9 @@ pub struct SendOptions {
     pub transfer_id: Option<i64>,
     /// The scheduler's pause slots; always open for a lone `upload send`.
     pub gate: Gate,
+    /// Which published file to send a delta against (`--base`, `--no-base`); by default one
+    /// of the same name, when the server holds one.
+    pub base: BaseChoice,
 }
 
 impl SendOptions {
@@ -98,6 +106,7 @@ impl SendOptions {
             give_up_after: None,
             transfer_id: None,
             gate: Gate::always_open(),
+            base: BaseChoice::SameName,
         }
     }
 }
@@ -229,20 +238,21 @@ pub async fn send(
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let store = AsyncStore::new(store);
-    let destination = destination::for_url(&opts)?;
+    let mut destination = destination::for_url(&opts)?;
     let (path, identity) = open_source(&opts.file)?;
     let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
     let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
 
-    let row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
+    let mut row = find_or_create_row(&store, &opts, &path, identity, &name, chunk).await?;
+    let (id, origin) = (row.id, row.origin);
     let owner = lock_owner();
-    acquire_lock(&store, row.id, &owner).await?;
+    acquire_lock(&store, id, &owner).await?;
     // Aborted on every way out, including this future being dropped (a scheduler stopping it).
     // A lock taken over by another process (ours looked stale, e.g. this one was suspended)
     // ends this transfer: two senders would take the upload from each other forever.
     let (lost_tx, mut lost_rx) = tokio::sync::watch::channel::<Option<String>>(None);
     let heartbeat = {
-        let (store, owner, id) = (store.clone(), owner.clone(), row.id);
+        let (store, owner) = (store.clone(), owner.clone());
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -268,12 +278,119 @@ pub async fn send(
         }
     };
 
-    let mut t = Session {
+    let work = async {
+        if opts.restart {
+            session::restart(&mut destination, &store, &mut row, identity, events).await?;
+            delta::forget_recipe(&store, id);
+        }
+        let payload = delta::prepare(
+            &store,
+            &mut row,
+            &opts,
+            &path,
+            identity,
+            &mut destination,
+            events,
+        )
+        .await?;
+        let is_delta = payload.delta.is_some();
+        let mut t = session(
+            &store,
+            row,
+            payload,
+            destination,
+            &throttle,
+            &opts,
+            (&path, identity),
+        );
+        let result = t.run(&opts, &name, events, started).await;
+        match result {
+            Err(SendError::Server(why @ ClientError::DeltaRefused { .. })) if is_delta => {
+                let Session {
+                    mut row,
+                    destination,
+                    ..
+                } = t;
+                delta::fall_back(&store, &mut row, identity, &why, events).await?;
+                let full = delta::Payload::file(&path, identity);
+                let mut t = session(
+                    &store,
+                    row,
+                    full,
+                    destination,
+                    &throttle,
+                    &opts,
+                    (&path, identity),
+                );
+                t.run(&opts, &name, events, started).await
+            }
+            Ok(summary) if is_delta => {
+                delta::forget_recipe(&store, id);
+                // The recipe was a snapshot of the file, checked before every chunk; a change
+                // after the last one is not in what was published, which the user must hear.
+                // A moved change time alone is settled by content, as for a full upload.
+                let digest = protocol_digest(&summary.sha256);
+                let (p, sha) = (path.clone(), digest);
+                match blocking(move || source::prove_unchanged(&p, identity, &sha)).await {
+                    source::LastBytes::Changed(what) => Err(SendError::ChangedAfterPublished {
+                        path: path.clone(),
+                        what,
+                        published_as: summary.published_as,
+                        sha256: summary.sha256,
+                    }),
+                    _ => Ok(summary),
+                }
+            }
+            other => other,
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = shutdown => Err(SendError::Interrupted),
+        holder = lock_lost => Err(SendError::Busy { owner: holder }),
+    };
+    drop(heartbeat);
+    // Only releases the lock if it is still ours.
+    let _ = store.unlock(id, &owner).await;
+    let state = match &result {
+        Ok(_) => None,
+        // Progress is in the database. A queued transfer goes back to the queue; an
+        // `upload send`'s is held until that command is rerun (or `upload queue resume`
+        // hands it to the run): nobody asked `upload run` to send it.
+        Err(SendError::Interrupted) if origin == Origin::Queue => Some(TransferState::Queued),
+        Err(SendError::Interrupted) => Some(TransferState::Paused),
+        // Another process has it now: its state is its own.
+        Err(SendError::Busy { .. }) => None,
+        Err(_) => Some(TransferState::Failed),
+    };
+    if let (Some(state), Err(e)) = (state, &result) {
+        let _ = store.set_state(id, state, Some(&e.to_string())).await;
+    }
+    result
+}
+
+/// A SHA-256 in hex as bytes (ours, so always 64 hex digits).
+fn protocol_digest(hex: &str) -> [u8; 32] {
+    crate::protocol::parse_hex_sha256(hex).unwrap_or_default()
+}
+
+/// A session sending `payload` for transfer `row`, of the file `source` with `identity`.
+fn session<D: destination::Destination>(
+    store: &AsyncStore,
+    row: Transfer,
+    payload: delta::Payload,
+    destination: D,
+    throttle: &Throttle,
+    opts: &SendOptions,
+    (source, identity): (&Path, Identity),
+) -> Session<D> {
+    let is_recipe = payload.delta.is_some();
+    Session {
         store: store.clone(),
-        path,
-        identity,
+        path: payload.path,
+        identity: payload.identity,
         destination,
-        throttle,
+        throttle: throttle.clone(),
         checksum: None,
         stall: opts.stall_timeout,
         wire: Arc::new(WireCount::default()),
@@ -296,31 +413,12 @@ pub async fn send(
         url_answered: false,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
+        delta: payload.delta,
+        target_sha256: payload.target_sha256,
+        file_size: identity.size,
+        delta_source: is_recipe.then(|| (source.to_path_buf(), identity)),
         row,
-    };
-    let result = tokio::select! {
-        r = t.run(&opts, &name, events, started) => r,
-        () = shutdown => Err(SendError::Interrupted),
-        holder = lock_lost => Err(SendError::Busy { owner: holder }),
-    };
-    drop(heartbeat);
-    // Only releases the lock if it is still ours.
-    let _ = store.unlock(t.row.id, &owner).await;
-    let state = match &result {
-        Ok(_) => None,
-        // Progress is in the database. A queued transfer goes back to the queue; an
-        // `upload send`'s is held until that command is rerun (or `upload queue resume`
-        // hands it to the run): nobody asked `upload run` to send it.
-        Err(SendError::Interrupted) if t.row.origin == Origin::Queue => Some(TransferState::Queued),
-        Err(SendError::Interrupted) => Some(TransferState::Paused),
-        // Another process has it now: its state is its own.
-        Err(SendError::Busy { .. }) => None,
-        Err(_) => Some(TransferState::Failed),
-    };
-    if let (Some(state), Err(e)) = (state, &result) {
-        let _ = store.set_state(t.row.id, state, Some(&e.to_string())).await;
     }
-    result
 }
 
 /// The name on the server when none is given: the file's own.
@@ -344,6 +442,8 @@ pub struct QueueRequest {
     pub deadline: Option<DateTime<Utc>>,
     /// The link's rate as the planner knows it (measured, else the default).
     pub link: Rate,
+    /// `--base`, `--no-base`.
+    pub base: BaseChoice,
 }
 
 /// The transfer `upload queue add` records: the source as it is now (`upload run` checks it
@@ -368,6 +468,7 @@ pub fn queued_transfer(req: QueueRequest) -> Result<NewTransfer, SendError> {
         deadline: req.deadline,
         rate_limit_bps: req.limit.map(Rate::bits_per_second),
         origin: Origin::Queue,
+        base: req.base,
     })
 }
 
@@ -428,6 +529,7 @@ async fn find_or_create_row(
         deadline: None,
         rate_limit_bps: opts.limit.map(Rate::bits_per_second),
         origin: Origin::Send,
+        base: opts.base.clone(),
     };
     Ok(store.insert_transfer(new).await?)
 }

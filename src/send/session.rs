@@ -5,7 +5,7 @@
 //! [`retry`](super::retry) decides.
 
 use super::chunking::Chunking;
-use super::destination::Destination;
+use super::destination::{DeltaBase, Destination};
 use super::metering::{RateMeter, WireCount};
 use super::pipeline::Prefetch;
 use super::retry::{Decision, Failing};
@@ -70,6 +70,14 @@ pub(super) struct Session<D> {
     /// The database's byte counters when this process began.
     pub(super) base_sent: u64,
     pub(super) base_resent: u64,
+    /// The payload is a delta recipe against this base (see `send::delta`).
+    pub(super) delta: Option<DeltaBase>,
+    /// For a recipe, the SHA-256 of the file it builds: what the transfer is done with.
+    pub(super) target_sha256: Option<String>,
+    /// The size of the file delivered (for a recipe, the file it builds).
+    pub(super) file_size: u64,
+    /// For a recipe: the file it was made from, and its identity then.
+    pub(super) delta_source: Option<(PathBuf, Identity)>,
 }
 
 /// A step's failure: either the engine's own (stop) or the server's (maybe retry).
@@ -143,9 +151,6 @@ impl<D: Destination> Session<D> {
         started: Instant,
     ) -> Result<Summary, SendError> {
         let size = self.identity.size;
-        if opts.restart {
-            self.restart(events).await?;
-        }
         self.store
             .set_state(self.row.id, TransferState::Running, None)
             .await?;
@@ -213,7 +218,8 @@ impl<D: Destination> Session<D> {
                 }
             };
         };
-        self.store.finish(self.row.id, &verified.sha256).await?;
+        let sha256 = self.target_sha256.clone().unwrap_or(verified.sha256);
+        self.store.finish(self.row.id, &sha256).await?;
         if self.confirmed_here > 0 && self.sending_time > Duration::ZERO {
             let sample = LinkSample {
                 host: self.destination.host().to_string(),
@@ -225,8 +231,8 @@ impl<D: Destination> Session<D> {
             self.store.add_link_sample(sample).await?;
         }
         let summary = Summary {
-            sha256: verified.sha256,
-            size,
+            sha256,
+            size: self.file_size,
             bytes_sent: self.wire.sent.load(Ordering::Relaxed),
             resent_bytes: self.wire.resent.load(Ordering::Relaxed),
             published_as: verified.published_as,
@@ -283,6 +289,7 @@ impl<D: Destination> Session<D> {
     /// change time moved, adopts it and asks for the uploaded part to be proved again
     /// ([`StepError::Recheck`]): a chmod must not end a transfer, an edit must not slip by.
     pub(super) async fn check_identity(&mut self) -> Result<(), StepError> {
+        self.check_delta_source().await?;
         let path = self.path.clone();
         let meta = blocking(move || std::fs::metadata(&path))
             .await
@@ -311,24 +318,31 @@ impl<D: Destination> Session<D> {
         }
     }
 
-    /// `--restart`: drop the earlier upload on the server (best effort) and in the database.
-    async fn restart(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), SendError> {
-        if let Some(u) = self
-            .row
-            .upload_url
-            .as_deref()
-            .and_then(|u| Url::parse(u).ok())
-            && let Err(e) = self.destination.delete(&u).await
-        {
-            events(Event::Notice(format!(
-                "could not delete the earlier upload on the server ({e}); it will expire there"
-            )));
+    /// For a recipe: the file it was made from must still be that file, or the rest of the
+    /// recipe is not sent (the server never has all of it, and publishes nothing). Only its
+    /// change time moving (a chmod) is no reason to stop: the end of the transfer proves the
+    /// file by content then (`send::delta`).
+    async fn check_delta_source(&self) -> Result<(), StepError> {
+        let Some((path, identity)) = self.delta_source.clone() else {
+            return Ok(());
+        };
+        let stat_path = path.clone();
+        let meta = blocking(move || std::fs::metadata(&stat_path))
+            .await
+            .map_err(|e| SendError::SourceUnreadable {
+                path: path.clone(),
+                source: e,
+            })?;
+        let now = Identity::of(&meta);
+        match identity.difference(&now) {
+            Some(what) if !identity.same_but_ctime(&now) => {
+                Err(StepError::Stop(SendError::SourceChanged {
+                    path,
+                    what: format!("{what} while its delta was being sent"),
+                }))
+            }
+            _ => Ok(()),
         }
-        self.row = (self.store)
-            .reset_transfer(self.row.id, self.identity.size, self.identity.mtime_ns)
-            .await?;
-        self.pos = None;
-        Ok(())
     }
 
     /// Choose the chunk checksum, and refuse early what the server cannot take.
@@ -364,7 +378,10 @@ impl<D: Destination> Session<D> {
         let size = self.identity.size;
         loop {
             if self.row.upload_url.is_none() {
-                let url = self.destination.create(size, name).await?;
+                let url = match &self.delta {
+                    Some(base) => self.destination.create_delta(size, name, base).await?,
+                    None => self.destination.create(size, name).await?,
+                };
                 self.url_answered = false;
                 (self.store)
                     .set_upload_url(self.row.id, Some(url.as_str()))
@@ -503,6 +520,27 @@ impl<D: Destination> Session<D> {
             published_as: self.published_as.clone(),
         })
     }
+}
+
+/// `--restart`: drops the earlier upload on the server (best effort) and in the database.
+pub(super) async fn restart<D: Destination>(
+    destination: &mut D,
+    store: &AsyncStore,
+    row: &mut Transfer,
+    identity: Identity,
+    events: &(dyn Fn(Event) + Send + Sync),
+) -> Result<(), SendError> {
+    if let Some(u) = row.upload_url.as_deref().and_then(|u| Url::parse(u).ok())
+        && let Err(e) = destination.delete(&u).await
+    {
+        events(Event::Notice(format!(
+            "could not delete the earlier upload on the server ({e}); it will expire there"
+        )));
+    }
+    *row = store
+        .reset_transfer(row.id, identity.size, identity.mtime_ns)
+        .await?;
+    Ok(())
 }
 
 /// The whole file's SHA-256 on the server is not the file's. Our server then publishes nothing;

@@ -3,7 +3,7 @@
 //! extension's offer, the creation metadata, the socket's send queue.
 
 use super::SendError;
-use super::destination::{Capabilities, Destination};
+use super::destination::{Capabilities, DeltaBase, Destination};
 use crate::client::{
     ChannelBody, ClientError, LinkProbe, PatchOutcome, TusClient, UploadInfo, notsent_lowat_for,
     parse_endpoint,
@@ -96,5 +96,32 @@ impl Destination for Tus {
 
     fn host(&self) -> &str {
         self.client.endpoint().host_str().unwrap_or_default()
+    }
+
+    /// Only from a server that advertises the `delta` extension: another tus server's 404
+    /// would say nothing about the file.
+    async fn index(&mut self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        if !self.client.options().await?.has(ext::DELTA) {
+            return Ok(None);
+        }
+        self.client.index(name).await
+    }
+
+    /// The metadata names the base and its index's digest, so the server refuses a recipe it
+    /// cannot use before a byte of it is sent.
+    async fn create_delta(
+        &mut self,
+        size: u64,
+        name: &str,
+        base: &DeltaBase,
+    ) -> Result<Url, ClientError> {
+        let mut md = Metadata::default();
+        md.insert(meta::FILENAME, name.as_bytes().to_vec());
+        md.insert(meta::DELTA_BASE, base.name.as_bytes().to_vec());
+        md.insert(
+            meta::DELTA_BASE_SHA256,
+            hex::encode(base.sha256).into_bytes(),
+        );
+        self.client.create(size, &md).await
     }
 }

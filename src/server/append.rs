@@ -296,11 +296,41 @@ pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, Ap
         .or_else(|| metadata.0.get("name"));
     let wanted = safe_name(wanted.map(Vec::as_slice), &id);
     let length = upload.info.offset;
-    let store = app.uploads.store().clone();
-    let publish_id = id.clone();
-    let name =
-        blocking(move || store.publish(&publish_id, subdir.as_deref(), &wanted, length, &received))
-            .await?;
+    // A delta recipe (issue 13): what is published is the file it builds, verified against
+    // the recipe's SHA-256; the upload's own digest (the recipe's, checked above) is what
+    // HEAD and the PATCH answer with, as for any upload.
+    let name = match super::delta::base_in(&metadata)? {
+        Some(base) => {
+            match super::delta::assemble_and_publish(app, &id, subdir, base, wanted).await {
+                Ok((name, built)) => {
+                    tracing::info!(%id, %name, bytes = built.len, sha256 = %hex::encode(built.sha256),
+                                   recipe_bytes = length, "assembled from the base");
+                    name
+                }
+                Err(ApiError::DeltaRefused(why)) => {
+                    tracing::warn!(%id, %why, "delta upload refused; removing it");
+                    upload.info.state = State::Refused {
+                        code: why.code().to_string(),
+                        why: why.to_string(),
+                    };
+                    save(app, &id, &upload.info).await?;
+                    let store = app.uploads.store().clone();
+                    let part_id = id.clone();
+                    blocking(move || store.remove_part(&part_id)).await?;
+                    return Err(ApiError::DeltaRefused(why));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        None => {
+            let store = app.uploads.store().clone();
+            let publish_id = id.clone();
+            blocking(move || {
+                store.publish(&publish_id, subdir.as_deref(), &wanted, length, &received)
+            })
+            .await?
+        }
+    };
     upload.info.state = State::Published {
         name: name.clone(),
         sha256: hex::encode(received),
@@ -321,14 +351,14 @@ pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, Ap
 }
 
 /// Finishes what a crash interrupted: an upload with all its bytes committed but neither
-/// published nor failed. A digest mismatch is recorded in the upload's state, not returned.
+/// published nor failed. A digest mismatch or a refused delta is recorded in the upload's state, not returned.
 pub(crate) async fn settle(app: &App, held: &mut Held) -> Result<(), ApiError> {
     let info = &held.upload().info;
     if info.state != State::Partial || !info.is_complete() {
         return Ok(());
     }
     match complete(app, held).await {
-        Ok(_) | Err(ApiError::DigestMismatch { .. }) => Ok(()),
+        Ok(_) | Err(ApiError::DigestMismatch { .. } | ApiError::DeltaRefused(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -8,7 +8,17 @@
 //! DIR/.partial/<id>.part            the bytes received so far (may run past the offset)
 //! DIR/.partial/<id>.info            JSON: the committed offset, length, metadata, state
 //! DIR/.partial/<id>.info.tmp        an info file being replaced
+//! DIR/.partial/<id>.built           a delta upload's new file, built from its recipe
+//! DIR/.upload-index/<name>.sha256   the identity and SHA-256 of DIR/<name>, recorded at publishing
+//! DIR/.upload-index/<name>.idx      the chunk index of DIR/<name> (made when first asked for)
+//! DIR/alice/.upload-index/...       the same for DIR/alice/
 //! ```
+//!
+//! `.upload-index` starts with a dot, which no published name or token name can
+//! (`names::safe_name`, `names::check_dir_name`), so it can never be published over or be
+//! mistaken for a file. Both sidecars are caches, never the truth: a record whose identity
+//! (size, mtime ns, inode, device) no longer matches its file is ignored, and an index whose
+//! header does not is made again.
 //!
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
@@ -17,12 +27,15 @@
 //! the next start ([`DirStore::recover`]). Everything here is blocking `std::fs`: callers run it on the blocking
 //! pool.
 
+use super::delta::{Assembled, DeltaStore, Refusal};
 use super::names::{self, Id};
 use super::store::{Capabilities, Info, Part, State, Store, TokenDir};
+use crate::delta::{FileIdentity, FormatError, Index, Params, RecipeReader, recipe};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -30,11 +43,17 @@ use std::time::{Duration, SystemTime};
 /// same file system; the dot keeps it out of casual listings.
 pub const PARTIAL_DIR: &str = ".partial";
 
+/// Where each publishing directory keeps what it knows of its files (see the module doc).
+pub const INDEX_DIR: &str = ".upload-index";
+
 /// The upload directory and its `.partial` subdirectory.
 #[derive(Debug)]
 pub struct DirStore {
     dir: PathBuf,
     partial: PathBuf,
+    /// Held while an index is made: a second request for the same index (a client retrying
+    /// while a big file is read) waits and finds it made, instead of reading the file again.
+    indexing: std::sync::Mutex<()>,
 }
 
 impl DirStore {
@@ -45,6 +64,7 @@ impl DirStore {
         Ok(DirStore {
             dir: dir.to_path_buf(),
             partial,
+            indexing: std::sync::Mutex::new(()),
         })
     }
 
@@ -54,6 +74,23 @@ impl DirStore {
 
     fn info_path(&self, id: &Id) -> PathBuf {
         self.partial.join(format!("{id}.info"))
+    }
+
+    /// A delta upload's new file, built from its recipe (the part file) and its base.
+    fn built_path(&self, id: &Id) -> PathBuf {
+        self.partial.join(format!("{id}.built"))
+    }
+
+    /// The publishing directory of `subdir` (a token name), or `DIR`; `None` when it is not
+    /// a usable directory (nothing is published there then, so nothing can be read).
+    fn published_dir(&self, subdir: Option<&str>) -> Option<PathBuf> {
+        match subdir {
+            None => Some(self.dir.clone()),
+            Some(name) => {
+                names::check_dir_name(name).ok()?;
+                matches!(self.token_dir(name), Ok(TokenDir::Directory)).then(|| self.dir.join(name))
+            }
+        }
     }
 
     /// Removes the part files of finished uploads, at start-up. Publishing records the name and
@@ -84,6 +121,7 @@ impl DirStore {
             if finished {
                 tracing::info!(%id, "removing the part file of a finished upload");
                 remove_if_present(&part)?;
+                remove_if_present(&self.built_path(&id))?;
                 removed += 1;
             }
         }
@@ -121,6 +159,62 @@ impl DirStore {
             ErrorKind::NotADirectory,
             format!("{} keeps changing", path.display()),
         ))
+    }
+
+    /// Publishes the complete file `part` (a part file, or what a recipe built) as
+    /// [`Store::publish`] says, and records the published file's identity and SHA-256 (see
+    /// [`recorded_sameness`]).
+    fn publish_file(
+        &self,
+        part: &Path,
+        id: &Id,
+        subdir: Option<&str>,
+        name: &str,
+        len: u64,
+        sha256: &[u8; 32],
+    ) -> io::Result<String> {
+        File::open(part)?.sync_all()?;
+        let dir = match subdir {
+            None => self.dir.clone(),
+            Some(subdir) => {
+                // Token names are checked at start-up; this one came back from an info file.
+                names::check_dir_name(subdir).map_err(|why| {
+                    io::Error::other(format!("owner {subdir:?} in the info file: {why}"))
+                })?;
+                self.make_token_dir(subdir)?
+            }
+        };
+        for n in 0..10_000 {
+            let candidate = names::candidate(name, n);
+            let target = dir.join(&candidate);
+            match fs::hard_link(part, &target) {
+                Ok(()) => {
+                    sync_dir(&dir)?;
+                    record_digest(&dir, &candidate, sha256);
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let same = match recorded_sameness(&dir, &candidate, len, sha256) {
+                        Some(same) => same,
+                        None => {
+                            let same = same_content(&target, part, len)?;
+                            if same {
+                                record_digest(&dir, &candidate, sha256);
+                            }
+                            same
+                        }
+                    };
+                    if same {
+                        tracing::info!(%id, name = %candidate, "identical file already published");
+                        return Ok(candidate);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "10000 files named like {name:?} exist already"
+        )))
     }
 
     pub fn dir(&self) -> &Path {
@@ -240,6 +334,7 @@ impl Store for DirStore {
 
     fn remove_part(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.part_path(id))?;
+        remove_if_present(&self.built_path(id))?;
         sync_dir(&self.partial)
     }
 
@@ -255,43 +350,10 @@ impl Store for DirStore {
         subdir: Option<&str>,
         name: &str,
         len: u64,
-        // Identical content is told by comparing with the part's bytes, which have this digest.
-        _sha256: &[u8; 32],
+        sha256: &[u8; 32],
     ) -> io::Result<String> {
-        let part = self.part_path(id);
-        File::open(&part)?.sync_all()?;
-        let dir = match subdir {
-            None => self.dir.clone(),
-            Some(subdir) => {
-                // Token names are checked at start-up; this one came back from an info file.
-                names::check_dir_name(subdir).map_err(|why| {
-                    io::Error::other(format!("owner {subdir:?} in the info file: {why}"))
-                })?;
-                self.make_token_dir(subdir)?
-            }
-        };
-        for n in 0..10_000 {
-            let candidate = names::candidate(name, n);
-            let target = dir.join(&candidate);
-            match fs::hard_link(&part, &target) {
-                Ok(()) => {
-                    sync_dir(&dir)?;
-                    return Ok(candidate);
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    if same_content(&target, &part, len)? {
-                        tracing::info!(%id, name = %candidate, "identical file already published");
-                        return Ok(candidate);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::other(format!(
-            "10000 files named like {name:?} exist already"
-        )))
+        self.publish_file(&self.part_path(id), id, subdir, name, len, sha256)
     }
-
     /// What stands at `DIR/<name>`, where a token's uploads are published with per-token
     /// directories. Never follows a symbolic link there: the uploads would land wherever it
     /// points.
@@ -335,7 +397,7 @@ impl Store for DirStore {
                     ids.push(id);
                     false
                 }
-                "part" => !self.info_path(&id).exists(),
+                "part" | "built" => !self.info_path(&id).exists(),
                 "info.tmp" => true,
                 _ => false,
             };
@@ -356,6 +418,284 @@ impl Store for DirStore {
             expiration: true,
         }
     }
+
+    fn delta(&self) -> Option<&dyn DeltaStore> {
+        Some(self)
+    }
+}
+
+impl DeltaStore for DirStore {
+    /// Reads `DIR[/subdir]/.upload-index/<name>.idx` when its header's identity is the file's;
+    /// otherwise chunks the file (trusting the SHA-256 recorded at publishing while its
+    /// identity holds, else hashing it too) and keeps the new index, replaced atomically.
+    fn index(&self, subdir: Option<&str>, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(dir) = self.published_dir(subdir) else {
+            return Ok(None);
+        };
+        let Some((file, identity)) = open_published(&dir.join(name))? else {
+            return Ok(None);
+        };
+        let path = sidecar(&dir, name, "idx");
+        let fresh = || {
+            fs::read(&path)
+                .ok()
+                .filter(|bytes| Index::decode(bytes).is_ok_and(|i| i.identity == identity))
+        };
+        if let Some(bytes) = fresh() {
+            return Ok(Some(bytes));
+        }
+        let _one_at_a_time = self.indexing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = fresh() {
+            return Ok(Some(bytes));
+        }
+        let known = read_record(&dir, name)
+            .filter(|r| r.identity == identity)
+            .map(|r| r.sha256);
+        let started = std::time::Instant::now();
+        let index = Index::build(
+            io::BufReader::with_capacity(1 << 20, file),
+            Params::DEFAULT,
+            identity,
+            known,
+        )?;
+        let bytes = index.to_bytes();
+        tracing::info!(
+            file = name,
+            chunks = index.chunks.len(),
+            index_bytes = bytes.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "indexed a published file"
+        );
+        write_sidecar(&path, &bytes)?;
+        if known.is_none() {
+            write_record(
+                &dir,
+                name,
+                &Record {
+                    identity,
+                    sha256: index.sha256,
+                },
+            );
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Writes `.partial/<id>.built` from the recipe in the part file and the base, which must
+    /// be the file its index describes before and after (its identity checked at both ends;
+    /// the new file's SHA-256 catches what an identity cannot).
+    fn assemble(
+        &self,
+        id: &Id,
+        subdir: Option<&str>,
+        base: &str,
+        base_sha256: &[u8; 32],
+    ) -> io::Result<Result<Assembled, Refusal>> {
+        use std::os::unix::fs::FileExt;
+        let missing = || Ok(Err(Refusal::BaseMissing(base.to_string())));
+        let changed = || Ok(Err(Refusal::BaseChanged(base.to_string())));
+        let Some(dir) = self.published_dir(subdir) else {
+            return missing();
+        };
+        let Some(index) = self.index(subdir, base)? else {
+            return missing();
+        };
+        let index = Index::decode(&index).map_err(io::Error::other)?;
+        if index.sha256 != *base_sha256 {
+            return changed();
+        }
+        let Some((base_file, identity)) = open_published(&dir.join(base))? else {
+            return missing();
+        };
+        if identity != index.identity {
+            return changed();
+        }
+        let recipe = io::BufReader::with_capacity(1 << 20, File::open(self.part_path(id))?);
+        let (header, pending) = match RecipeReader::open(recipe) {
+            Ok(opened) => opened,
+            Err(e) => return Ok(Err(Refusal::BadRecipe(e.to_string()))),
+        };
+        if header.base_name != base || header.base_sha256 != *base_sha256 {
+            return Ok(Err(Refusal::BadRecipe(format!(
+                "it names the base {:?}, its upload {base:?}",
+                header.base_name
+            ))));
+        }
+        let built_path = self.built_path(id);
+        let mut built = io::BufWriter::with_capacity(1 << 20, File::create(&built_path)?);
+        let mut sha = Sha256::new();
+        let declared = match recipe::apply(
+            pending.against(identity.size),
+            |offset, buf| base_file.read_exact_at(buf, offset),
+            |bytes| {
+                sha.update(bytes);
+                built.write_all(bytes)
+            },
+        ) {
+            Ok(declared) => declared,
+            Err(FormatError::Io(e)) => return Err(e),
+            Err(e) => {
+                drop(built);
+                remove_if_present(&built_path)?;
+                return Ok(Err(Refusal::BadRecipe(e.to_string())));
+            }
+        };
+        built
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_data()?;
+        let after = FileIdentity::of(&base_file.metadata()?);
+        let sha256: [u8; 32] = sha.finalize().into();
+        if after != identity {
+            remove_if_present(&built_path)?;
+            return changed();
+        }
+        if sha256 != declared {
+            remove_if_present(&built_path)?;
+            return Ok(Err(Refusal::TargetMismatch {
+                built: hex::encode(sha256),
+                declared: hex::encode(declared),
+            }));
+        }
+        Ok(Ok(Assembled {
+            len: header.target_length,
+            sha256,
+        }))
+    }
+
+    fn publish_assembled(
+        &self,
+        id: &Id,
+        subdir: Option<&str>,
+        name: &str,
+        len: u64,
+        sha256: &[u8; 32],
+    ) -> io::Result<String> {
+        self.publish_file(&self.built_path(id), id, subdir, name, len, sha256)
+    }
+}
+
+/// A published regular file (never through a symbolic link) and its identity; `None` when
+/// there is none of that name.
+fn open_published(path: &Path) -> io::Result<Option<(File, FileIdentity)>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let identity = FileIdentity::of(&file.metadata()?);
+    Ok(Some((file, identity)))
+}
+
+/// `DIR/.upload-index/<name>.<ext>`.
+fn sidecar(dir: &Path, name: &str, ext: &str) -> PathBuf {
+    dir.join(INDEX_DIR).join(format!("{name}.{ext}"))
+}
+
+/// Replaces a sidecar atomically (tmp, rename). Not fsynced: it is a cache, and a lost or
+/// stale one is made again.
+fn write_sidecar(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+/// What publishing records of a published file: its identity then, and its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    identity: FileIdentity,
+    sha256: [u8; 32],
+}
+
+impl Record {
+    fn to_line(self) -> String {
+        let i = self.identity;
+        format!(
+            "v1 {} {} {} {} {}\n",
+            i.size,
+            i.mtime_ns,
+            i.inode,
+            i.dev,
+            hex::encode(self.sha256)
+        )
+    }
+
+    fn parse(line: &str) -> Option<Record> {
+        let mut f = line.split_ascii_whitespace();
+        (f.next()? == "v1").then_some(())?;
+        let identity = FileIdentity {
+            size: f.next()?.parse().ok()?,
+            mtime_ns: f.next()?.parse().ok()?,
+            inode: f.next()?.parse().ok()?,
+            dev: f.next()?.parse().ok()?,
+        };
+        let sha256 = crate::protocol::parse_hex_sha256(f.next()?)?;
+        f.next().is_none().then_some(Record { identity, sha256 })
+    }
+}
+
+fn read_record(dir: &Path, name: &str) -> Option<Record> {
+    Record::parse(&fs::read_to_string(sidecar(dir, name, "sha256")).ok()?)
+}
+
+/// Best effort: without a record the next identical upload is compared byte by byte.
+fn write_record(dir: &Path, name: &str, record: &Record) {
+    if let Err(e) = write_sidecar(&sidecar(dir, name, "sha256"), record.to_line().as_bytes()) {
+        tracing::warn!(file = name, error = %e, "cannot record the published file's SHA-256");
+    }
+}
+
+/// Records `DIR/<name>`'s identity as it is now with `sha256`, its verified content.
+fn record_digest(dir: &Path, name: &str, sha256: &[u8; 32]) {
+    match open_published(&dir.join(name)) {
+        Ok(Some((_, identity))) => write_record(
+            dir,
+            name,
+            &Record {
+                identity,
+                sha256: *sha256,
+            },
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(file = name, error = %e, "cannot stat the published file"),
+    }
+}
+
+/// Whether the published `DIR/<name>` holds `len` bytes of SHA-256 `sha256`, as far as its
+/// record tells: `Some` while the file's identity is the recorded one, `None` (compare the
+/// bytes) without a record or once the file moved, grew, or was written to. This is what
+/// lets a long-running server take a re-sent copy of a 1 GiB file as delivered without reading
+/// the 1 GiB it already holds (issue 12: the byte comparison read 2 GiB per 1 GiB upload and
+/// held keep-mode throughput at 0.76-0.78x the hashing floor).
+fn recorded_sameness(dir: &Path, name: &str, len: u64, sha256: &[u8; 32]) -> Option<bool> {
+    let record = read_record(dir, name)?;
+    let (_, now) = open_published(&dir.join(name)).ok()??;
+    decide_by_record(&record, &now, len, sha256)
+}
+
+/// The decision of [`recorded_sameness`], on its facts.
+fn decide_by_record(
+    record: &Record,
+    now: &FileIdentity,
+    len: u64,
+    sha256: &[u8; 32],
+) -> Option<bool> {
+    if record.identity != *now {
+        return None;
+    }
+    Some(now.size == len && record.sha256 == *sha256)
 }
 
 /// A part file open for one request's body, written straight through (no buffer of ours):
@@ -565,5 +905,160 @@ mod tests {
             fs::read_dir(dir.path().join(PARTIAL_DIR)).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_record_decides_only_while_the_identity_holds() {
+        let identity = FileIdentity {
+            size: 5,
+            mtime_ns: 10,
+            inode: 3,
+            dev: 1,
+        };
+        let record = Record {
+            identity,
+            sha256: [1; 32],
+        };
+        assert_eq!(Record::parse(&record.to_line()), Some(record));
+        assert_eq!(
+            decide_by_record(&record, &identity, 5, &[1; 32]),
+            Some(true)
+        );
+        assert_eq!(
+            decide_by_record(&record, &identity, 5, &[2; 32]),
+            Some(false)
+        );
+        assert_eq!(
+            decide_by_record(&record, &identity, 6, &[1; 32]),
+            Some(false)
+        );
+        for moved in [
+            FileIdentity {
+                mtime_ns: 11,
+                ..identity
+            },
+            FileIdentity {
+                inode: 4,
+                ..identity
+            },
+            FileIdentity {
+                size: 6,
+                ..identity
+            },
+            FileIdentity { dev: 2, ..identity },
+        ] {
+            assert_eq!(decide_by_record(&record, &moved, 5, &[1; 32]), None);
+        }
+        assert_eq!(Record::parse("v1 1 2 3"), None);
+    }
+
+    /// Issue 12: a re-sent copy of a published file is known as delivered by the record
+    /// publishing left, without reading the published file. Shown by a published file whose
+    /// bytes were changed behind the record's back (same size, modification time put back):
+    /// reading it would find it different and publish the upload as `x.1.iso`.
+    #[test]
+    fn an_identical_copy_is_known_by_its_record_without_reading_the_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let publish = |data: &[u8]| {
+            let id = Id::random();
+            store.create(&info(&id), &id).unwrap();
+            append(&store, &id, 0, data);
+            let sha: [u8; 32] = Sha256::digest(data).into();
+            let name = store
+                .publish(&id, None, "x.iso", data.len() as u64, &sha)
+                .unwrap();
+            store.remove(&id).unwrap();
+            name
+        };
+        assert_eq!(publish(b"first"), "x.iso");
+        assert!(dir.path().join(INDEX_DIR).join("x.iso.sha256").exists());
+        let published = dir.path().join("x.iso");
+        let mtime = fs::metadata(&published).unwrap().modified().unwrap();
+        let f = File::options().write(true).open(&published).unwrap();
+        f.write_all_at(b"F", 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(publish(b"first"), "x.iso", "the record was not trusted");
+        // Once the identity moves, the bytes are compared again.
+        let f = File::options().write(true).open(&published).unwrap();
+        f.set_modified(mtime + Duration::from_secs(1)).unwrap();
+        drop(f);
+        assert_eq!(publish(b"first"), "x.1.iso");
+    }
+
+    #[test]
+    fn a_recipe_is_assembled_against_its_base_and_refused_once_the_base_changed() {
+        use crate::delta::{Index, make_recipe};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let base: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let id = Id::random();
+        store.create(&info(&id), &id).unwrap();
+        append(&store, &id, 0, &base);
+        let base_sha: [u8; 32] = Sha256::digest(&base).into();
+        store
+            .publish(&id, None, "RC1.iso", base.len() as u64, &base_sha)
+            .unwrap();
+        store.remove(&id).unwrap();
+        let bytes = store.index(None, "RC1.iso").unwrap().unwrap();
+        let index = Index::decode(&bytes).unwrap();
+        assert_eq!(index.sha256, base_sha);
+        assert!(store.index(None, "nothing.iso").unwrap().is_none());
+        assert!(store.index(Some("alice"), "RC1.iso").unwrap().is_none());
+
+        let mut new = base.clone();
+        new[150_000..150_010].copy_from_slice(b"0123456789");
+        let mut recipe = Vec::new();
+        let m = make_recipe(&new[..], new.len() as u64, &index, "RC1.iso", &mut recipe).unwrap();
+        let upload = |recipe: &[u8]| {
+            let id = Id::random();
+            store.create(&info(&id), &id).unwrap();
+            append(&store, &id, 0, recipe);
+            id
+        };
+        let id = upload(&recipe);
+        let built = store
+            .assemble(&id, None, "RC1.iso", &base_sha)
+            .unwrap()
+            .unwrap();
+        assert_eq!(built.sha256, m.target_sha256);
+        let name = store
+            .publish_assembled(&id, None, "RC2.iso", built.len, &built.sha256)
+            .unwrap();
+        assert_eq!(name, "RC2.iso");
+        assert!(fs::read(dir.path().join("RC2.iso")).unwrap() == new);
+        assert!(
+            fs::read(dir.path().join("RC1.iso")).unwrap() == base,
+            "the base changed"
+        );
+        store.remove(&id).unwrap();
+
+        // A wrong base digest, a missing base, and a base rewritten since its index.
+        let id = upload(&recipe);
+        assert_eq!(
+            store.assemble(&id, None, "RC1.iso", &[0; 32]).unwrap(),
+            Err(Refusal::BaseChanged("RC1.iso".into()))
+        );
+        assert_eq!(
+            store.assemble(&id, None, "gone.iso", &base_sha).unwrap(),
+            Err(Refusal::BaseMissing("gone.iso".into()))
+        );
+        fs::write(dir.path().join("RC1.iso"), &new).unwrap();
+        assert_eq!(
+            store.assemble(&id, None, "RC1.iso", &base_sha).unwrap(),
+            Err(Refusal::BaseChanged("RC1.iso".into()))
+        );
+        // Not a recipe at all.
+        let id = upload(b"not a recipe");
+        assert!(matches!(
+            store
+                .assemble(&id, None, "RC1.iso", &Sha256::digest(&new).into())
+                .unwrap(),
+            Err(Refusal::BadRecipe(_))
+        ));
     }
 }

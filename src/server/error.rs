@@ -75,6 +75,11 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("{0}")]
     Gone(String),
+    /// The same for a file of another token's namespace as for an unknown one (issue 13).
+    #[error("no published file of that name")]
+    NoSuchFile,
+    #[error("delta upload refused: {0}; send the whole file instead")]
+    DeltaRefused(super::delta::Refusal),
     #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
     Version,
     #[error("unauthorized")]
@@ -131,7 +136,9 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchFile => StatusCode::NOT_FOUND,
+            // No retry of the same recipe can succeed; the whole file can (the header says why).
+            ApiError::DeltaRefused(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Version => StatusCode::PRECONDITION_FAILED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -201,6 +208,12 @@ impl IntoResponse for ApiError {
             | ApiError::Interrupted { offset, .. } => {
                 headers.insert(protocol::UPLOAD_OFFSET, HeaderValue::from(*offset));
             }
+            ApiError::DeltaRefused(why) => {
+                headers.insert(
+                    protocol::UPLOAD_DELTA_REFUSED,
+                    HeaderValue::from_static(why.code()),
+                );
+            }
             ApiError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -219,6 +232,8 @@ impl IntoResponse for ApiError {
                 | ApiError::ContentType
                 | ApiError::Busy
                 | ApiError::TooManyUploads { .. }
+                // Refused at creation, before a creation-with-upload body was read.
+                | ApiError::DeltaRefused(_)
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -34,7 +34,7 @@ const UPLOAD_ALLOW_KEPT: &str = "OPTIONS, HEAD, PATCH";
 
 /// What `Tus-Extension` advertises: what the handlers below implement over any store, and of
 /// the extensions that depend on the store those it supports (see [`Capabilities`]).
-fn extensions(store: Capabilities) -> String {
+fn extensions(store: Capabilities, delta: bool) -> String {
     [
         (ext::CREATION, true),
         (ext::CREATION_WITH_UPLOAD, true),
@@ -42,6 +42,7 @@ fn extensions(store: Capabilities) -> String {
         (ext::CHECKSUM, true),
         (ext::TERMINATION, store.termination),
         (ext::EXPIRATION, store.expiration),
+        (ext::DELTA, delta),
     ]
     .into_iter()
     .filter_map(|(name, supported)| supported.then_some(name))
@@ -54,6 +55,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/files", any(creation_route))
         .route("/files/", any(creation_route))
         .route("/files/{id}", any(upload_route))
+        .route("/files/index/{name}", any(index_route))
         .fallback(|| async { ApiError::NotFound })
         // Bodies are streamed to disk, never collected; the size limit is the upload's length.
         .layer(DefaultBodyLimit::disable())
@@ -78,6 +80,8 @@ enum Target {
     Creation,
     /// The path segment as sent; checked only after the token.
     Upload(String),
+    /// The index of a published file, by name (see `delta`).
+    Index(String),
 }
 
 async fn creation_route(
@@ -93,6 +97,14 @@ async fn upload_route(
     req: Request,
 ) -> Response {
     spawn(app, Target::Upload(id), req).await
+}
+
+async fn index_route(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    spawn(app, Target::Index(name), req).await
 }
 
 async fn spawn(app: Arc<App>, target: Target, req: Request) -> Response {
@@ -197,6 +209,11 @@ async fn handle(app: Arc<App>, target: Target, req: Request) -> Result<Response,
         }),
         (Target::Upload(id), Method::HEAD) => head(&app, caller, &upload(&id)?).await,
         (Target::Upload(id), Method::PATCH) => patch(&app, caller, &upload(&id)?, req).await,
+        (Target::Index(name), Method::GET) => {
+            caller.check_dir(&app).await?;
+            super::delta::serve_index(&app, caller.publishes_in, &name).await
+        }
+        (Target::Index(_), _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (Target::Upload(id), Method::DELETE) if app.capabilities.termination => {
             delete(&app, caller, &upload(&id)?).await
         }
@@ -264,7 +281,11 @@ fn options(app: &App) -> Response {
         protocol::TUS_VERSION_HEADER,
         HeaderValue::from_static(protocol::TUS_VERSION),
     );
-    set(h, protocol::TUS_EXTENSION, &extensions(app.capabilities));
+    set(
+        h,
+        protocol::TUS_EXTENSION,
+        &extensions(app.capabilities, app.uploads.store().delta().is_some()),
+    );
     set(
         h,
         protocol::TUS_CHECKSUM_ALGORITHM,
@@ -324,6 +345,9 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             Some(hex::encode(sha))
         }
     };
+    // A delta recipe's base is checked now: a client sends the whole file instead, before
+    // sending a byte of a recipe that cannot be used.
+    super::delta::base_of_creation(app, caller.publishes_in, &parsed).await?;
     let with_body = has_upload_body(headers);
     let body_headers = body_headers(headers)?;
     if let (Some(declared), Some(digest)) = (&expected_sha256, &body_headers.repr_digest)
@@ -413,6 +437,9 @@ async fn head(app: &App, caller: Caller<'_>, id: &Id) -> Result<Response, ApiErr
     if let Some((declared, received)) = upload.is_failed() {
         return Err(gone(declared, received));
     }
+    if let Some(why) = upload.refusal() {
+        return Err(ApiError::DeltaRefused(why));
+    }
     let info = &upload.info;
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
@@ -451,6 +478,9 @@ async fn patch(app: &App, caller: Caller<'_>, id: &Id, req: Request) -> Result<R
     let upload = held.upload();
     if let Some((declared, received)) = upload.is_failed() {
         return Err(gone(declared, received));
+    }
+    if let Some(why) = upload.refusal() {
+        return Err(ApiError::DeltaRefused(why));
     }
     if offset != upload.info.offset {
         return Err(ApiError::OffsetMismatch {
@@ -585,8 +615,13 @@ mod tests {
             expiration: true,
         };
         assert_eq!(
-            extensions(all),
+            extensions(all, false),
             "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration"
+        );
+        assert_eq!(
+            extensions(all, true),
+            "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration,\
+             delta"
         );
         let kept = Capabilities {
             termination: false,
@@ -594,7 +629,7 @@ mod tests {
             ..all
         };
         assert_eq!(
-            extensions(kept),
+            extensions(kept, false),
             "creation,creation-with-upload,creation-defer-length,checksum"
         );
         let fixed_length = Capabilities {
@@ -602,7 +637,7 @@ mod tests {
             ..all
         };
         assert_eq!(
-            extensions(fixed_length),
+            extensions(fixed_length, false),
             "creation,creation-with-upload,checksum,termination,expiration"
         );
     }

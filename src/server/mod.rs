@@ -1,7 +1,7 @@
 //! `upload serve`: a tus 1.0.0 server (core, creation, creation-with-upload,
-//! creation-defer-length, checksum, termination, expiration) that receives uploads into a
-//! directory, verifies them, and publishes them under their names. Of these,
-//! creation-defer-length, termination and expiration depend on what the store can do:
+//! creation-defer-length, checksum, termination, expiration, and our `delta`) that receives
+//! uploads into a directory, verifies them, and publishes them under their names. Of these,
+//! creation-defer-length, termination, expiration and delta depend on what the store can do:
 //! `Tus-Extension` names those the store in use supports (`store::Capabilities`; the
 //! directory store supports all), and the server serves no others.
 //!
@@ -19,6 +19,8 @@
 //!   body on its way in (`Part`), an upload's record (`Info`);
 //! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
 //!   `.info`), crash consistency, publishing by hard link;
+//! - `delta`: delta uploads (issue 13): the index route, the base check at creation, and
+//!   assembling a finished recipe into the new file (a store capability, `DeltaStore`);
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
 //!   `receiving`: the cap on bodies received at once; `cors`: browser clients from other
 //!   origins.
@@ -85,6 +87,7 @@ mod append;
 mod auth;
 mod config;
 mod cors;
+mod delta;
 mod dir_store;
 mod error;
 mod handlers;

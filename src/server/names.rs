@@ -318,9 +318,35 @@ mod tests {
         }
         let long = "x".repeat(65);
         for bad in [
-            "", ".", "..", ".partial", "a/b", "a\\b", "a b", "é", "a\0", &long,
+            "",
+            ".",
+            "..",
+            ".partial",
+            ".upload-index",
+            "a/b",
+            "a\\b",
+            "a b",
+            "é",
+            "a\0",
+            &long,
         ] {
             assert!(check_dir_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The store's own directories in `DIR` (`.partial`, `.upload-index` with the indexes of
+    /// published files) can never be a published name, nor a clash candidate of one.
+    #[test]
+    fn the_stores_own_directories_cannot_be_published_names() {
+        for own in [
+            ".partial",
+            ".upload-index",
+            "../.upload-index",
+            "x/.upload-index",
+        ] {
+            let name = safe_name(Some(own.as_bytes()), &id());
+            assert!(!name.starts_with('.'), "{own:?} became {name:?}");
+            assert!(!candidate(&name, 3).starts_with('.'));
         }
     }
 

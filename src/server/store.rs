@@ -82,6 +82,13 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Which of the tus extensions that depend on the store this one supports: the server
     /// advertises and serves exactly those.
     fn capabilities(&self) -> Capabilities;
+
+    /// Delta uploads (issue 13), when this store supports them: indexes of published files
+    /// and assembly of recipes (see `server::delta`). `Tus-Extension` names `delta` exactly
+    /// when this is `Some`; a store without it needs nothing more.
+    fn delta(&self) -> Option<&dyn super::delta::DeltaStore> {
+        None
+    }
 }
 
 /// The tus extensions a store may or may not support, as tusd's composer has them: the rest
@@ -153,6 +160,12 @@ pub enum State {
     Failed {
         declared: String,
         received: String,
+    },
+    /// A delta recipe that could not be used (see `server::delta`): nothing was published;
+    /// HEAD and PATCH say 412 with `code` (`Upload-Delta-Refused`) and `why`.
+    Refused {
+        code: String,
+        why: String,
     },
 }
 

@@ -281,6 +281,16 @@ where
 }
 
 impl Upload {
+    /// Why a delta recipe upload was refused, once it was.
+    pub fn refusal(&self) -> Option<super::delta::Refusal> {
+        match &self.info.state {
+            State::Refused { code, why } => {
+                Some(super::delta::Refusal::recorded(code, why.clone()))
+            }
+            _ => None,
+        }
+    }
+
     pub fn is_failed(&self) -> Option<(&str, &str)> {
         match &self.info.state {
             State::Failed { declared, received } => Some((declared, received)),

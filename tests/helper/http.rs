@@ -82,7 +82,8 @@ impl TestServer {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
             .expect("read dir")
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".partial")
+            // The store's own: unfinished uploads, and what it knows of published files.
+            .filter(|n| n != ".partial" && n != ".upload-index")
             .collect();
         names.sort();
         names

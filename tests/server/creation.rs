@@ -21,7 +21,8 @@ async fn options_advertises_the_extensions_without_auth() {
         assert_eq!(
             reply.header("Tus-Extension"),
             Some(
-                "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration"
+                "creation,creation-with-upload,creation-defer-length,checksum,termination,expiration,\
+                 delta"
             )
         );
         assert_eq!(reply.header("Tus-Max-Size"), Some("1073741824"));
