@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod estimate;
 pub mod outage;
+pub mod polite;
 pub mod protocol;
 pub mod queue;
 pub mod schedule;

@@ -29,6 +29,7 @@
 //!   so a new rate lets no burst out.
 //! - Unlimited is a bypass, not a huge rate: no bucket to keep, no timer to wake.
 
+use crate::client::{LinkProbe, TcpStats};
 use crate::units::Rate;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,6 +159,8 @@ struct Share {
     last_asked: Instant,
     /// Counted in the split: asking, or asked within [`IDLE`].
     active: bool,
+    /// The connection its bytes go over, for a policy that reads the link (polite mode).
+    link: Option<LinkProbe>,
 }
 
 impl Share {
@@ -251,6 +254,7 @@ impl Inner {
 
 /// The process' limiter: one budget, split between shares. `upload run` holds one and gives
 /// each transfer a share of it; a lone `upload send` has one inside its [`Throttle::new`].
+#[derive(Clone)]
 pub struct Uplink {
     inner: Arc<Inner>,
 }
@@ -277,6 +281,22 @@ impl Uplink {
         set_budget(&self.inner, budget);
     }
 
+    /// The round-trip counters of the connection of every share that has one, keyed by share
+    /// (and connection: a share's new connection is a new key).
+    pub fn link_stats(&self) -> Vec<(u64, TcpStats)> {
+        let probes: Vec<(u64, LinkProbe)> = self
+            .inner
+            .lock()
+            .shares
+            .iter()
+            .filter_map(|(id, s)| s.link.clone().map(|p| (*id, p)))
+            .collect();
+        probes
+            .into_iter()
+            .filter_map(|(id, p)| p.stats().map(|s| (id, s)))
+            .collect()
+    }
+
     /// A new share at `weight` (positive: a share of weight 2 gets twice one of weight 1),
     /// never above `cap`. It counts in the split from its first [`Throttle::acquire`] and
     /// leaves it when its last handle is dropped.
@@ -296,6 +316,7 @@ impl Uplink {
                 asking: 0,
                 last_asked: now,
                 active: false,
+                link: None,
             },
         );
         // Only its own part is new: the others' change when it begins to ask.
@@ -432,6 +453,20 @@ impl Throttle {
     /// The most bytes to ask for at once.
     pub fn piece(&self) -> usize {
         self.read(|s| s.piece)
+    }
+
+    /// The limiter this share is part of, for a policy that steers its budget.
+    pub fn uplink(&self) -> Uplink {
+        Uplink {
+            inner: self.share.inner.clone(),
+        }
+    }
+
+    /// Tells the limiter which connection this share's bytes go over now.
+    pub fn watch_link(&self, probe: LinkProbe) {
+        if let Some(s) = self.share.inner.lock().shares.get_mut(&self.share.id) {
+            s.link = Some(probe);
+        }
     }
 
     /// Changes the budget this share draws from: a lone `upload send`'s rate (under `upload
