@@ -162,6 +162,8 @@ def main() -> int:
     ap.add_argument("--no-unthrottled", action="store_true", help="skip the unthrottled reference")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(os.path.dirname(
         os.path.realpath(__file__))), "target", "release", "upload"))
+    ap.add_argument("--route-quickack", action="store_true",
+                    help="no delayed ACKs on the server's side of the lab (an experiment)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--timeline", action="store_true",
                     help="with --json: every progress event of our client (offset, polite state)")
@@ -178,6 +180,12 @@ def main() -> int:
             for rate in a.rates.split(","):
                 burst = "64kb" if bits(rate) >= 5e6 else None
                 lab.up(rate=rate, latency=a.buffer, burst=burst)
+                if a.route_quickack:
+                    for line in lab.run("server", ["ip", "route", "show"]).splitlines():
+                        if "lab0" in line and "proto kernel" in line:
+                            subprocess.run(["ip", "netns", "exec", f"{lab.prefix}-server", "ip",
+                                            "route", "change", *line.split(), "quickack", "1"],
+                                           check=True)
                 if not a.no_unthrottled:
                     log(f"{rate}: unthrottled, alone")
                     results.append(one_run(a, lab, work, rate, polite=False))

@@ -51,11 +51,24 @@ pub const UNLIMITED_PIECE: usize = 256 * 1024;
 /// held by a pause) gives it up within a second.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// The piece size for a rate: about [`PIECE_SECONDS`] of data.
+/// A full TCP segment's payload (Ethernet MTU, IPv4, TCP timestamps).
+const SEGMENT: f64 = 1448.0;
+/// The longest a piece may take to be filled up to a full segment.
+const SEGMENT_SECONDS: f64 = 0.1;
+
+/// The piece size for a rate: about [`PIECE_SECONDS`] of data, but a full TCP segment where
+/// that takes at most [`SEGMENT_SECONDS`]. Each piece leaves as its own segment (the socket
+/// has `TCP_NODELAY`), and 52 bytes of TCP/IP headers on the 800-byte pieces of 128 kbit/s
+/// cost 6 % of the link: polite mode, which fills the link with paced pieces, measured 85 %
+/// of it with them.
 pub fn piece_for(rate: Option<Rate>) -> usize {
     match rate {
         None => UNLIMITED_PIECE,
-        Some(r) => ((r.bytes_per_second() * PIECE_SECONDS) as usize).clamp(PIECE_MIN, PIECE_MAX),
+        Some(r) => {
+            let bps = r.bytes_per_second();
+            let piece = (bps * PIECE_SECONDS).max(SEGMENT.min(bps * SEGMENT_SECONDS));
+            (piece as usize).clamp(PIECE_MIN, PIECE_MAX)
+        }
     }
 }
 
@@ -694,11 +707,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_senders_pieces_go_out_evenly() {
-        // 16 KiB/s, as the bench: 819-byte pieces every 50 ms, never two at once.
+        // 16 KiB/s, as the bench: full-segment pieces every 88 ms, never two at once.
         let t = Throttle::new(rate(16_384.0));
         let start = Instant::now();
         let granted = keep_sending(t, start + Duration::from_secs(10)).await;
-        let piece_time = 819.0 / 16_384.0;
+        assert_eq!(piece_for(rate(16_384.0)), 1448);
+        let piece_time = 1448.0 / 16_384.0;
         for pair in granted.windows(2) {
             let gap = (pair[1].0 - pair[0].0).as_secs_f64();
             // tokio's timer wakes on whole milliseconds.
@@ -899,7 +913,10 @@ mod tests {
 
     #[test]
     fn pieces_scale_with_the_rate() {
-        assert_eq!(piece_for(rate(16_000.0)), 800);
+        // A full segment once it fills within 0.1 s; 1/20 s of data above that.
+        assert_eq!(piece_for(rate(16_000.0)), 1448);
+        assert_eq!(piece_for(rate(12_000.0)), 1200);
+        assert_eq!(piece_for(rate(100_000.0)), 5000);
         assert_eq!(piece_for(rate(1_000.0)), PIECE_MIN);
         assert_eq!(piece_for(rate(1e9)), PIECE_MAX);
     }

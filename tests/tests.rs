@@ -7,6 +7,7 @@ mod estimate;
 mod faults;
 mod interop;
 mod link;
+mod polite;
 mod queue;
 mod send;
 mod server;
