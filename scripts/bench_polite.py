@@ -146,6 +146,33 @@ def one_run(a, lab: Lab, work: str, rate: str, polite: bool) -> dict:
     return res
 
 
+def competitor_alone(a, lab: Lab, work: str, rate: str) -> dict:
+    """The bulk TCP upload alone on the link: the most it can take, beside its share against
+    polite mode."""
+    link = bits(rate) / 8.0
+    sink_dir = os.path.join(work, "sink")
+    os.makedirs(sink_dir, exist_ok=True)
+    sink = lab.popen("server", [sys.executable, os.path.join(LAB, "rawsink.py"), str(SINK_PORT),
+                                sink_dir], stdout=subprocess.DEVNULL)
+    for _ in range(50):
+        if f":{SINK_PORT} " in lab.run("server", ["ss", "-Hltn"]):
+            break
+        time.sleep(0.2)
+    rx = RxSampler(lab, SINK_PORT)
+    rx.start()
+    try:
+        m1 = time.monotonic()
+        p = lab.popen("client", [sys.executable, os.path.join(LAB, "rawput.py"), lab.srv,
+                                 str(SINK_PORT), "--for", str(a.compete)])
+        p.wait(a.compete + 30)
+        m2 = time.monotonic()
+        return {"rate": rate, "competitor_alone_share": share(mean_rate(rx, m1 + 10, m2), link)}
+    finally:
+        rx.stop.set()
+        sink.terminate()
+        time.sleep(3)  # its queue drains before the next case
+
+
 def share(rate: float | None, link: float) -> float | None:
     return None if rate is None else round(100.0 * rate / link, 1)
 
@@ -174,6 +201,7 @@ def main() -> int:
                SLOWLINK_NET=os.environ.get("SLOWLINK_NET", "10.77.11"))
     lab = Lab(env, keep=False)
     results = []
+    alone: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-polite-") as work:
         os.chmod(work, 0o755)
         try:
@@ -189,11 +217,15 @@ def main() -> int:
                 if not a.no_unthrottled:
                     log(f"{rate}: unthrottled, alone")
                     results.append(one_run(a, lab, work, rate, polite=False))
+                    log(f"{rate}: the competing upload alone")
+                    alone[rate] = competitor_alone(a, lab, work, rate)["competitor_alone_share"]
                 for i in range(a.runs):
                     log(f"{rate}: polite run {i + 1}/{a.runs}")
                     results.append(one_run(a, lab, work, rate, polite=True))
         finally:
             lab.down()
+    for r in results:
+        r["competitor_alone_share"] = alone.get(r["rate"])
     if a.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -201,7 +233,9 @@ def main() -> int:
     for r in results:
         ac = r["alone_connect"]
         rows.append([r["rate"], "polite" if r["polite"] else "unthrottled", r["alone_share"],
-                     f"{ac.get('median_ms')} / {ac.get('p95_ms')}", r.get("competitor_share"),
+                     f"{ac.get('median_ms')} / {ac.get('p95_ms')}",
+                     f"{r.get('competitor_share')} (alone {r.get('competitor_alone_share')})"
+                     if r["polite"] else None,
                      r.get("ours_while_competing"), r.get("back_above_70_s"),
                      "yes" if r["stalled_or_failed"] else "no"])
     print(table(["link", "mode", "alone % of link", "others' connect ms med / p95",

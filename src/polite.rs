@@ -62,7 +62,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 const START_RAMP: f64 = 1.0;
 /// Seconds over which a queue twice the target halves the rate.
 const FALL: f64 = 0.5;
-/// Above this multiple of the target the queue is pushed: fall fast.
+/// Above this multiple of the target (and two of our packets' serialisation beyond it) the
+/// queue is pushed: fall fast.
 const PUSHED_ABOVE: f64 = 2.0;
 /// How far from the link's rate the queue's distance from the target moves the rate: at an
 /// empty queue 15 % above it, at twice the target 15 % below (and the fall begins).
@@ -306,9 +307,12 @@ impl Controller {
 
         let target = self.params.target.as_secs_f64();
         let qd = self.queue_delay.as_secs_f64();
+        // Samples come a packet at a time: at 128 kbit/s each 1500-byte packet is 94 ms on
+        // the wire, so a reading strays by a packet or two. Only a queue beyond that is pushed.
+        let pushed = (target * PUSHED_ABOVE).max(target + 2.0 * own.as_secs_f64());
         match self.capacity {
             // Pushed far above the target: a queue that is not ours (or our overshoot).
-            _ if qd > target * PUSHED_ABOVE => {
+            _ if qd > pushed => {
                 let excess = qd / target - 1.0;
                 self.rate -= self.rate * (excess * dt / FALL).min(0.5);
             }
