@@ -654,6 +654,32 @@ mod tests {
             .sum()
     }
 
+    /// Polite mode re-rates its budget ten times a second; a re-rate must cost no rate.
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_re_rated_ten_times_a_second_still_holds_its_rate() {
+        for r in [16_000.0, 125_000.0, 1_250_000.0] {
+            let t = Throttle::new(rate(r));
+            let uplink = t.uplink();
+            let start = Instant::now();
+            let end = start + Duration::from_secs(20);
+            let steer = tokio::spawn(async move {
+                let mut i = 0u32;
+                while Instant::now() < end {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    i += 1;
+                    // A hair above and below, as the controller's output moves.
+                    let wobble = if i % 2 == 0 { 1.001 } else { 0.999 };
+                    uplink.set_rate(rate(r * wobble));
+                }
+            });
+            let granted = keep_sending(t, end).await;
+            steer.await.unwrap();
+            let sent = bytes_between(&granted, start + Duration::from_secs(2), end) as f64;
+            let mean = sent / 18.0;
+            assert!(mean / r > 0.98, "{r} B/s re-rated: {mean:.0} B/s");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn holds_the_rate_without_an_initial_burst() {
         let t = Throttle::new(rate(100_000.0));
