@@ -668,7 +668,7 @@ mod tests {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     i += 1;
                     // A hair above and below, as the controller's output moves.
-                    let wobble = if i % 2 == 0 { 1.001 } else { 0.999 };
+                    let wobble = if i.is_multiple_of(2) { 1.001 } else { 0.999 };
                     uplink.set_rate(rate(r * wobble));
                 }
             });
