@@ -75,8 +75,9 @@ class Lab:
         return subprocess.run([SLOWLINK, *args], env=self.env, check=check, capture_output=True,
                               text=True, timeout=60).stdout
 
-    def up(self):
-        out = self.sl("up", "--rate", "128kbit", "--latency", "500ms")
+    def up(self, rate="128kbit", latency="500ms", burst=None):
+        out = self.sl("up", "--rate", rate, "--latency", latency,
+                      *(["--burst", burst] if burst else []))
         self.srv = re.search(r"^server (\S+)", out, re.M).group(1)
         self.cli = self.sl("addr", "client").strip()
         log(out.strip().splitlines()[0])

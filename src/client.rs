@@ -271,6 +271,13 @@ impl LinkProbe {
         tcp_progress(guard.as_ref()?)
     }
 
+    /// The connection's round-trip and delivery counters (polite mode's delay signal), or
+    /// `None` without a connection or where TCP_INFO is not available.
+    pub fn stats(&self) -> Option<TcpStats> {
+        let guard = self.0.lock().expect("probe lock");
+        tcp_stats(guard.as_ref()?)
+    }
+
     fn set(&self, sock: Option<socket2::Socket>) {
         *self.0.lock().expect("probe lock") = sock;
     }
@@ -280,6 +287,24 @@ impl LinkProbe {
             set_notsent_lowat(s, bytes);
         }
     }
+}
+
+/// What `TCP_INFO` tells of a connection's round trip and delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpStats {
+    /// The kernel's smoothed round trip (each ack moves it an eighth of the way).
+    pub srtt: Duration,
+    /// The smallest round trip seen (the kernel keeps a 5-minute window).
+    pub min_rtt: Duration,
+    /// Bytes the peer acknowledged.
+    pub bytes_acked: u64,
+    /// Segments received from the peer (while uploading: its acks).
+    pub segs_in: u64,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Time since data was last sent: while some is unacknowledged, a lower bound on how long
+    /// the youngest of it has been waiting in the queue.
+    pub since_sent: Duration,
 }
 
 /// A tus client for one server: the base (creation) URL, the token, and one live connection.
@@ -938,6 +963,28 @@ fn set_notsent_lowat(_sock: &impl std::os::fd::AsRawFd, _bytes: u32) {}
 
 #[cfg(target_os = "linux")]
 fn tcp_progress(sock: &socket2::Socket) -> Option<u64> {
+    tcp_info(sock).map(|info| info.tcpi_bytes_acked + info.tcpi_bytes_received)
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_stats(sock: &socket2::Socket) -> Option<TcpStats> {
+    tcp_info(sock).map(|i| TcpStats {
+        srtt: Duration::from_micros(u64::from(i.tcpi_rtt)),
+        min_rtt: Duration::from_micros(u64::from(i.tcpi_min_rtt)),
+        bytes_acked: i.tcpi_bytes_acked,
+        segs_in: u64::from(i.tcpi_segs_in),
+        unacked: i.tcpi_unacked,
+        since_sent: Duration::from_millis(u64::from(i.tcpi_last_data_sent)),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_stats(_sock: &socket2::Socket) -> Option<TcpStats> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_info(sock: &socket2::Socket) -> Option<libc::tcp_info> {
     use std::os::fd::AsRawFd;
     // SAFETY: tcp_info is plain old data; getsockopt fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -951,7 +998,7 @@ fn tcp_progress(sock: &socket2::Socket) -> Option<u64> {
             &mut len,
         )
     };
-    (rc == 0).then(|| info.tcpi_bytes_acked + info.tcpi_bytes_received)
+    (rc == 0).then_some(info)
 }
 
 #[cfg(not(target_os = "linux"))]

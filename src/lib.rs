@@ -10,6 +10,7 @@ pub mod config;
 pub mod delta;
 pub mod estimate;
 pub mod outage;
+pub mod polite;
 pub mod protocol;
 pub mod queue;
 pub mod schedule;

@@ -19,6 +19,7 @@
 
 use crate::estimate::LinkRate;
 use crate::outage::Outage;
+use crate::polite;
 use crate::schedule::{Budget, Timetable};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::{self, AsyncStore, Origin, Store, StoreError, Transfer, TransferState};
@@ -37,6 +38,33 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const BUDGET_OVERRIDE: &str = "budget_override";
 /// The settings key where a running daemon publishes its timetable, for `upload status`.
 pub const TIMETABLE: &str = "timetable";
+/// The settings key where a running `upload run` in a `polite` slot publishes what polite
+/// mode is doing ([`PoliteState`], JSON), for `upload status`.
+pub const POLITE_STATE: &str = "polite_state";
+
+/// What polite mode was doing at `at`, as `upload status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoliteState {
+    pub at: DateTime<chrono::Utc>,
+    /// "probing", "using", "yielding" or "slowdown".
+    pub state: String,
+    pub rate_bps: f64,
+    pub queue_delay_ms: f64,
+    pub capacity_bps: Option<f64>,
+}
+
+impl PoliteState {
+    pub fn of(steer: &polite::Steer, at: DateTime<chrono::Utc>) -> PoliteState {
+        PoliteState {
+            at,
+            state: steer.state.word().to_string(),
+            rate_bps: steer.rate * 8.0,
+            queue_delay_ms: steer.queue_delay.as_secs_f64() * 1000.0,
+            capacity_bps: steer.capacity.map(|c| c * 8.0),
+        }
+    }
+}
+
 /// The settings key where a running `upload run` records itself (`pid@host`), so `upload
 /// limit` can say whether anyone takes its budget now.
 pub const RUN_OWNER: &str = "run_owner";
@@ -55,6 +83,22 @@ pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
     Ok(store
         .get_setting(RUN_OWNER)?
         .filter(|owner| !store::owner_is_dead(owner)))
+}
+
+/// The host the running transfers send to, when they all send to one: whose link polite mode
+/// measures.
+fn running_host(rows: &[Transfer], running: &HashMap<i64, Running>) -> Option<String> {
+    let mut hosts = rows
+        .iter()
+        .filter(|t| running.contains_key(&t.id))
+        .filter_map(|t| {
+            url::Url::parse(&t.dest_url)
+                .ok()?
+                .host_str()
+                .map(str::to_string)
+        });
+    let first = hosts.next()?;
+    hosts.all(|h| h == first).then_some(first)
 }
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
@@ -297,6 +341,10 @@ pub async fn run(
     let mut running: HashMap<i64, Running> = HashMap::new();
     let mut busy_until: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut last_budget: Option<Budget> = None;
+    // Polite mode steers the same uplink's budget while a `polite` slot lasts.
+    let mut steering: Option<polite::Steering> = None;
+    let (polite_tx, polite_rx) = tokio::sync::watch::channel(None);
+    let mut learning = polite::Learning::default();
     let db = AsyncStore::new(store.clone());
     {
         db.set_setting(TIMETABLE, &opts.timetable.to_string())
@@ -329,8 +377,30 @@ pub async fn run(
         match budget {
             Budget::Limited(r) => uplink.set_rate(Some(r)),
             Budget::Unlimited => uplink.set_rate(None),
+            Budget::Polite if steering.is_none() => {
+                let host = running_host(&rows, &running);
+                let params = polite::Params {
+                    known_capacity: polite::known_capacity(&db, host).await,
+                    ..polite::Params::default()
+                };
+                steering = Some(polite::steer(uplink.clone(), params, polite_tx.clone()));
+            }
+            Budget::Polite => {
+                let steer = *polite_rx.borrow();
+                if let Some(steer) = steer {
+                    let state = PoliteState::of(&steer, chrono::Utc::now());
+                    let json = serde_json::to_string(&state).expect("plain data");
+                    db.set_setting(POLITE_STATE, &json).await?;
+                    if let Some(host) = running_host(&rows, &running) {
+                        learning.note(&db, &host, &steer).await?;
+                    }
+                }
+            }
             // The gate holds every transfer; the rate waits for the next slot.
             Budget::Paused => {}
+        }
+        if budget != Budget::Polite && steering.take().is_some() {
+            db.delete_setting(POLITE_STATE).await?;
         }
         gate_control.set(GateState {
             open: budget != Budget::Paused,

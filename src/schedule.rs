@@ -222,7 +222,7 @@ fn duration_from_secs(s: f64) -> ChronoDuration {
 // ---------------------------------------------------------------------------
 
 /// The form every timetable error ends with.
-const TIMETABLE_FORM: &str = r#"expected HH:MM,RATE entries, e.g. "07:00,32kbit 23:00,off" or "Mon-07:00,32kbit Sat-00:00,off""#;
+const TIMETABLE_FORM: &str = r#"expected HH:MM,RATE entries, e.g. "07:00,32kbit 23:00,off", "07:00,polite 23:00,off" or "Mon-07:00,32kbit Sat-00:00,off""#;
 
 /// How far ahead [`Timetable::place`] looks before it gives up on a job: far enough for any
 /// upload worth planning (100 GiB at an hour a night at 128 kbit/s is about 5 years), near
@@ -238,13 +238,18 @@ pub enum Budget {
     Paused,
     /// At most this rate.
     Limited(Rate),
+    /// `polite`: the idle link's rate, yielding within seconds to any other traffic (see
+    /// `polite`).
+    Polite,
 }
 
 impl Budget {
     /// The rate to send at under this budget on a link of `link`; `None` when paused.
     pub fn rate_on(self, link: Rate) -> Option<Rate> {
         match self {
-            Budget::Unlimited => Some(link),
+            // Planned as the whole link: polite mode uses what other traffic leaves, and a
+            // window given to it is one the user expects to be quiet (the night).
+            Budget::Unlimited | Budget::Polite => Some(link),
             Budget::Paused => None,
             Budget::Limited(r) if r.bits_per_second() < link.bits_per_second() => Some(r),
             Budget::Limited(_) => Some(link),
@@ -261,7 +266,7 @@ pub enum BudgetError {
     )]
     Zero(String),
     #[error(
-        "invalid budget {0:?}: expected off (no limit), pause (no uploading) or a rate, e.g. 32kbit or 16KiB/s"
+        "invalid budget {0:?}: expected off (no limit), pause (no uploading), polite (the idle link, yielding to other traffic) or a rate, e.g. 32kbit or 16KiB/s"
     )]
     Unknown(String),
     #[error(transparent)]
@@ -278,6 +283,9 @@ impl FromStr for Budget {
         }
         if t.eq_ignore_ascii_case("pause") {
             return Ok(Budget::Paused);
+        }
+        if t.eq_ignore_ascii_case("polite") {
+            return Ok(Budget::Polite);
         }
         if t.is_empty() || t.starts_with(|c: char| c.is_alphabetic()) {
             return Err(BudgetError::Unknown(s.to_string()));
@@ -313,6 +321,7 @@ impl fmt::Display for Budget {
         match self {
             Budget::Unlimited => f.pad("off"),
             Budget::Paused => f.pad("pause"),
+            Budget::Polite => f.pad("polite"),
             Budget::Limited(rate) => rate.fmt(f),
         }
     }
@@ -980,6 +989,8 @@ mod tests {
         );
         assert_eq!(Budget::Unlimited.to_string(), "off");
         assert_eq!(Budget::Paused.to_string(), "pause");
+        assert_eq!("Polite".parse::<Budget>().unwrap(), Budget::Polite);
+        assert_eq!(Budget::Polite.to_string(), "polite");
         assert_eq!(Budget::Limited(kbit(32.0)).to_string(), "32 kbit/s");
         let err = "fast".parse::<Budget>().unwrap_err().to_string();
         assert!(err.contains("\"fast\"") && err.contains("pause"), "{err}");

@@ -1156,6 +1156,20 @@ impl AsyncStore {
         self.call(move |s| s.set_setting(&key, &value)).await
     }
 
+    pub async fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.call(move |s| s.delete_setting(&key)).await
+    }
+
+    pub async fn recent_unthrottled_link_samples(
+        &self,
+        host: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<LinkSample>, StoreError> {
+        self.call(move |s| s.recent_unthrottled_link_samples(host.as_deref(), limit))
+            .await
+    }
+
     pub async fn delete_setting_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_string(), value.to_string());
         self.call(move |s| s.delete_setting_if(&key, &value)).await

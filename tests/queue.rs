@@ -734,3 +734,24 @@ fn json_timestamps_share_one_format() {
     }
     assert!(seen >= 8, "only {seen} timestamps");
 }
+
+/// Issue 15: a `polite` budget steers the run's one uplink; `upload status` says what polite
+/// mode is doing while the run sends, and the transfer arrives.
+#[test]
+fn a_polite_budget_steers_the_run_and_status_shows_it() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let file = env.file("polite-run.iso", 1024 * 1024);
+    let id = add(&env, &file, &server.url(), &[]);
+    let mut runner = Runner::start(&env, &["--timetable", "00:00,polite"], None);
+    let mut seen = String::new();
+    wait_until(Duration::from_secs(60), "a polite line in status", || {
+        let (_, text, _) = run(env.upload().arg("status"));
+        seen = text;
+        seen.contains("polite: ") || by_id(&status(&env), id)["state"] == "done"
+    });
+    assert!(seen.contains("polite: "), "{seen}");
+    assert!(seen.contains("queueing delay"), "{seen}");
+    assert!(runner.wait(Duration::from_secs(60)).success());
+    server.assert_delivered("polite-run.iso", &file);
+}

@@ -8,6 +8,7 @@ mod estimate;
 mod faults;
 mod interop;
 mod link;
+mod polite;
 mod queue;
 mod send;
 mod server;

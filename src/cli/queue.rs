@@ -180,6 +180,37 @@ fn budget_now(store: &Store, global: &Global, now: &DateTime<Local>) -> Result<B
     Ok(queue::budget_in_force(&tt, budget_override(store)?, now))
 }
 
+/// What a running `upload run`'s polite mode is doing, as it last published it.
+fn polite_line(store: &Store) -> Result<Option<String>, Failure> {
+    if queue::active_run(store)
+        .context("reading settings")?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let state = store
+        .get_setting(queue::POLITE_STATE)
+        .context("reading settings")?
+        .and_then(|v| serde_json::from_str::<queue::PoliteState>(&v).ok());
+    Ok(state.map(|s| {
+        let what = match s.state.as_str() {
+            "yielding" => "yielding to other traffic",
+            "slowdown" => "measuring the base delay",
+            "probing" => "probing the link",
+            _ => "using the idle link",
+        };
+        let mut line = format!(
+            "polite: {what} at {} (queueing delay {:.0} ms",
+            format_byte_rate(s.rate_bps / 8.0),
+            s.queue_delay_ms
+        );
+        if let Some(c) = s.capacity_bps {
+            line += &format!(", link {}", format_byte_rate(c / 8.0));
+        }
+        line + ")"
+    }))
+}
+
 /// The timetable finish times follow: an `upload limit` override holds until cleared, so it
 /// stands for the whole timetable.
 fn planning_timetable(store: &Store, global: &Global) -> Result<Timetable, Failure> {
@@ -435,6 +466,11 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
     }
     if let Some(b) = budget_override(store)? {
         println!("{}", override_line(b));
+    }
+    if budget == Budget::Polite
+        && let Some(line) = polite_line(store)?
+    {
+        println!("{line}");
     }
     if shown.is_empty() {
         println!("the queue is empty; add with `upload queue add FILE URL`");

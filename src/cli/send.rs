@@ -4,6 +4,7 @@
 use super::{Failure, Global, exit};
 use crate::client::ClientError;
 use crate::outage::{Outage, RetryReport};
+use crate::polite::{self, Steer};
 use crate::send::{self, Event, SendError, SendOptions};
 use crate::store::Store;
 use crate::throttle::{Gate, Throttle};
@@ -53,6 +54,12 @@ pub struct Args {
     /// else unlimited].
     #[arg(long, value_name = "RATE")]
     pub limit: Option<Rate>,
+
+    /// Use what the uplink has spare and yield within seconds to any other traffic on it:
+    /// the rate is steered so the queueing delay this upload adds at the modem stays at or
+    /// below about 100 ms (like Windows' background transfers). With --limit, never above it.
+    #[arg(long)]
+    pub polite: bool,
 
     /// The name to publish under on the server [default: the file's name].
     #[arg(long, value_name = "NAME")]
@@ -235,6 +242,8 @@ struct View {
     last_line: Option<Instant>,
     outage: Outage,
     retry_delay: Duration,
+    /// What polite mode decided last, with `--polite`.
+    polite: Option<tokio::sync::watch::Receiver<Option<Steer>>>,
 }
 
 /// The numbers of one progress report.
@@ -278,8 +287,15 @@ impl View {
     /// beside the bar.
     fn progress_text(&self, now: Instant) -> String {
         let f = self.figures(now);
+        let polite = self.polite().map_or_else(String::new, |s| {
+            format!(
+                "  polite: {} at {}",
+                s.state.describe(),
+                format_rate(s.rate * 8.0, self.unit)
+            )
+        });
         format!(
-            "{:.1} %  {} of {}  {}  ETA {}",
+            "{:.1} %  {} of {}  {}  ETA {}{polite}",
             f.percent,
             format_size(self.offset),
             format_size(self.size),
@@ -289,6 +305,10 @@ impl View {
                 |s| format_duration(Duration::from_secs_f64(s))
             )
         )
+    }
+
+    fn polite(&self) -> Option<Steer> {
+        *self.polite.as_ref()?.borrow()
     }
 
     /// The bar's message: the progress, or while attempts fail, the outage.
@@ -348,6 +368,7 @@ impl Display {
             last_line: None,
             outage: Outage::new(),
             retry_delay: Duration::ZERO,
+            polite: None,
         }));
         let bar = terminal.then(|| {
             let bar = ProgressBar::new(0);
@@ -553,8 +574,12 @@ fn json_event(e: &Event, view: &Mutex<View>) -> serde_json::Value {
             v.size = *size;
             v.measured = Some((*rate_bps, *eta_seconds, now));
             let f = v.figures(now);
-            json!({"event": "progress", "offset": offset, "size": size, "percent": f.percent,
-                   "rate_bps": rate_bps, "eta_seconds": eta_seconds})
+            let mut line = json!({"event": "progress", "offset": offset, "size": size,
+                   "percent": f.percent, "rate_bps": rate_bps, "eta_seconds": eta_seconds});
+            if let Some(s) = v.polite() {
+                line["polite"] = polite_json(&s);
+            }
+            line
         }
         Event::Done(s) => json!({
             "event": "done",
@@ -571,9 +596,46 @@ fn json_event(e: &Event, view: &Mutex<View>) -> serde_json::Value {
     line
 }
 
+/// What polite mode is doing, in progress events.
+fn polite_json(s: &Steer) -> serde_json::Value {
+    json!({"state": s.state.word(), "rate_bps": s.rate * 8.0,
+           "queue_delay_ms": s.queue_delay.as_secs_f64() * 1000.0,
+           "capacity_bps": s.capacity.map(|c| c * 8.0)})
+}
+
 /// Now, as every JSON output writes a time.
 fn json_now() -> serde_json::Value {
     serde_json::Value::String(crate::schedule::json_time(&chrono::Utc::now()))
+}
+
+/// Polite mode over this send's throttle, starting from the link's known rate, never above
+/// `limit`; what it learns of the link goes into the history every minute.
+async fn start_polite(
+    store: &Store,
+    throttle: &Throttle,
+    limit: Option<Rate>,
+    host: Option<String>,
+    tx: tokio::sync::watch::Sender<Option<Steer>>,
+    mut rx: tokio::sync::watch::Receiver<Option<Steer>>,
+) -> (polite::Steering, tokio::task::JoinHandle<()>) {
+    let db = crate::store::AsyncStore::new(store.clone());
+    let params = polite::Params {
+        max: limit.map(Rate::bytes_per_second),
+        known_capacity: polite::known_capacity(&db, host.clone()).await,
+        ..polite::Params::default()
+    };
+    let steering = polite::steer(throttle.uplink(), params, tx);
+    let learn = tokio::spawn(async move {
+        let mut learning = polite::Learning::default();
+        while rx.changed().await.is_ok() {
+            let steer = *rx.borrow_and_update();
+            if let (Some(steer), Some(host)) = (steer, host.as_deref()) {
+                // A failed write of a history sample is no reason to stop the upload.
+                let _ = learning.note(&db, host, &steer).await;
+            }
+        }
+    });
+    (steering, learn)
 }
 
 /// A chunk of 0 bytes can never move an upload forward.
@@ -629,10 +691,45 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
             shown.event(&e);
         }
     };
+    let (polite_tx, polite_rx) = tokio::sync::watch::channel(None);
+    if args.polite {
+        display.view.lock().expect("display lock").polite = Some(polite_rx.clone());
+    }
+    let host = url::Url::parse(&opts.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let throttle = Throttle::new(opts.limit);
-        send::send(store, opts, throttle, &events, shutdown_signal()).await
+        let _steering = match args.polite {
+            true => Some(
+                start_polite(&store, &throttle, limit, host, polite_tx, polite_rx.clone()).await,
+            ),
+            false => None,
+        };
+        // With --json, what polite mode does, once a second: chunks are acknowledged only
+        // every ~20 s, too rarely to see it yield.
+        let polite_events = (args.polite && json).then(|| {
+            let mut rx = polite_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let steer = *rx.borrow_and_update();
+                    if let Some(s) = steer {
+                        let mut line = polite_json(&s);
+                        line["event"] = "polite".into();
+                        line["timestamp"] = json_now();
+                        say_out(&line.to_string());
+                    }
+                }
+            })
+        });
+        let result = send::send(store, opts, throttle, &events, shutdown_signal()).await;
+        if let Some(task) = polite_events {
+            task.abort();
+        }
+        result
     });
     // Do not wait for blocked reads or lingering connections on the way out.
     runtime.shutdown_timeout(Duration::from_millis(200));

@@ -83,6 +83,7 @@ impl<D: Destination> Session<D> {
         // Pass two: stream the chunk, paced by the throttle, watched for progress.
         let url = self.upload_url()?;
         let probe = self.destination.connect(self.throttle.rate()).await?;
+        self.throttle.watch_link(probe.clone());
         let (tx, body) = ChannelBody::new(len, 4);
         let (path, throttle, wire) = (self.path.clone(), self.throttle.clone(), self.wire.clone());
         let runtime = tokio::runtime::Handle::current();

@@ -319,14 +319,14 @@ async fn serve_connection(
     // Small responses (204s) go out at once instead of waiting on Nagle.
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = tls else {
-        return serve_http(stream, router, stopping, idle_timeout).await;
+        return serve_http(QuickAck(stream), router, stopping, idle_timeout).await;
     };
     let handshake = async {
         if !starts_with_tls(&stream).await? {
             refuse_plain_http(stream).await;
             return Ok(None);
         }
-        acceptor.accept(stream).await.map(Some)
+        acceptor.accept(QuickAck(stream)).await.map(Some)
     };
     let stream = tokio::select! {
         result = tokio::time::timeout(idle_timeout, handshake) => match result {
@@ -344,6 +344,85 @@ async fn serve_connection(
         () = async { drop(stopping.wait_for(|stop| *stop).await) } => return,
     };
     serve_http(stream, router, stopping, idle_timeout).await;
+}
+
+/// A connection that acknowledges what it receives at once. A slow client's paced upload
+/// arrives a segment at a time, and each lone segment's ACK would wait for the delayed-ACK
+/// timer (40 ms or more): time the client's round trips then count as queueing delay, which
+/// polite mode steers by (measured on the lab's 128 kbit/s link: the link ran 84 % full, 90 %
+/// with immediate ACKs). Linux leaves quick-ACK mode on its own, so it is set again after
+/// every read; one cheap system call per read.
+struct QuickAck(TcpStream);
+
+impl QuickAck {
+    fn rearm(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let on: libc::c_int = 1;
+            // SAFETY: a plain integer option on a socket we own.
+            unsafe {
+                libc::setsockopt(
+                    self.0.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.0).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.rearm();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
 }
 
 /// Whether the client's first byte opens a TLS handshake record (content type 22).
