@@ -116,6 +116,8 @@ pub struct RunOptions {
     pub tokens: TokenLookup,
     /// For https: the CA file every transfer trusts instead of the system's roots.
     pub ca: Option<std::path::PathBuf>,
+    /// For ssh:// transfers: how ssh is run.
+    pub ssh: send::SshOptions,
     pub clock: Clock,
 }
 
@@ -436,6 +438,7 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, uplink: &Uplink, gate: 
     so.limit = cap;
     so.token = (opts.tokens)(&host);
     so.ca = opts.ca.clone();
+    so.ssh = opts.ssh.clone();
     so.give_up_after = Some(opts.give_up_after);
     so.transfer_id = Some(t.id);
     so.gate = gate;

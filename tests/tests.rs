@@ -10,4 +10,5 @@ mod link;
 mod queue;
 mod send;
 mod server;
+mod ssh;
 mod tls;

@@ -2,10 +2,10 @@
 //! `upload run` works through, and what it expects to finish when.
 
 use super::{Failure, Global, exit, ordinal};
-use crate::client::parse_endpoint;
 use crate::estimate::{self, LinkRate};
 use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable, json_time};
+use crate::send::check_url;
 use crate::send::{self, QueueRequest, SendError};
 use crate::store::{Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
@@ -315,7 +315,7 @@ fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
 
 fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     super::send::check_chunk(a.chunk)?;
-    parse_endpoint(&a.url).map_err(Failure::usage)?;
+    check_url(&a.url).map_err(Failure::usage)?;
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,

@@ -27,7 +27,7 @@
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
 //! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
 //! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
-//! (the seam to where bytes go; [`tus`] the first kind). This file holds the API (options,
+//! (the seam to where bytes go; [`tus`] the first kind, [`ssh`] tus over a child ssh). This file holds the API (options,
 //! events, errors) and [`send`], which sets a session up and tidies after it.
 
 pub mod chunking;
@@ -37,7 +37,11 @@ mod pipeline;
 mod retry;
 mod session;
 mod source;
+pub mod ssh;
 mod tus;
+
+pub use destination::check_url;
+pub use ssh::SshOptions;
 
 use crate::client::ClientError;
 use crate::store::{
@@ -80,6 +84,8 @@ pub struct SendOptions {
     pub transfer_id: Option<i64>,
     /// The scheduler's pause slots; always open for a lone `upload send`.
     pub gate: Gate,
+    /// How `ssh://` destinations run ssh.
+    pub ssh: SshOptions,
 }
 
 impl SendOptions {
@@ -98,6 +104,7 @@ impl SendOptions {
             give_up_after: None,
             transfer_id: None,
             gate: Gate::always_open(),
+            ssh: SshOptions::default(),
         }
     }
 }

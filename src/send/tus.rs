@@ -39,6 +39,11 @@ impl Tus {
         };
         Ok(Tus { client })
     }
+
+    /// tus over a client whose connection someone else opens (see [`crate::client::Dialer`]).
+    pub(super) fn over(client: TusClient) -> Tus {
+        Tus { client }
+    }
 }
 
 impl Destination for Tus {

@@ -8,7 +8,19 @@
 //! DIR/.partial/<id>.part            the bytes received so far (may run past the offset)
 //! DIR/.partial/<id>.info            JSON: the committed offset, length, metadata, state
 //! DIR/.partial/<id>.info.tmp        an info file being replaced
+//! DIR/.partial/<id>.lock            the claim of a `serve --stdio` process: flock'd, its pid
 //! ```
+//!
+//! Claims ([`Store::claim`]): `serve --stdio` runs once per ssh session, so a session that died
+//! on a dead link can leave its process behind, holding an upload in a PATCH that waits for
+//! bytes that never come, while the client's next session starts another. The claim is an
+//! exclusive `flock` on the lock file, held until the process exits (or drops it), with the
+//! holder's pid written inside. The new process asks the holder to stop (SIGTERM, and SIGCONT
+//! in case it was stopped): it interrupts its request, keeps or discards the partial body as
+//! for any interruption, and exits; after [`EVICT_GRACE`] it gets SIGKILL. Only when the
+//! kernel released the lock (the holder let go or is dead) does the new one load the upload
+//! from disk, so the old one never writes after losing it. Only holders that wrote
+//! `serve --stdio` into the file are signalled.
 //!
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
@@ -134,7 +146,95 @@ impl DirStore {
     }
 }
 
+/// How long a lingering holder of a claim gets to stop after SIGTERM before SIGKILL; and how
+/// long after that the kernel gets to release its lock before the claim is refused (503).
+pub const EVICT_GRACE: Duration = Duration::from_secs(3);
+const EVICT_KILL_WAIT: Duration = Duration::from_secs(3);
+const CLAIM_POLL: Duration = Duration::from_millis(50);
+/// What a holder writes in the lock file after its pid, so that only such a process is
+/// signalled (a recycled pid would read differently, or name another program).
+const CLAIM_HOLDER: &str = "serve --stdio";
+
+impl DirStore {
+    fn lock_path(&self, id: &Id) -> PathBuf {
+        self.partial.join(format!("{id}.lock"))
+    }
+}
+
+/// The pid in a lock file, when it was written by a `serve --stdio` that still runs `upload`.
+fn claim_holder(file: &mut File) -> Option<i32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    let (pid, what) = text.trim().split_once(' ')?;
+    let pid: i32 = pid.parse().ok().filter(|&p| p > 1)?;
+    if what != CLAIM_HOLDER || pid == std::process::id() as i32 {
+        return None;
+    }
+    // The pid may have been recycled since: signal only a process whose command line still
+    // says it is this server.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let says = |w: &str| words.iter().any(|x| *x == w.as_bytes());
+    (says("serve") && says("--stdio")).then_some(pid)
+}
+
 impl Store for DirStore {
+    fn claim(&self, id: &Id) -> io::Result<Option<super::store::Claim>> {
+        use rustix::fs::{FlockOperation, flock};
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_path(id))?;
+        let started = std::time::Instant::now();
+        let mut signalled: Option<(i32, bool)> = None;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    file.set_len(0)?;
+                    file.seek(SeekFrom::Start(0))?;
+                    writeln!(file, "{} {CLAIM_HOLDER}", std::process::id())?;
+                    if let Some((pid, _)) = signalled {
+                        tracing::info!(%id, pid, waited = ?started.elapsed(), "took the upload over from a lingering server");
+                    }
+                    return Ok(Some(super::store::Claim::holding(file)));
+                }
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
+                Err(e) => return Err(e.into()),
+            }
+            let waited = started.elapsed();
+            match signalled {
+                None => match claim_holder(&mut file) {
+                    Some(pid) => {
+                        tracing::info!(%id, pid, "the upload is held by a lingering server: asking it to stop");
+                        // SAFETY: kill with a pid and a signal number has no memory effects.
+                        unsafe {
+                            libc::kill(pid, libc::SIGTERM);
+                            libc::kill(pid, libc::SIGCONT);
+                        }
+                        signalled = Some((pid, false));
+                    }
+                    // Written in a moment, or not a server we may stop: wait our turn.
+                    None if waited >= EVICT_GRACE + EVICT_KILL_WAIT => return Ok(None),
+                    None => {}
+                },
+                Some((pid, false)) if waited >= EVICT_GRACE => {
+                    tracing::warn!(%id, pid, "the lingering server did not stop: killing it");
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    signalled = Some((pid, true));
+                }
+                Some((_, true)) if waited >= EVICT_GRACE + EVICT_KILL_WAIT => return Ok(None),
+                Some(_) => {}
+            }
+            std::thread::sleep(CLAIM_POLL);
+        }
+    }
+
     /// Creates an empty part file and the first info file.
     fn create(&self, info: &Info, id: &Id) -> io::Result<()> {
         OpenOptions::new()
@@ -235,6 +335,7 @@ impl Store for DirStore {
     /// part file left by a crash in between is an orphan the sweeper removes.
     fn remove(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.info_path(id))?;
+        remove_if_present(&self.lock_path(id))?;
         self.remove_part(id)
     }
 
@@ -335,7 +436,7 @@ impl Store for DirStore {
                     ids.push(id);
                     false
                 }
-                "part" => !self.info_path(&id).exists(),
+                "part" | "lock" => !self.info_path(&id).exists(),
                 "info.tmp" => true,
                 _ => false,
             };
