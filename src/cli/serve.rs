@@ -227,7 +227,9 @@ fn run_stdio(args: Args) -> Result<(), Failure> {
 fn usable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let shown = dir.display();
     if !dir.is_dir() {
-        let why = if dir.exists() {
+        // `file/` is not found, but it is there: say what it is.
+        let bare = std::path::Path::new(dir.to_str().map_or("", |d| d.trim_end_matches('/')));
+        let why = if dir.exists() || bare.exists() {
             "is not a directory"
         } else {
             "does not exist"

@@ -420,12 +420,12 @@ const STDERR_KEPT: usize = 8 * 1024;
 const EXIT_WAIT: Duration = Duration::from_secs(3);
 
 /// What one ssh session left: its exit status (once it exited) and its stderr.
-#[derive(Default)]
 struct SessionEnd {
     stderr: Mutex<VecDeque<u8>>,
     stderr_done: tokio::sync::Notify,
     stderr_closed: std::sync::atomic::AtomicBool,
-    status: tokio::sync::OnceCell<Option<i32>>,
+    /// `Some(code)` once ssh exited (`None` inside for a signal or our kill).
+    status: tokio::sync::watch::Sender<Option<Option<i32>>>,
 }
 
 impl Dialer for SshDialer {
@@ -451,7 +451,12 @@ impl Dialer for SshDialer {
             let stdin = child.stdin.take().expect("piped stdin");
             let stdout = child.stdout.take().expect("piped stdout");
             let mut stderr = child.stderr.take().expect("piped stderr");
-            let end = Arc::new(SessionEnd::default());
+            let end = Arc::new(SessionEnd {
+                stderr: Mutex::default(),
+                stderr_done: tokio::sync::Notify::new(),
+                stderr_closed: std::sync::atomic::AtomicBool::new(false),
+                status: tokio::sync::watch::Sender::new(None),
+            });
             {
                 let end = end.clone();
                 tokio::spawn(async move {
@@ -478,12 +483,16 @@ impl Dialer for SshDialer {
                 let end = end.clone();
                 tokio::spawn(async move {
                     tokio::select! {
+                        biased;
                         status = child.wait() => {
-                            let _ = end.status.set(status.ok().and_then(|s| s.code()));
+                            end.status.send_replace(Some(status.ok().and_then(|s| s.code())));
                         }
                         _ = killed => {
-                            let _ = child.kill().await;
-                            let _ = end.status.set(None);
+                            // It may have exited by itself just before: then its own status
+                            // stands; killed, it has none.
+                            let _ = child.start_kill();
+                            let status = child.wait().await;
+                            end.status.send_replace(Some(status.ok().and_then(|s| s.code())));
                         }
                     }
                 });
@@ -513,15 +522,12 @@ impl Dialer for SshDialer {
                 let (end, target, remote_upload) =
                     (end.clone(), target.clone(), remote_upload.clone());
                 Box::pin(async move {
-                    let status = tokio::time::timeout(
-                        EXIT_WAIT,
-                        end.status
-                            .get_or_init(|| std::future::pending::<Option<i32>>()),
-                    )
-                    .await
-                    .ok()
-                    .copied()
-                    .flatten();
+                    let mut exited = end.status.subscribe();
+                    let status = tokio::time::timeout(EXIT_WAIT, exited.wait_for(Option::is_some))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok().and_then(|s| *s))
+                        .flatten();
                     // The stderr reader may lag the exit by a moment.
                     if !end.stderr_closed.load(Ordering::SeqCst) {
                         let _ = tokio::time::timeout(
@@ -666,6 +672,7 @@ pub fn classify(
 ) -> ClientError {
     let login = target.login();
     let said = last_lines(stderr, 3);
+    let said = said.strip_prefix("error: ").unwrap_or(&said).to_string();
     let pipe = |kind, message: String| ClientError::Pipe { kind, message };
     let has = |needle: &str| stderr.contains(needle);
     let program = remote_upload.unwrap_or("upload");

@@ -18,8 +18,9 @@
 //! holder's pid written inside. The new process asks the holder to stop (SIGTERM, and SIGCONT
 //! in case it was stopped): it interrupts its request, keeps or discards the partial body as
 //! for any interruption, and exits; after [`EVICT_GRACE`] it gets SIGKILL. Only when the
-//! kernel released the lock (the holder let go or is dead) does the new one load the upload
-//! from disk, so the old one never writes after losing it. Only holders that wrote
+//! kernel released the lock (the holder is dead: a claim is kept until the process exits, or
+//! its upload is removed) does the new one load the upload from disk, so the old one never
+//! writes after losing it, not even from a blocking write still under way as it shuts down. Only holders that wrote
 //! `serve --stdio` into the file are signalled.
 //!
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
@@ -47,6 +48,8 @@ pub const PARTIAL_DIR: &str = ".partial";
 pub struct DirStore {
     dir: PathBuf,
     partial: PathBuf,
+    /// The lock files of the claims this process holds, kept open (locked) until it exits.
+    claimed: std::sync::Mutex<std::collections::HashMap<Id, File>>,
 }
 
 impl DirStore {
@@ -57,6 +60,7 @@ impl DirStore {
         Ok(DirStore {
             dir: dir.to_path_buf(),
             partial,
+            claimed: std::sync::Mutex::default(),
         })
     }
 
@@ -155,6 +159,17 @@ const CLAIM_POLL: Duration = Duration::from_millis(50);
 /// signalled (a recycled pid would read differently, or name another program).
 const CLAIM_HOLDER: &str = "serve --stdio";
 
+/// Claims outlive the store: its last blocking write may still run as the process shuts down,
+/// and the claim must end only with the process (see the module doc).
+impl Drop for DirStore {
+    fn drop(&mut self) {
+        let claimed = self.claimed.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, lock_file) in claimed.drain() {
+            std::mem::forget(lock_file);
+        }
+    }
+}
+
 impl DirStore {
     fn lock_path(&self, id: &Id) -> PathBuf {
         self.partial.join(format!("{id}.lock"))
@@ -182,6 +197,10 @@ fn claim_holder(file: &mut File) -> Option<i32> {
 impl Store for DirStore {
     fn claim(&self, id: &Id) -> io::Result<Option<super::store::Claim>> {
         use rustix::fs::{FlockOperation, flock};
+        let claimed = || self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        if claimed().contains_key(id) {
+            return Ok(Some(super::store::Claim::default()));
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -199,7 +218,8 @@ impl Store for DirStore {
                     if let Some((pid, _)) = signalled {
                         tracing::info!(%id, pid, waited = ?started.elapsed(), "took the upload over from a lingering server");
                     }
-                    return Ok(Some(super::store::Claim::holding(file)));
+                    claimed().insert(id.clone(), file);
+                    return Ok(Some(super::store::Claim::default()));
                 }
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
                 Err(e) => return Err(e.into()),
@@ -336,6 +356,10 @@ impl Store for DirStore {
     fn remove(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.info_path(id))?;
         remove_if_present(&self.lock_path(id))?;
+        self.claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.remove_part(id)
     }
 

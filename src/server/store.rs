@@ -99,15 +99,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     }
 }
 
-/// Exclusive use of one upload across processes (see [`Store::claim`]); dropping it lets go.
+/// Exclusive use of one upload across processes (see [`Store::claim`]). A store whose claim
+/// ends before the process does (a lease) keeps it in `token`: dropping it lets go.
 #[derive(Default)]
-pub(crate) struct Claim(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send + Sync>>);
-
-impl Claim {
-    /// A claim that holds `token` (a locked file, a lease) until it drops.
-    pub(crate) fn holding(token: impl std::any::Any + Send + Sync) -> Claim {
-        Claim(Some(Box::new(token)))
-    }
+pub(crate) struct Claim {
+    #[allow(dead_code)]
+    pub(crate) token: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The tus extensions a store may or may not support, as tusd's composer has them: the rest
