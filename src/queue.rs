@@ -498,8 +498,8 @@ pub fn outlook<Tz: chrono::TimeZone>(
                 };
             }
             let left = t.size.saturating_sub(t.offset);
-            let tls = t.dest_url.starts_with("https:");
-            let link = link.payload_rate(left, t.chunk_size, tls);
+            let framing = crate::estimate::Framing::for_url(&t.dest_url);
+            let link = link.payload_rate(left, t.chunk_size, framing);
             // A transfer's own limit slows only its own part.
             let own_link = match t
                 .rate_limit_bps

@@ -511,6 +511,9 @@ impl Dialer for SshDialer {
                     && let Some(pid) = pid
                 {
                     *found = borrow_tcp_socket(pid);
+                    if found.is_some() {
+                        tracing::debug!(pid, "watching the TCP socket of ssh");
+                    }
                 }
                 match found.as_ref() {
                     Some(s) => crate::client::socket_progress(s),
