@@ -61,7 +61,8 @@ class Sshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {k}/host_key\n"
             f"PidFile {k}/sshd.pid\nAuthorizedKeysFile {k}/authorized_keys\nStrictModes no\n"
             "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            f"UsePAM no\nSetEnv PATH={UPLOAD.parent}:/usr/local/bin:/usr/bin:/bin\n")
+            f"UsePAM no\nSubsystem sftp internal-sftp\n"
+            f"SetEnv PATH={UPLOAD.parent}:/usr/local/bin:/usr/bin:/bin\n")
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
                                      stderr=open(k / "sshd.log", "w"))
         deadline = time.time() + 10

@@ -1,5 +1,8 @@
 //! `upload send FILE ssh://host/dir/` against a real sshd on loopback (`helper::sshd`): the
-//! remote side is `upload serve --stdio` of the binary under test, started by ssh.
+//! remote side is `upload serve --stdio` of the binary under test, started by ssh. They need
+//! OpenSSH's server and client, so a plain `cargo test` leaves them out (ignored, with the
+//! reason); `.ci/run` installs both and runs them. The takeover between two stdio servers needs
+//! neither and always runs.
 
 use crate::helper::sshd::{alive, children_named, pids_with};
 use crate::helper::{
@@ -32,6 +35,7 @@ fn assert_published(inbox: &Path, name: &str, source: &Path) {
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn a_file_goes_over_ssh_and_is_published_verified() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -69,6 +73,7 @@ fn send_args<'a>(sshd: &'a crate::helper::sshd::Sshd, url: &'a str) -> Vec<&'a s
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn kill_9_of_the_client_then_the_rerun_resumes_without_resending() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -112,6 +117,7 @@ fn kill_9_of_the_client_then_the_rerun_resumes_without_resending() {
 /// A stopped ssh is what a dead link looks like from here: nothing moves on its socket. The
 /// stall timer ends that session, a new one starts, and the upload finishes.
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn a_dead_link_is_noticed_and_a_new_ssh_session_finishes_the_upload() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -154,6 +160,7 @@ fn a_dead_link_is_noticed_and_a_new_ssh_session_finishes_the_upload() {
 /// side of a dead session that sshd has not noticed): the next session's server takes the
 /// upload over from it instead of waiting, and the upload finishes.
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn a_lingering_remote_server_is_taken_over_by_the_next_session() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -218,6 +225,7 @@ fn send_fails(env: &Env, url: &str, ssh_command: &str, extra: &[&str]) -> (i32, 
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn a_missing_remote_upload_is_status_12_and_names_remote_upload() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -238,6 +246,7 @@ fn a_missing_remote_upload_is_status_12_and_names_remote_upload() {
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn a_wrong_remote_directory_is_status_13() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -257,6 +266,7 @@ fn a_wrong_remote_directory_is_status_13() {
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn refused_keys_are_status_14_without_a_prompt() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -270,6 +280,7 @@ fn refused_keys_are_status_14_without_a_prompt() {
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn an_unknown_or_changed_host_key_is_status_15() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -288,6 +299,7 @@ fn an_unknown_or_changed_host_key_is_status_15() {
 /// Nobody listens: retried like any unreachable server, and with `--max-retries` it ends with
 /// the network status and ssh's own words.
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn an_unreachable_host_is_retried_then_status_6() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);
@@ -305,6 +317,7 @@ fn an_unreachable_host_is_retried_then_status_6() {
 }
 
 #[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
 fn queue_add_and_run_over_ssh() {
     let env = Env::new();
     let (sshd, inbox) = setup(&env);

@@ -256,7 +256,9 @@ impl SshTarget {
             // ssh gives up on a dead link by itself, even where our probe sees no socket.
             "ServerAliveInterval=5",
             "ServerAliveCountMax=3",
-            "ConnectTimeout=15",
+            // Short: while the link is down each attempt is a probe, and a fresh one sends its
+            // SYN within seconds of the link's return (as the TCP client's 3 s connect timeout).
+            "ConnectTimeout=5",
             // A forwarding in the user's config that cannot be set up must not stop uploads.
             "ClearAllForwardings=yes",
         ] {

@@ -190,7 +190,7 @@ fn claim_holder(file: &mut File) -> Option<i32> {
     // says it is this server.
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let says = |w: &str| words.iter().any(|x| *x == w.as_bytes());
+    let says = |w: &str| words.contains(&w.as_bytes());
     (says("serve") && says("--stdio")).then_some(pid)
 }
 
