@@ -11,7 +11,15 @@ helper does; run as root or as a user sshd accepts), then:
               `rsync -e ssh` and `scp`, interleaved over --repeat rounds, each verified by
               SHA-256 on arrival; median throughput and client CPU per GiB.
 
-  scripts/bench_ssh.py [--size 256MiB] [--repeat 3] [--only overhead|speed]
+  pacing      `upload send ssh://... --limit 16KiB/s` for 60 s on loopback, seen below ssh:
+              bytes sshd's TCP received (ss bytes_received, every 100 ms): the mean against the
+              limit (ssh's framing included) and the busiest 1-s window against the mean.
+  lab         (root) on the shaped 128 kbit/s link of scripts/linklab, with sshd in the server
+              namespace (`anchors`): the goodput of a 4 MiB upload over ssh beside rsync over
+              the same sshd, and a 60 s silent cut mid-transfer (data flowing again after the
+              restore), computed by bench_link.py's own cases with ssh:// as the destination.
+
+  scripts/bench_ssh.py [--size 256MiB] [--repeat 3] [--only overhead|speed|lab]
 
 Python 3.11 stdlib only; needs sshd, ssh, ssh-keygen, rsync, scp.
 """
@@ -163,12 +171,103 @@ def speed(sshd: Sshd, work: Path, size: int, repeat: int) -> dict:
         shutil.rmtree(shm, ignore_errors=True)
 
 
+def sshd_received(port: int) -> int:
+    """Bytes sshd's TCP connections on `port` received, summed (ss -tin)."""
+    out = subprocess.run(["ss", "-HtinO", "state", "all", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return sum(int(m) for m in __import__("re").findall(r"bytes_received:(\d+)", out))
+
+
+def pacing(sshd: Sshd, work: Path, seconds: float = 60, limit: int = 16 * bl.KIB) -> dict:
+    src = work / "paced.bin"
+    bl.make_file(src, int(limit * (seconds + 30)), seed=11)
+    inbox = work / "paced-inbox"
+    inbox.mkdir()
+    env = dict(os.environ, UPLOAD_DB=str(work / "paced.db"))
+    p = subprocess.Popen([str(UPLOAD), "send", str(src), f"ssh://127.0.0.1:{sshd.port}{inbox}/",
+                          "--ssh-command", sshd.ssh, "--limit", "16KiB/s"], env=env,
+                         stderr=subprocess.DEVNULL)
+    samples = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds + 5:
+        samples.append((time.monotonic() - t0, sshd_received(sshd.port)))
+        time.sleep(0.1)
+    bl.stop_process(p)
+    # From 5 s on (the session's start and the first chunk's ramp are not pacing).
+    window = [(t, b) for t, b in samples if t >= 5]
+    (ta, ba), (tb, bb) = window[0], window[-1]
+    mean = (bb - ba) / (tb - ta)
+    busiest = 0.0
+    for i, (t, b) in enumerate(window):
+        j = next((k for k in range(i, len(window)) if window[k][0] >= t + 1.0), None)
+        if j is None:
+            break
+        busiest = max(busiest, (window[j][1] - b) / (window[j][0] - t))
+    return {"limit_Bps": limit, "seconds": round(tb - ta, 1), "mean_Bps": round(mean),
+            "mean_pct_of_limit": round(100 * mean / limit, 2),
+            "busiest_1s_over_mean": round(busiest / mean, 2)}
+
+
+def lab(args) -> dict:
+    """bench_link.py's goodput and outage cases, with the destination over the lab's sshd."""
+    import bench_link as bk
+
+    env = dict(os.environ)
+    env.setdefault("SLOWLINK_PREFIX", "sshb")
+    env.setdefault("SLOWLINK_NET", "10.77.19")
+    os.environ.update(SLOWLINK_PREFIX=env["SLOWLINK_PREFIX"], SLOWLINK_NET=env["SLOWLINK_NET"])
+    state = env.get("LINKLAB_STATE", f"/dev/shm/linklab-{env['SLOWLINK_PREFIX']}")
+    ssh_config = f"{state}/ssh_config"
+
+    class OverSsh(bk.Ours):
+        """Our client to ssh://lab/STATE/dest/ssh/ through the anchors' sshd: no server of
+        ours to start, the remote side is `upload serve --stdio` started by ssh."""
+
+        def start_server(self):
+            self.dir = f"{state}/dest/ssh"
+            shutil.rmtree(self.dir, ignore_errors=True)
+            os.makedirs(self.dir)
+            self.url = f"ssh://lab{self.dir}/"
+
+        def stop_server(self):
+            pass
+
+        def send_argv(self, path, *opts):
+            return [self.bin, "send", path, self.url, "--ssh-command", f"ssh -F {ssh_config}",
+                    "--remote-upload", self.bin, "--json", *opts]
+
+    bk.Ours = OverSsh
+    bk.PORT = 2222  # the receiver's bytes are counted on sshd's port
+    lab = bk.Lab(env, keep=False)
+    work = Path(tempfile.mkdtemp(prefix="bench_ssh_lab."))
+    a = argparse.Namespace(goodput_size=4 * bl.MIB, outage_size=2 * bl.MIB, chunk=None,
+                           bin=str(UPLOAD), anchors=["rsync"], cut_seconds=args.cut_seconds,
+                           cut_at=0.4)
+    out = {}
+    try:
+        for name, case in (("goodput", bk.case_goodput), ("outage", bk.case_outage)):
+            lab.up()
+            lab.anchors()
+            case_dir = work / name
+            case_dir.mkdir()
+            bl.log(f"lab case {name}")
+            out[name] = case(a, lab, str(case_dir))
+            lab.down()
+    finally:
+        lab.down()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="256MiB", type=bl.parse_size)
     ap.add_argument("--repeat", default=3, type=int)
-    ap.add_argument("--only", choices=["overhead", "speed"])
+    ap.add_argument("--only", choices=["overhead", "speed", "pacing", "lab"])
+    ap.add_argument("--cut-seconds", type=float, default=60)
     args = ap.parse_args()
+    if args.only == "lab":
+        print(json.dumps(lab(args), indent=2))
+        return
     if not UPLOAD.exists():
         sys.exit(f"build first: cargo build --release ({UPLOAD} is missing)")
     work = Path(tempfile.mkdtemp(prefix="bench_ssh."))
@@ -184,6 +283,9 @@ def main() -> None:
                                   "session_bytes": round(small["socket_bytes"] - bl.MIB - per_mib),
                                   "samples": [small, big]}
             bl.log(f"overhead: {report['overhead']}")
+        if args.only in (None, "pacing"):
+            report["pacing"] = pacing(sshd, work)
+            bl.log(f"pacing: {report['pacing']}")
         if args.only in (None, "speed"):
             report["speed"] = speed(sshd, work, args.size, args.repeat)
     finally:
