@@ -228,6 +228,9 @@ def lab(args) -> dict:
             shutil.rmtree(self.dir, ignore_errors=True)
             os.makedirs(self.dir)
             self.url = f"ssh://lab{self.dir}/"
+            # bench_link.py counts the server's interruptions in its log: the remote servers'
+            # logs go to the client's stderr (ssh's), so there is none to read here.
+            self.server_log = open(os.path.join(self.work, "server.log"), "w")
 
         def stop_server(self):
             pass

@@ -31,6 +31,10 @@ pub(super) struct Capabilities {
     pub(super) checksum: Option<Algorithm>,
     /// The largest upload it accepts, in bytes.
     pub(super) max_size: Option<u64>,
+    /// The smallest write worth making into its connection: where every write costs a frame
+    /// of its own (ssh: a packet of about 36 bytes), the throttle's small pieces (1/20 s of
+    /// data, 800 bytes at 128 kbit/s) are gathered up to this. 0: none.
+    pub(super) piece_floor: usize,
 }
 
 /// Where the bytes of one upload go. Futures are `Send`: a scheduler runs sessions in tasks.

@@ -282,6 +282,7 @@ pub async fn send(
         destination,
         throttle,
         checksum: None,
+        piece_floor: 0,
         stall: opts.stall_timeout,
         wire: Arc::new(WireCount::default()),
         confirmed_here: 0,

@@ -53,6 +53,7 @@ impl Destination for Tus {
             // An algorithm offered without the extension declared is not one to rely on.
             checksum: caps.checksum.filter(|_| caps.has(ext::CHECKSUM)),
             max_size: caps.max_size,
+            piece_floor: 0,
         })
     }
 
