@@ -416,7 +416,7 @@ mod tests {
                 .collect()
         };
         let in_help = codes(exit::TABLE, "  ");
-        assert_eq!(in_help.len(), 13, "{in_help:?}");
+        assert_eq!(in_help.len(), 17, "{in_help:?}");
         assert_eq!(
             codes(readme, "| "),
             in_help,
