@@ -224,7 +224,8 @@ def lab(args) -> dict:
         ours to start, the remote side is `upload serve --stdio` started by ssh."""
 
         def start_server(self):
-            self.dir = f"{state}/dest/ssh"
+            # Beside the anchors' dest/, which anchor_bench.py empties before each run.
+            self.dir = f"{state}/ssh-inbox"
             shutil.rmtree(self.dir, ignore_errors=True)
             os.makedirs(self.dir)
             self.url = f"ssh://lab{self.dir}/"

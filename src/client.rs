@@ -51,6 +51,12 @@ pub enum Retry {
 pub enum ClientError {
     #[error("invalid upload URL \"{url}\": {why}; expected e.g. http://server:8080/files/")]
     BadUrl { url: String, why: String },
+    /// An `ssh://` URL that names no remote directory we can use (see `send::ssh`).
+    #[error(
+        "invalid ssh URL \"{url}\": {why}; expected e.g. ssh://user@host/srv/inbox/ or \
+         ssh://host:2222/~/inbox/ (under the remote home)"
+    )]
+    BadSshUrl { url: String, why: String },
     /// The URL reaches a server but no tus endpoint (404 to OPTIONS or the creation POST):
     /// a wrong path, most often a missing `/files/`. Retrying cannot help; `hint` names the
     /// endpoint that does answer, when one of the likely ones does.
@@ -155,6 +161,7 @@ impl ClientError {
             } => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
             ClientError::BadUrl { .. }
+            | ClientError::BadSshUrl { .. }
             | ClientError::NoEndpoint { .. }
             | ClientError::Untrusted(_)
             | ClientError::Tls(_)

@@ -169,7 +169,9 @@ fn exit_code(e: &SendError) -> u8 {
             ClientError::Auth { .. } | ClientError::Untrusted(_) => exit::AUTH,
             ClientError::TooLarge(_) => exit::TOO_LARGE,
             ClientError::Verification(_) => exit::VERIFY,
-            ClientError::BadUrl { .. } | ClientError::NoEndpoint { .. } => exit::USAGE,
+            ClientError::BadUrl { .. }
+            | ClientError::BadSshUrl { .. }
+            | ClientError::NoEndpoint { .. } => exit::USAGE,
             ClientError::Pipe { kind, .. } => exit::for_pipe(*kind),
             _ => exit::PROTOCOL,
         },

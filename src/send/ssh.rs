@@ -73,14 +73,11 @@ pub struct SshTarget {
     pub url: Url,
 }
 
-/// An example of the form, for messages.
-const EXAMPLE: &str = "ssh://user@host/srv/inbox/ or ssh://host:2222/~/inbox/";
-
 /// Parses an `ssh://` URL (see the module doc).
 pub fn parse_ssh_url(text: &str) -> Result<SshTarget, ClientError> {
-    let bad = |why: &str| ClientError::BadUrl {
+    let bad = |why: &str| ClientError::BadSshUrl {
         url: text.to_string(),
-        why: format!("{why}; expected e.g. {EXAMPLE}"),
+        why: why.to_string(),
     };
     let mut url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "ssh" {
