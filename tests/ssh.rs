@@ -471,3 +471,53 @@ fn a_second_stdio_server_takes_an_upload_over_from_the_first() {
         "the second server ends with its pipe: {status}"
     );
 }
+
+/// Through a ProxyCommand ssh has no TCP socket of its own to watch: the probe counts what
+/// the pipe accepts and returns instead, and ssh's own keepalive backs it. Stopping the proxy
+/// (the link under the session dies) still ends the session, and a new one finishes.
+#[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
+fn a_dead_link_under_a_proxy_command_is_noticed_too() {
+    let env = Env::new();
+    let (sshd, inbox) = setup(&env);
+    let file = env.file("proxied.bin", 6 * 1024 * 1024);
+    // The proxy is another ssh to the same server, forwarding to its port (-W).
+    let proxied = format!(
+        "{} -o ProxyCommand=\"{} -p {} -W %h:%p 127.0.0.1\"",
+        sshd.ssh_command, sshd.ssh_command, sshd.port
+    );
+    let args = [
+        "--ssh-command",
+        &proxied,
+        "--limit",
+        "16Mbit",
+        "--chunk",
+        "1MiB",
+        "--stall-timeout",
+        "2s",
+    ];
+    let stderr_log = env.path("client.log");
+    let mut client = crate::helper::send_until(
+        &env,
+        &file,
+        &sshd.url(&inbox),
+        &args,
+        std::fs::File::create(&stderr_log).unwrap().into(),
+        "progress",
+        |v| v["event"] == "progress" && v["offset"].as_u64().unwrap() >= 1024 * 1024,
+    );
+    let ssh = children_named(client.id(), "ssh");
+    assert_eq!(ssh.len(), 1, "one ssh child: {ssh:?}");
+    let proxy = children_named(ssh[0], "ssh");
+    assert_eq!(proxy.len(), 1, "its proxy: {proxy:?}");
+    signal(proxy[0], "-STOP");
+    let status = wait_at_most(&mut client, Duration::from_secs(90));
+    let log = std::fs::read_to_string(&stderr_log).unwrap();
+    signal(proxy[0], "-CONT");
+    assert!(status.success(), "{log}");
+    assert!(
+        !alive(ssh[0]),
+        "the session over the stopped proxy was ended"
+    );
+    assert_published(&inbox, "proxied.bin", &file);
+}
