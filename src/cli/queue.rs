@@ -18,6 +18,7 @@ pub const AFTER_HELP: &str = "\
 Examples:
   upload queue add debian.iso http://server:8080/files/ --priority 2 --deadline \"2026-01-03 07:00\"
   upload queue add notes.tar http://server:8080/files/ --limit 32kbit
+  upload queue add debian.iso ssh://alice@server/srv/inbox/     (upload run --ssh-command for another ssh)
   upload queue list
   upload queue pause 3
   upload run --timetable \"07:00,32kbit 23:00,off\"
@@ -65,7 +66,8 @@ pub enum QueueCommand {
 pub struct AddArgs {
     /// The file to upload.
     pub file: PathBuf,
-    /// The server's tus creation URL, e.g. http://server:8080/files/
+    /// Where to: a tus creation URL, e.g. http://server:8080/files/, or a directory over ssh,
+    /// e.g. ssh://user@server/srv/inbox/
     pub url: String,
     /// Higher goes first, and gets a larger share when transfers run together.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
