@@ -80,7 +80,8 @@ Over ssh (--stdio): an ssh:// client runs `upload serve --stdio --dir DIR` itsel
 process per ssh session, which speaks tus on stdin and stdout and exits when the session
 ends; nothing listens, and the ssh login is the authentication. Several may serve one DIR at
 once: a newer session takes an upload over from a lingering process of a dead one (SIGTERM,
-then SIGKILL after 3 s). A DIR that is missing, not a directory or not writable ends it with
+then SIGKILL after 3 s). At start it removes the uploads idle longer than --expire-after that
+no other process holds. A DIR that is missing, not a directory or not writable ends it with
 status 13. Do not serve the same DIR with a listening `upload serve` at the same time: that
 one does not take part in the claims.
 

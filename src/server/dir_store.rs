@@ -143,6 +143,45 @@ impl DirStore {
         &self.dir
     }
 
+    /// Removes the uploads idle longer than `expire_after` that no process claims, taking each
+    /// claim only for the look (never evicting a holder). What a `serve --stdio` does at start
+    /// instead of running the sweeper: sweeping would keep the claim of every upload it
+    /// looked at for its whole life (see the `server` module doc). Returns how many went.
+    pub fn expire_unclaimed(&self, expire_after: Duration) -> io::Result<usize> {
+        use rustix::fs::{FlockOperation, flock};
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for id in Store::list(self, expire_after)? {
+            if self
+                .claimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id)
+            {
+                continue;
+            }
+            let lock = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.lock_path(&id))?;
+            if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+            // Held: nobody else writes it while it is looked at (and loading may truncate).
+            if let Some(info) = self.load(&id)?
+                && info.is_expired(expire_after, now)
+            {
+                tracing::info!(%id, "upload expired");
+                Store::remove(self, &id)?;
+                removed += 1;
+            }
+            // Dropping `lock` lets go again.
+        }
+        Ok(removed)
+    }
+
     /// Bytes an unprivileged process can still write in the upload directory's file system.
     pub fn free_space(&self) -> io::Result<u64> {
         let stat = rustix::fs::statvfs(&self.dir)?;
@@ -607,6 +646,41 @@ mod tests {
         assert_eq!(store.load(&id).unwrap(), Some(info));
         assert_eq!(fs::read(store.part_path(&id)).unwrap(), b"0123");
         assert_eq!(store.load(&Id::random()).unwrap(), None);
+    }
+
+    /// A `serve --stdio` has no sweeper: at start it removes what expired, except uploads
+    /// another process claims, and lets go of every claim it took for the look.
+    #[test]
+    fn expired_uploads_go_unless_another_process_claims_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 86400);
+        let ours = DirStore::open(dir.path()).unwrap();
+        let (expired, claimed, fresh) = (Id::random(), Id::random(), Id::random());
+        for id in [&expired, &claimed, &fresh] {
+            let mut info = info(id);
+            if id != &fresh {
+                info.last_activity_ms -= 8 * 86400 * 1000;
+            }
+            ours.create(&info, id).unwrap();
+        }
+        // Another process's store: flocks on other open files conflict as across processes.
+        let other = DirStore::open(dir.path()).unwrap();
+        assert!(other.claim(&claimed).unwrap().is_some());
+        assert_eq!(ours.expire_unclaimed(week).unwrap(), 1);
+        assert_eq!(ours.load(&expired).unwrap(), None);
+        assert!(
+            ours.load(&claimed).unwrap().is_some(),
+            "a claimed upload stays"
+        );
+        assert!(
+            ours.load(&fresh).unwrap().is_some(),
+            "an active upload stays"
+        );
+        // The look took no claim for good: a third store can claim the fresh one at once.
+        let third = DirStore::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        assert!(third.claim(&fresh).unwrap().is_some());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

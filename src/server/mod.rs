@@ -80,7 +80,8 @@
 //! rules; it ends when the pipe closes. Several such processes may serve one directory at once,
 //! so their uploads are claimed across processes (`uploads`, `Store::claim`), and SIGTERM (a
 //! newer session's process wants an upload) interrupts the request at once. No expiry sweeper
-//! runs in it: a session lives minutes, and sweeping would claim every upload of the directory.
+//! runs in it (sweeping would keep the claim of every upload it looked at); instead it removes,
+//! at start, the expired uploads that no other process claims (`DirStore::expire_unclaimed`).
 //!
 //! Statuses where tus is silent: 431 for metadata over 4 KiB; 408 / 409 / 400 for a body cut
 //! off by the idle timeout / by a newer request for the upload / by a broken connection (the
@@ -257,6 +258,17 @@ fn prepare(config: Config, shared: bool) -> Result<App, ServerError> {
         path: config.dir.clone(),
         source,
     })?;
+    if shared {
+        let expired = store
+            .expire_unclaimed(config.expire_after)
+            .map_err(|source| ServerError::Dir {
+                path: config.dir.clone(),
+                source,
+            })?;
+        if expired > 0 {
+            tracing::info!(expired, "expired uploads removed");
+        }
+    }
     if config.per_token_dirs {
         check_token_dirs(&store, tokens.as_ref())?;
     }
