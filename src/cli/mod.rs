@@ -166,7 +166,7 @@ pub enum Command {
     #[command(after_help = estimate::AFTER_HELP)]
     Estimate(estimate::Args),
 
-    /// Upload a file to a tus server: chunked, checksummed, resumable; rerun to resume.
+    /// Upload a file to a tus server, or over ssh: chunked, checksummed, resumable; rerun to resume.
     #[command(after_help = send::after_help())]
     Send(send::Args),
 
