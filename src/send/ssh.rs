@@ -700,6 +700,16 @@ pub fn classify(
                 host = target.host
             ),
         ),
+        // An `upload` from before ssh:// refuses the flag as a usage error (clap: status 2):
+        // retrying would never help.
+        2 if has("--stdio") => pipe(
+            PipeFailure::NoRemoteUpload,
+            format!(
+                "the \"{program}\" on {login} is too old to serve over ssh (it said: {said}): \
+                 install this version there, or give the path of one that is with \
+                 --remote-upload, e.g. --remote-upload ~/bin/upload"
+            ),
+        ),
         REMOTE_DIR_STATUS => pipe(
             PipeFailure::RemoteDir,
             format!(
@@ -869,6 +879,12 @@ mod tests {
                 13,
                 "--dir /d/ does not exist",
                 PipeFailure::RemoteDir,
+                Retry::Permanent,
+            ),
+            (
+                2,
+                "error: unexpected argument '--stdio' found",
+                PipeFailure::NoRemoteUpload,
                 Retry::Permanent,
             ),
             (
