@@ -23,7 +23,7 @@ fn planning(c: &mut Criterion) {
         rate: Rate::from_bits_per_second(128_000.0).unwrap(),
         rate_source: RateSource::Flag,
         chunk: None,
-        tls: false,
+        framing: estimate::Framing::Plain,
         start,
         windows: windows.into_iter().map(|w| w.parse().unwrap()).collect(),
         remote_build: None,

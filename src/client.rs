@@ -11,6 +11,13 @@
 //! (rustls, SNI = the URL's host): the probe reads TCP's own counters, which TLS does not hide.
 //! A certificate that does not verify is permanent (retrying cannot make it trusted); a reset or
 //! a timeout during the handshake is temporary like any other connection failure.
+//!
+//! The connection's origin is a seam ([`Dialer`]): TCP (and TLS over it) by default, or a pipe
+//! some other party opens, such as the stdin and stdout of a child `ssh` running
+//! `upload serve --stdio` (`send::ssh`). The requests, checksums and digests are the same over
+//! either; a dialer brings its own progress probe (a pipe has no TCP_INFO of ours) and tells
+//! why its connection closed ([`Dialed::why_closed`]), so that a refused ssh login is reported
+//! as what it is instead of as a closed connection.
 
 use crate::protocol::{self, Algorithm, Checksum, Metadata};
 use bytes::Bytes;
@@ -44,6 +51,12 @@ pub enum Retry {
 pub enum ClientError {
     #[error("invalid upload URL \"{url}\": {why}; expected e.g. http://server:8080/files/")]
     BadUrl { url: String, why: String },
+    /// An `ssh://` URL that names no remote directory we can use (see `send::ssh`).
+    #[error(
+        "invalid ssh URL \"{url}\": {why}; expected e.g. ssh://user@host/srv/inbox/ or \
+         ssh://host:2222/~/inbox/ (under the remote home)"
+    )]
+    BadSshUrl { url: String, why: String },
     /// The URL reaches a server but no tus endpoint (404 to OPTIONS or the creation POST):
     /// a wrong path, most often a missing `/files/`. Retrying cannot help; `hint` names the
     /// endpoint that does answer, when one of the likely ones does.
@@ -107,6 +120,29 @@ pub enum ClientError {
     /// the whole file can still be sent.
     #[error("the server refused the delta upload ({code}): {why}")]
     DeltaRefused { code: String, why: String },
+    /// The pipe a [`Dialer`] opened failed in a way it could explain (an ssh login refused,
+    /// the remote `upload` missing): `message` says what was wrong and how to fix it.
+    #[error("{message}")]
+    Pipe { kind: PipeFailure, message: String },
+}
+
+/// Why a [`Dialer`]'s connection failed, by what the user or a retry can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeFailure {
+    /// The program that opens the pipe (ssh) cannot be run.
+    NoProgram,
+    /// The peer refused our credentials (ssh keys).
+    LoginRefused,
+    /// The peer's identity could not be verified (unknown host key, or a changed one).
+    HostKey,
+    /// The peer has no `upload` to run.
+    NoRemoteUpload,
+    /// The remote directory is missing, not a directory, or not writable.
+    RemoteDir,
+    /// The peer could not be reached (refused, timed out, no route, name not resolved).
+    Unreachable,
+    /// The pipe closed for another reason (the link died, the remote side exited).
+    Closed,
 }
 
 impl ClientError {
@@ -122,9 +158,14 @@ impl ClientError {
             | ClientError::Vanished(_)
             | ClientError::ChecksumMismatch
             | ClientError::TooManyUploads { .. }
-            | ClientError::Body(_) => Retry::Temporary,
+            | ClientError::Body(_)
+            | ClientError::Pipe {
+                kind: PipeFailure::Unreachable | PipeFailure::Closed,
+                ..
+            } => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
             ClientError::BadUrl { .. }
+            | ClientError::BadSshUrl { .. }
             | ClientError::NoEndpoint { .. }
             | ClientError::Untrusted(_)
             | ClientError::Tls(_)
@@ -134,7 +175,16 @@ impl ClientError {
             | ClientError::Verification(_)
             | ClientError::Unexpected { .. }
             | ClientError::DeltaRefused { .. }
-            | ClientError::Protocol(_) => Retry::Permanent,
+            | ClientError::Protocol(_)
+            | ClientError::Pipe {
+                kind:
+                    PipeFailure::NoProgram
+                    | PipeFailure::LoginRefused
+                    | PipeFailure::HostKey
+                    | PipeFailure::NoRemoteUpload
+                    | PipeFailure::RemoteDir,
+                ..
+            } => Retry::Permanent,
         }
     }
 }
@@ -259,32 +309,53 @@ pub fn notsent_lowat_for(bytes_per_second: Option<f64>) -> u32 {
 }
 
 /// A second handle on the live connection's socket, to read how far TCP got (bytes the server
-/// acknowledged or sent back) while hyper owns the stream.
+/// acknowledged or sent back) while hyper owns the stream; or, for a [`Dialer`]'s pipe, the
+/// dialer's own count of that.
 #[derive(Clone, Default)]
-pub struct LinkProbe(std::sync::Arc<std::sync::Mutex<Option<socket2::Socket>>>);
+pub struct LinkProbe(std::sync::Arc<std::sync::Mutex<Option<ProbeSource>>>);
+
+/// What a [`LinkProbe`] reads.
+#[derive(Clone)]
+enum ProbeSource {
+    Tcp(Arc<socket2::Socket>),
+    Counter(Arc<dyn Fn() -> Option<u64> + Send + Sync>),
+}
 
 impl LinkProbe {
+    /// A probe that reads `progress` (see [`LinkProbe::progress`]).
+    pub fn from_fn(progress: impl Fn() -> Option<u64> + Send + Sync + 'static) -> LinkProbe {
+        LinkProbe(Arc::new(std::sync::Mutex::new(Some(ProbeSource::Counter(
+            Arc::new(progress),
+        )))))
+    }
+
     /// Bytes acknowledged by the peer plus bytes received from it on the current connection,
     /// or `None` where TCP_INFO is not available. Any increase means the link is alive.
     pub fn progress(&self) -> Option<u64> {
-        let guard = self.0.lock().expect("probe lock");
-        tcp_progress(guard.as_ref()?)
+        let source = self.0.lock().expect("probe lock").clone()?;
+        match source {
+            ProbeSource::Tcp(sock) => tcp_progress(&sock),
+            ProbeSource::Counter(f) => f(),
+        }
     }
 
     /// The connection's round-trip and delivery counters (polite mode's delay signal), or
-    /// `None` without a connection or where TCP_INFO is not available.
+    /// `None` without a TCP connection of ours or where TCP_INFO is not available.
     pub fn stats(&self) -> Option<TcpStats> {
-        let guard = self.0.lock().expect("probe lock");
-        tcp_stats(guard.as_ref()?)
+        let source = self.0.lock().expect("probe lock").clone()?;
+        match source {
+            ProbeSource::Tcp(sock) => tcp_stats(&sock),
+            ProbeSource::Counter(_) => None,
+        }
     }
 
-    fn set(&self, sock: Option<socket2::Socket>) {
-        *self.0.lock().expect("probe lock") = sock;
+    fn set(&self, source: Option<ProbeSource>) {
+        *self.0.lock().expect("probe lock") = source;
     }
 
     fn set_notsent_lowat(&self, bytes: u32) {
-        if let Some(s) = self.0.lock().expect("probe lock").as_ref() {
-            set_notsent_lowat(s, bytes);
+        if let Some(ProbeSource::Tcp(s)) = self.0.lock().expect("probe lock").as_ref() {
+            set_notsent_lowat(s.as_ref(), bytes);
         }
     }
 }
@@ -307,6 +378,35 @@ pub struct TcpStats {
     pub since_sent: Duration,
 }
 
+/// Bytes acknowledged by the peer plus bytes received from it on a TCP socket (TCP_INFO), for
+/// a dialer that can see the socket its pipe ends in.
+pub fn socket_progress(sock: &socket2::Socket) -> Option<u64> {
+    tcp_progress(sock)
+}
+
+/// A connection that is not our own TCP socket: anything that reads and writes bytes.
+pub trait Pipe: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Pipe for T {}
+
+/// A future a dialer returns, boxed: the trait is used as an object.
+pub type DialFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Opens the client's connection some other way than TCP (see the module doc).
+pub trait Dialer: Send + Sync + 'static {
+    /// A new connection, ready for HTTP/1.1.
+    fn dial(&self) -> DialFuture<'_, Result<Dialed, ClientError>>;
+}
+
+/// A connection a [`Dialer`] opened.
+pub struct Dialed {
+    pub io: Box<dyn Pipe>,
+    /// Watches the link under the pipe (see [`LinkProbe::progress`]).
+    pub probe: LinkProbe,
+    /// After the connection failed: why, when the dialer can tell (it waits a moment for the
+    /// other end to say), else `None` and the HTTP error stands.
+    pub why_closed: Arc<dyn Fn() -> DialFuture<'static, Option<ClientError>> + Send + Sync>,
+}
+
 /// A tus client for one server: the base (creation) URL, the token, and one live connection.
 pub struct TusClient {
     endpoint: Url,
@@ -317,6 +417,10 @@ pub struct TusClient {
     conn_task: Option<tokio::task::JoinHandle<()>>,
     probe: LinkProbe,
     notsent_lowat: u32,
+    /// Set when the connection is not TCP to the endpoint's host (see [`TusClient::with_dialer`]).
+    dialer: Option<Arc<dyn Dialer>>,
+    /// The current dialed connection's explanation of its end.
+    why_closed: Option<Arc<dyn Fn() -> DialFuture<'static, Option<ClientError>> + Send + Sync>>,
 }
 
 impl Drop for TusClient {
@@ -338,7 +442,7 @@ pub fn parse_endpoint(url: &str) -> Result<Url, ClientError> {
         "http" | "https" => {}
         other => {
             return Err(bad(&format!(
-                "the scheme must be http or https, not {other}"
+                "the scheme must be http, https or ssh, not {other}"
             )));
         }
     }
@@ -448,7 +552,16 @@ impl TusClient {
             conn_task: None,
             probe: LinkProbe::default(),
             notsent_lowat: NOTSENT_LOWAT_UNLIMITED,
+            dialer: None,
+            why_closed: None,
         }
+    }
+
+    /// Opens connections with `dialer` instead of TCP to the endpoint's host; the endpoint's
+    /// URL is then only the requests' path and `Host`.
+    pub fn with_dialer(mut self, dialer: Arc<dyn Dialer>) -> Self {
+        self.dialer = Some(dialer);
+        self
     }
 
     /// Uses TLS with `config` for https URLs (see [`crate::tls::client_config`]).
@@ -482,6 +595,7 @@ impl TusClient {
     /// Drops the connection; the next request opens a new one.
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.why_closed = None;
         self.probe.set(None);
         if let Some(task) = self.conn_task.take() {
             task.abort();
@@ -492,6 +606,29 @@ impl TusClient {
         let alive = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         if !alive {
             self.disconnect();
+            if let Some(dialer) = self.dialer.clone() {
+                let dialed = dialer.dial().await?;
+                self.probe
+                    .set(dialed.probe.0.lock().expect("probe lock").clone());
+                let why_closed = dialed.why_closed.clone();
+                let (sender, task) = match start_http(dialed.io).await {
+                    Ok(started) => started,
+                    Err(e) => return Err(why_closed().await.unwrap_or(e)),
+                };
+                self.why_closed = Some(why_closed);
+                self.conn_task = Some(task);
+                self.conn = Some(sender);
+                let ready = self.conn.as_mut().expect("connected above").ready().await;
+                if let Err(e) = ready {
+                    let why = match self.why_closed.clone() {
+                        Some(why_closed) => why_closed().await,
+                        None => None,
+                    };
+                    self.disconnect();
+                    return Err(why.unwrap_or(e.into()));
+                }
+                return Ok(self.conn.as_mut().expect("connected above"));
+            }
             let host = self.endpoint.host_str().unwrap_or_default().to_string();
             let port = self.endpoint.port_or_known_default().unwrap_or(80);
             let addr = format!("{host}:{port}");
@@ -506,8 +643,12 @@ impl TusClient {
                     source,
                 })?;
             tune_socket(&stream, self.notsent_lowat);
-            self.probe
-                .set(socket2::SockRef::from(&stream).try_clone().ok());
+            self.probe.set(
+                socket2::SockRef::from(&stream)
+                    .try_clone()
+                    .ok()
+                    .map(|s| ProbeSource::Tcp(Arc::new(s))),
+            );
             let (sender, task) = if self.endpoint.scheme() == "https" {
                 let stream = self.tls_handshake(stream, &addr).await?;
                 start_http(stream).await?
@@ -589,8 +730,13 @@ impl TusClient {
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
+                // A pipe's far end may know better than "connection closed": ask it first.
+                let why = match self.why_closed.clone() {
+                    Some(why_closed) => why_closed().await,
+                    None => None,
+                };
                 self.disconnect();
-                Err(e.into())
+                Err(why.unwrap_or(e.into()))
             }
         }
     }

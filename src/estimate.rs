@@ -15,6 +15,10 @@
 //! - TLS (https URLs): each record of up to 16 KiB carries [`TLS_RECORD_OVERHEAD`] bytes
 //!   (TLS 1.3 AES-GCM: 5 header, 1 content type, 16 tag) and the handshake sends about
 //!   [`TLS_HANDSHAKE_BYTES`] up.
+//! - ssh (`ssh://` URLs, tus over ssh's channel): ssh's packets add
+//!   [`SSH_OVERHEAD_PER_MIB`] bytes per MiB of stream (0.11 %) and a session's key exchange,
+//!   authentication and channel about [`SSH_SESSION_BYTES`], measured with the default cipher
+//!   (chacha20-poly1305) by `scripts/bench_ssh.py --only overhead`.
 //! - TCP/IP over Ethernet: the stream is cut into segments of [`MSS`] bytes, each framed with
 //!   [`FRAME_OVERHEAD`] bytes of Ethernet, IPv4 and TCP (with timestamps) headers, so a full
 //!   1448-byte segment costs 1514 bytes on the wire (4.6 %).
@@ -39,6 +43,46 @@ pub const HTTP_REQUEST_BYTES: u64 = 400;
 pub const SESSION_BYTES: u64 = 1024;
 /// Bytes a TLS 1.3 record adds to up to 16 KiB of data.
 pub const TLS_RECORD_OVERHEAD: u64 = 22;
+/// Bytes ssh's packets add per MiB of channel data (length, padding, MAC, channel header):
+/// 1151.9 measured by `scripts/bench_ssh.py --only overhead` (OpenSSH, chacha20-poly1305),
+/// as the difference between a 1 MiB and a 65 MiB stream.
+pub const SSH_OVERHEAD_PER_MIB: u64 = 1152;
+/// Bytes one ssh session sends before and around the data: version exchange, key exchange,
+/// authentication, the channel's opening (3331 measured likewise).
+pub const SSH_SESSION_BYTES: u64 = 3331;
+
+/// The encryption layer between HTTP and TCP, which the wire model charges for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// http: HTTP straight on TCP.
+    Plain,
+    /// https: TLS records.
+    Tls,
+    /// ssh://: ssh's packets.
+    Ssh,
+}
+
+impl Framing {
+    /// The framing a destination URL implies.
+    pub fn for_url(url: &str) -> Framing {
+        if url.starts_with("https:") {
+            Framing::Tls
+        } else if url.starts_with("ssh:") {
+            Framing::Ssh
+        } else {
+            Framing::Plain
+        }
+    }
+}
+
+impl From<bool> for Framing {
+    /// `true`: TLS (the model's older, two-valued form).
+    fn from(tls: bool) -> Framing {
+        if tls { Framing::Tls } else { Framing::Plain }
+    }
+}
+
 /// Plaintext bytes a TLS record carries at most.
 pub const TLS_RECORD_PAYLOAD: u64 = 16_384;
 /// ClientHello, key share and Finished, sent up once per connection.
@@ -97,27 +141,36 @@ pub struct Wire {
     pub chunks: u64,
     pub http_bytes: u64,
     pub tls_bytes: u64,
+    /// ssh's packets, for ssh:// destinations.
+    pub ssh_bytes: u64,
     pub framing_bytes: u64,
     pub total: u64,
 }
 
 /// Applies the wire model (see the module doc).
-pub fn wire_bytes(payload: u64, chunk: u64, tls: bool) -> Wire {
+pub fn wire_bytes(payload: u64, chunk: u64, framing: impl Into<Framing>) -> Wire {
+    let framing = framing.into();
     let chunks = payload.div_ceil(chunk.max(1)).max(1);
     let http_bytes = chunks * HTTP_REQUEST_BYTES + SESSION_BYTES;
     let app = payload + http_bytes;
-    let tls_bytes = if tls {
+    let tls_bytes = if framing == Framing::Tls {
         app.div_ceil(TLS_RECORD_PAYLOAD) * TLS_RECORD_OVERHEAD + TLS_HANDSHAKE_BYTES
     } else {
         0
     };
-    let stream = app + tls_bytes;
+    let ssh_bytes = if framing == Framing::Ssh {
+        (app * SSH_OVERHEAD_PER_MIB).div_ceil(1 << 20) + SSH_SESSION_BYTES
+    } else {
+        0
+    };
+    let stream = app + tls_bytes + ssh_bytes;
     let framing_bytes = stream.div_ceil(MSS) * FRAME_OVERHEAD;
     Wire {
         payload,
         chunks,
         http_bytes,
         tls_bytes,
+        ssh_bytes,
         framing_bytes,
         total: stream + framing_bytes,
     }
@@ -135,11 +188,11 @@ impl LinkRate {
     /// The payload rate this link gives an upload of `payload` bytes in `chunk`-byte PATCHes:
     /// the wire model's share of the link for a rate that does not include it. Every finish
     /// time the tool prints goes through here or [`plan`], so they agree.
-    pub fn payload_rate(&self, payload: u64, chunk: u64, tls: bool) -> Rate {
+    pub fn payload_rate(&self, payload: u64, chunk: u64, framing: impl Into<Framing>) -> Rate {
         if self.measured || payload == 0 {
             return self.rate;
         }
-        let wire = wire_bytes(payload, chunk, tls);
+        let wire = wire_bytes(payload, chunk, framing);
         let share = payload as f64 / wire.total as f64;
         Rate::from_bits_per_second(self.rate.bits_per_second() * share).unwrap_or(self.rate)
     }
@@ -158,7 +211,8 @@ pub struct Request<Tz: TimeZone> {
     pub rate_source: RateSource,
     /// Chunk size; `None` derives it from the rate.
     pub chunk: Option<u64>,
-    pub tls: bool,
+    /// What the destination adds between HTTP and TCP (https, ssh://).
+    pub framing: Framing,
     pub start: DateTime<Tz>,
     pub windows: Vec<Window>,
     pub remote_build: Option<RemoteBuildRequest>,
@@ -251,8 +305,14 @@ pub enum Recommendation {
 }
 
 /// Seconds on the link for `bytes`: (payload only, with overhead).
-fn link_time(bytes: u64, chunk: u64, tls: bool, rate: Rate, measured: bool) -> (Wire, f64, f64) {
-    let wire = wire_bytes(bytes, chunk, tls);
+fn link_time(
+    bytes: u64,
+    chunk: u64,
+    framing: Framing,
+    rate: Rate,
+    measured: bool,
+) -> (Wire, f64, f64) {
+    let wire = wire_bytes(bytes, chunk, framing);
     let link = bytes as f64 * 8.0 / rate.bits_per_second();
     let total = if measured {
         link
@@ -267,14 +327,14 @@ pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
     let measured = matches!(req.rate_source, RateSource::History { .. });
     let chunk = Chunking::from_flag(req.chunk).planned(Some(req.rate));
     let (wire, link_seconds, total_seconds) =
-        link_time(req.bytes, chunk, req.tls, req.rate, measured);
+        link_time(req.bytes, chunk, req.framing, req.rate, measured);
     let timetable = Timetable::from_windows(&req.windows);
     let link = LinkRate {
         rate: req.rate,
         measured,
     };
     let place = |bytes: u64| {
-        let rate = link.payload_rate(bytes, chunk, req.tls);
+        let rate = link.payload_rate(bytes, chunk, req.framing);
         timetable.place(req.start.clone(), bytes, rate)
     };
     let placed = place(req.bytes)?;
@@ -283,7 +343,7 @@ pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
         None => None,
         Some(rb) => {
             let (_, _, upload_seconds) =
-                link_time(rb.sources_bytes, chunk, req.tls, req.rate, measured);
+                link_time(rb.sources_bytes, chunk, req.framing, req.rate, measured);
             let uploaded = place(rb.sources_bytes)?;
             // The build runs on the remote machine, whenever the sources are there: the
             // windows only limit the uplink.
@@ -304,7 +364,7 @@ pub fn plan<Tz: TimeZone>(req: &Request<Tz>) -> Result<Estimate, PlaceError> {
         None => None,
         Some(d) => {
             let (_, _, full_total_seconds) =
-                link_time(d.file_bytes, chunk, req.tls, req.rate, measured);
+                link_time(d.file_bytes, chunk, req.framing, req.rate, measured);
             let full = place(d.file_bytes)?;
             Some(DeltaPlan {
                 base: d.base.clone(),
@@ -364,7 +424,7 @@ mod tests {
             rate: rate(DEFAULT_RATE_BPS),
             rate_source: RateSource::Default,
             chunk: None,
-            tls: false,
+            framing: Framing::Plain,
             start: Utc::now(),
             windows: vec![],
             remote_build: None,
@@ -438,6 +498,20 @@ mod tests {
         assert!(extra > GIB / 1000 && extra < GIB / 500, "{extra}");
     }
 
+    /// ssh's packets cost 0.11 % and a session: more than plain TCP, less than TLS's records.
+    #[test]
+    fn ssh_adds_its_measured_framing() {
+        let plain = wire_bytes(GIB, 1 << 20, Framing::Plain);
+        let ssh = wire_bytes(GIB, 1 << 20, Framing::Ssh);
+        let tls = wire_bytes(GIB, 1 << 20, Framing::Tls);
+        let app = GIB + plain.http_bytes;
+        assert_eq!(ssh.ssh_bytes, (app * 1152).div_ceil(1 << 20) + 3331);
+        assert!(plain.total < ssh.total && ssh.total < tls.total, "{ssh:?}");
+        assert_eq!(Framing::for_url("ssh://h/d/"), Framing::Ssh);
+        assert_eq!(Framing::for_url("https://h/files/"), Framing::Tls);
+        assert_eq!(Framing::for_url("http://h/files/"), Framing::Plain);
+    }
+
     #[test]
     fn third_night_with_windows() {
         let tz = FixedOffset::east_opt(3600).unwrap();
@@ -449,7 +523,7 @@ mod tests {
             rate: rate(128_000.0),
             rate_source: RateSource::Flag,
             chunk: None,
-            tls: false,
+            framing: Framing::Plain,
             start,
             windows: vec!["23:00-07:00".parse().unwrap()],
             remote_build: None,

@@ -160,6 +160,8 @@ pub struct RunOptions {
     pub tokens: TokenLookup,
     /// For https: the CA file every transfer trusts instead of the system's roots.
     pub ca: Option<std::path::PathBuf>,
+    /// For ssh:// transfers: how ssh is run.
+    pub ssh: send::SshOptions,
     pub clock: Clock,
 }
 
@@ -506,6 +508,7 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, uplink: &Uplink, gate: 
     so.limit = cap;
     so.token = (opts.tokens)(&host);
     so.ca = opts.ca.clone();
+    so.ssh = opts.ssh.clone();
     so.give_up_after = Some(opts.give_up_after);
     so.transfer_id = Some(t.id);
     so.gate = gate;
@@ -565,8 +568,8 @@ pub fn outlook<Tz: chrono::TimeZone>(
                 };
             }
             let left = t.bytes_to_send().saturating_sub(t.offset);
-            let tls = t.dest_url.starts_with("https:");
-            let link = link.payload_rate(left, t.chunk_size, tls);
+            let framing = crate::estimate::Framing::for_url(&t.dest_url);
+            let link = link.payload_rate(left, t.chunk_size, framing);
             // A transfer's own limit slows only its own part.
             let own_link = match t
                 .rate_limit_bps

@@ -12,4 +12,5 @@ mod polite;
 mod queue;
 mod send;
 mod server;
+mod ssh;
 mod tls;

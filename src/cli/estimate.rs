@@ -4,7 +4,7 @@
 use super::{Failure, Global, exit, ordinal};
 use crate::delta;
 use crate::estimate::{
-    self, DeltaRequest, Estimate, RateSource, Recommendation, RemoteBuildRequest,
+    self, DeltaRequest, Estimate, Framing, RateSource, Recommendation, RemoteBuildRequest,
 };
 use crate::schedule::{self, Window};
 use crate::store::Store;
@@ -112,9 +112,9 @@ fn target_bytes(target: &str) -> Result<u64, Failure> {
 }
 
 /// The host and TLS flag of `--to`, which may be a bare host or a URL.
-fn destination(to: Option<&str>) -> Result<(Option<String>, bool), Failure> {
+fn destination(to: Option<&str>) -> Result<(Option<String>, Framing), Failure> {
     let Some(to) = to else {
-        return Ok((None, false));
+        return Ok((None, Framing::Plain));
     };
     if to.contains("://") {
         let url = url::Url::parse(to).map_err(|e| {
@@ -125,9 +125,9 @@ fn destination(to: Option<&str>) -> Result<(Option<String>, bool), Failure> {
         let host = url
             .host_str()
             .ok_or_else(|| Failure::usage(anyhow!("the URL \"{to}\" has no host")))?;
-        Ok((Some(host.to_string()), url.scheme() == "https"))
+        Ok((Some(host.to_string()), Framing::for_url(to)))
     } else {
-        Ok((Some(to.to_string()), false))
+        Ok((Some(to.to_string()), Framing::Plain))
     }
 }
 
@@ -263,7 +263,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         None => target_bytes(&args.target)?,
     };
     let delta = delta.map(|(d, _)| d);
-    let (host, tls) = destination(args.to.as_deref())?;
+    let (host, framing) = destination(args.to.as_deref())?;
     let (rate, rate_source) = choose_rate(global, args.rate, host.as_deref())?;
     let now = Local::now();
     let start = match &args.start {
@@ -275,7 +275,7 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         rate,
         rate_source,
         chunk: args.chunk.map(Size::bytes),
-        tls,
+        framing,
         start,
         windows: args.windows,
         remote_build: match (args.remote_build, args.sources) {
@@ -367,7 +367,13 @@ fn human(e: &Estimate, host: Option<&str>) -> String {
             out,
             "  with overhead  {}  (+{overhead:.1} %: TCP/IP framing, HTTP{}; {} chunks of {})",
             secs(e.total_seconds),
-            if w.tls_bytes > 0 { ", TLS" } else { "" },
+            if w.tls_bytes > 0 {
+                ", TLS"
+            } else if w.ssh_bytes > 0 {
+                ", ssh"
+            } else {
+                ""
+            },
             w.chunks,
             format_size(e.chunk_size),
         );

@@ -43,8 +43,32 @@ pub mod exit {
     pub const BUSY: u8 = 10;
     /// The server answered in a way tus does not allow, or the upload vanished from it.
     pub const PROTOCOL: u8 = 11;
+    /// ssh:// only: the remote side has no `upload` to run (not on its PATH, or not at
+    /// `--remote-upload`).
+    pub const REMOTE_UPLOAD: u8 = 12;
+    /// ssh:// only: the remote directory is missing, not a directory, or not writable; also
+    /// the status `upload serve --stdio` exits with then, which is how the client knows.
+    pub const REMOTE_DIR: u8 = crate::send::ssh::REMOTE_DIR_STATUS as u8;
+    /// ssh:// only: the ssh login was refused (no key the server accepts, BatchMode).
+    pub const SSH_LOGIN: u8 = 14;
+    /// ssh:// only: the server's host key is unknown or changed (known_hosts).
+    pub const SSH_HOST_KEY: u8 = 15;
     /// Interrupted by SIGINT or SIGTERM; progress is saved, rerun to continue.
     pub const INTERRUPTED: u8 = 130;
+
+    /// The status of a failed pipe (ssh). Unreachable and closed are retried, so they end
+    /// as [`NETWORK`] when retries run out; seen here they were not retried.
+    pub fn for_pipe(kind: crate::client::PipeFailure) -> u8 {
+        use crate::client::PipeFailure;
+        match kind {
+            PipeFailure::NoProgram => USAGE,
+            PipeFailure::LoginRefused => SSH_LOGIN,
+            PipeFailure::HostKey => SSH_HOST_KEY,
+            PipeFailure::NoRemoteUpload => REMOTE_UPLOAD,
+            PipeFailure::RemoteDir => REMOTE_DIR,
+            PipeFailure::Unreachable | PipeFailure::Closed => NETWORK,
+        }
+    }
 
     /// The table printed in `upload send --help` and README.
     pub const TABLE: &str = "\
@@ -62,6 +86,10 @@ Exit status:
   9   the server's SHA-256 of the whole file did not match: nothing was published
   10  another upload process is sending this transfer
   11  the server broke the tus protocol, or the upload vanished from it
+  12  ssh:// the remote side cannot run upload (not on its PATH: see --remote-upload)
+  13  ssh:// the remote directory is missing, not a directory, or not writable
+  14  ssh:// the ssh login was refused (no key the server accepts; BatchMode=yes)
+  15  ssh:// the server's host key is unknown or changed (known_hosts)
   130 interrupted: progress is saved, rerun the same command to continue";
 }
 
@@ -138,7 +166,7 @@ pub enum Command {
     #[command(after_help = estimate::AFTER_HELP)]
     Estimate(estimate::Args),
 
-    /// Upload a file to a tus server: chunked, checksummed, resumable; rerun to resume.
+    /// Upload a file to a tus server, or over ssh: chunked, checksummed, resumable; rerun to resume.
     #[command(after_help = send::after_help())]
     Send(send::Args),
 
@@ -388,7 +416,7 @@ mod tests {
                 .collect()
         };
         let in_help = codes(exit::TABLE, "  ");
-        assert_eq!(in_help.len(), 13, "{in_help:?}");
+        assert_eq!(in_help.len(), 17, "{in_help:?}");
         assert_eq!(
             codes(readme, "| "),
             in_help,

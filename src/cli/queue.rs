@@ -2,10 +2,10 @@
 //! `upload run` works through, and what it expects to finish when.
 
 use super::{Failure, Global, exit, ordinal};
-use crate::client::parse_endpoint;
 use crate::estimate::{self, LinkRate};
 use crate::queue::{self, Activity, Clock, Outlook};
 use crate::schedule::{self, Budget, Timetable, json_time};
+use crate::send::check_url;
 use crate::send::{self, QueueRequest, SendError};
 use crate::store::{Origin, Store, Transfer, TransferState};
 use crate::units::{Rate, Size, format_byte_rate, format_size};
@@ -18,6 +18,7 @@ pub const AFTER_HELP: &str = "\
 Examples:
   upload queue add debian.iso http://server:8080/files/ --priority 2 --deadline \"2026-01-03 07:00\"
   upload queue add notes.tar http://server:8080/files/ --limit 32kbit
+  upload queue add debian.iso ssh://alice@server/srv/inbox/     (upload run --ssh-command for another ssh)
   upload queue list
   upload queue pause 3
   upload run --timetable \"07:00,32kbit 23:00,off\"
@@ -65,7 +66,8 @@ pub enum QueueCommand {
 pub struct AddArgs {
     /// The file to upload.
     pub file: PathBuf,
-    /// The server's tus creation URL, e.g. http://server:8080/files/
+    /// Where to: a tus creation URL, e.g. http://server:8080/files/, or a directory over ssh,
+    /// e.g. ssh://user@server/srv/inbox/
     pub url: String,
     /// Higher goes first, and gets a larger share when transfers run together.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -351,7 +353,7 @@ fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
 
 fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     super::send::check_chunk(a.chunk)?;
-    parse_endpoint(&a.url).map_err(Failure::usage)?;
+    check_url(&a.url).map_err(Failure::usage)?;
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,

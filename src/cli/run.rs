@@ -50,6 +50,15 @@ pub struct Args {
     /// For https: trust the CA certificates in this PEM file instead of the system's.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+
+    /// For ssh:// transfers: the ssh program and its options, e.g. "ssh -F ~/.ssh/upload_config"
+    /// [default: ssh].
+    #[arg(long, value_name = "COMMAND", env = "UPLOAD_SSH")]
+    pub ssh_command: Option<String>,
+
+    /// For ssh:// transfers: where `upload` is on the remote side, when not on its PATH.
+    #[arg(long, value_name = "PATH", env = "UPLOAD_REMOTE_UPLOAD")]
+    pub remote_upload: Option<String>,
 }
 
 pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
@@ -113,6 +122,10 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
             .unwrap_or(crate::config::RUN_GIVE_UP_AFTER),
         tokens,
         ca: args.ca,
+        ssh: crate::send::SshOptions {
+            command: args.ssh_command,
+            remote_upload: args.remote_upload,
+        },
         clock,
     };
     let store = Store::open(&global.db_path()?).context("opening the state database")?;

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = "\
 Examples:
+  upload send debian.iso ssh://alice@server/srv/inbox/      (over ssh: no server to set up)
+  upload send debian.iso ssh://server:2222/~/inbox/ --limit 100kbit
   upload send debian.iso http://server:8080/files/
   upload send debian.iso http://server:8080/files/ --limit 100kbit --token-file ~/.upload-token
   upload send debian.iso http://server:8080/files/ --json
@@ -30,6 +32,11 @@ is sent as a delta: only what the server lacks crosses the link.
 
 Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
 server holds; progress is saved after every acknowledged chunk.
+
+ssh://[USER@]HOST[:PORT]/DIR/ runs the system's ssh (your keys, agent, ~/.ssh/config,
+ProxyJump and known_hosts) with BatchMode=yes, and `upload serve --stdio --dir DIR` on HOST
+(`upload` must be on the remote PATH, or give --remote-upload PATH); /~/DIR/ is under the
+remote home. Files are published in DIR once verified, exactly as by `upload serve --dir`.
 ";
 
 /// Examples, then the exit statuses (one table, in `exit`, for help and README alike).
@@ -42,7 +49,8 @@ pub struct Args {
     /// The file to upload.
     pub file: PathBuf,
 
-    /// The server's tus creation URL, e.g. http://server:8080/files/
+    /// Where to: a tus creation URL, e.g. http://server:8080/files/, or a directory over ssh,
+    /// e.g. ssh://user@server/srv/inbox/
     pub url: String,
 
     /// Bytes per request, e.g. 1MiB [default: about 20 s at --limit; without a limit it starts
@@ -96,6 +104,16 @@ pub struct Args {
     /// Print newline-delimited JSON events on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+
+    /// For ssh:// URLs: the ssh program and its options, split as a shell would, e.g.
+    /// "ssh -F ~/.ssh/upload_config" [default: ssh].
+    #[arg(long, value_name = "COMMAND", env = "UPLOAD_SSH")]
+    pub ssh_command: Option<String>,
+
+    /// For ssh:// URLs: where `upload` is on the remote side, when not on its PATH, e.g.
+    /// /opt/upload/bin/upload [default: upload].
+    #[arg(long, value_name = "PATH", env = "UPLOAD_REMOTE_UPLOAD")]
+    pub remote_upload: Option<String>,
 }
 
 /// `--base NAME` and `--no-base`, of `upload send` and `upload queue add` (issue 13).
@@ -181,6 +199,7 @@ pub(super) fn token(
 /// The exit status a failure maps to.
 fn exit_code(e: &SendError) -> u8 {
     match e {
+        SendError::Url(ClientError::Pipe { kind, .. }) => exit::for_pipe(*kind),
         SendError::Url(_) | SendError::Tls(_) => exit::USAGE,
         SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
         SendError::NotAFile { .. } => exit::NOT_A_FILE,
@@ -193,7 +212,10 @@ fn exit_code(e: &SendError) -> u8 {
             ClientError::Auth { .. } | ClientError::Untrusted(_) => exit::AUTH,
             ClientError::TooLarge(_) => exit::TOO_LARGE,
             ClientError::Verification(_) => exit::VERIFY,
-            ClientError::BadUrl { .. } | ClientError::NoEndpoint { .. } => exit::USAGE,
+            ClientError::BadUrl { .. }
+            | ClientError::BadSshUrl { .. }
+            | ClientError::NoEndpoint { .. } => exit::USAGE,
+            ClientError::Pipe { kind, .. } => exit::for_pipe(*kind),
             _ => exit::PROTOCOL,
         },
     }
@@ -674,6 +696,10 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         transfer_id: None,
         gate: Gate::always_open(),
         base: args.base.choice(),
+        ssh: send::SshOptions {
+            command: args.ssh_command,
+            remote_upload: args.remote_upload,
+        },
     };
     let json = args.json;
     let planned = planned_rate(&store, limit, &opts.url);

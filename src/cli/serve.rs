@@ -1,6 +1,10 @@
 //! `upload serve --dir DIR`: turns the arguments into a [`server::Config`], refuses to run an
 //! open server on a reachable address, runs the server on its own tokio runtime, and prints the
 //! one line scripts and tests wait for: `listening on http://ADDR/files/` (https with TLS).
+//! With `--stdio` it serves one connection on stdin and stdout instead (what an `ssh://`
+//! client starts over ssh): nothing but the protocol goes to stdout, logs go to stderr, and a
+//! directory it cannot use ends it with its own status (`exit::REMOTE_DIR`), which the client
+//! reads from ssh's exit status.
 
 use super::{Failure, Global};
 use crate::server::{self, Config, Server};
@@ -72,6 +76,15 @@ Browsers: a web page on another origin may upload (tus-js-client) only with --co
 ORIGIN, e.g. --cors-origin https://uploads.example.org (repeatable; * allows any page, still
 subject to the token). Tokens travel in Authorization, never in cookies.
 
+Over ssh (--stdio): an ssh:// client runs `upload serve --stdio --dir DIR` itself, one
+process per ssh session, which speaks tus on stdin and stdout and exits when the session
+ends; nothing listens, and the ssh login is the authentication. Several may serve one DIR at
+once: a newer session takes an upload over from a lingering process of a dead one (SIGTERM,
+then SIGKILL after 3 s). At start it removes the uploads idle longer than --expire-after that
+no other process holds. A DIR that is missing, not a directory or not writable ends it with
+status 13. Do not serve the same DIR with a listening `upload serve` at the same time: that
+one does not take part in the claims.
+
 Uploads idle longer than --expire-after are removed. SIGINT or SIGTERM stop the server: it
 stops accepting, lets running requests go on for a few seconds, then keeps what each
 interrupted upload received (or discards it when it carried a checksum) and exits 0.";
@@ -82,6 +95,12 @@ pub struct Args {
     /// DIR/.partial (created when missing).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
+
+    /// Serve one connection on stdin and stdout, as started over ssh by an ssh:// client,
+    /// e.g. upload serve --stdio --dir ~/inbox
+    #[arg(long, conflicts_with_all = ["listen", "token_file", "no_auth", "per_token_dirs",
+        "shared_uploads", "tls_cert", "tls_key", "cors_origins", "public_url"])]
+    pub stdio: bool,
 
     /// The IP address and port to listen on; port 0 picks a free one.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -142,6 +161,9 @@ pub struct Args {
 }
 
 pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
+    if args.stdio {
+        return run_stdio(args);
+    }
     let config = config(&args)?;
     let listen = args.listen;
     let scheme = if config.tls.is_some() {
@@ -169,6 +191,59 @@ pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
         server.run(shutdown).await?;
         Ok(())
     })
+}
+
+/// `--stdio`: one connection on stdin and stdout, no auth (the ssh login was it).
+fn run_stdio(args: Args) -> Result<(), Failure> {
+    let remote_dir = |e: anyhow::Error| Failure::new(super::exit::REMOTE_DIR, e);
+    let dir = args.dir.display().to_string();
+    usable_dir(&args.dir).map_err(remote_dir)?;
+    let mut config = Config::new(args.dir.clone());
+    config.max_uploads_per_token = args.max_uploads_per_token.max(1);
+    config.max_size = args.max_size.map(Size::bytes);
+    config.expire_after = args.expire_after.max(Duration::from_secs(1));
+    config.idle_timeout = args.idle_timeout.max(Duration::from_secs(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::from(anyhow!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        server::serve_stdio(config, io, shutdown)
+            .await
+            .map_err(|e| match e {
+                server::ServerError::Dir { .. } => remote_dir(anyhow!(e)),
+                e => Failure::from(e),
+            })
+    });
+    // A read of stdin may still block a thread of the runtime: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    tracing::debug!(%dir, "the connection ended");
+    result
+}
+
+/// `--dir` exists, is a directory and can be written: else nothing can be published there,
+/// which must be said now, not after a night of sending.
+fn usable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    if !dir.is_dir() {
+        // `file/` is not found, but it is there: say what it is.
+        let bare = std::path::Path::new(dir.to_str().map_or("", |d| d.trim_end_matches('/')));
+        let why = if dir.exists() || bare.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(anyhow!(
+            "--dir {shown} {why}: give the directory uploads are published in, or create it \
+             first, e.g. mkdir -p {shown}"
+        ));
+    }
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(|e| {
+        anyhow!("--dir {shown} is not writable by this user ({e}): give one that is, e.g. ~/inbox")
+    })?;
+    Ok(())
 }
 
 fn config(args: &Args) -> Result<Config, Failure> {
@@ -341,6 +416,7 @@ mod tests {
             tls_key: None,
             cors_origins: Vec::new(),
             public_url: None,
+            stdio: false,
         }
     }
 

@@ -6,10 +6,11 @@
 //! As in rustus's storage trait and tusd's composer, the session works from what the
 //! destination says it can do ([`Capabilities`]): a destination without chunk checksums is
 //! still sent to, each chunk unchecked on the way. [`for_url`] is the one place a URL picks
-//! its destination; today every URL is a tus endpoint ([`Tus`]). A destination of another
-//! kind (object storage, a peer over ssh) is another file beside `tus.rs` and another arm
-//! there; a payload of another kind (a delta recipe) is sent through the same calls, as an
-//! ordinary upload.
+//! its destination ([`Destinations`], one variant per kind): a tus endpoint ([`Tus`], `http`
+//! and `https`), or a peer over ssh ([`Ssh`], `ssh://`, tus over the pipe of a child ssh). A
+//! destination of another kind (object storage) is another file beside `tus.rs` and another
+//! variant there; a payload of another kind (a delta recipe) is sent through the same calls,
+//! as an ordinary upload.
 //!
 //! Delta uploads (issue 13) add two calls with defaults, so a destination without them needs
 //! nothing: [`Destination::index`] (a base's index; `None` by default, and the session then
@@ -18,6 +19,7 @@
 //! Errors are [`ClientError`]s, so each destination classifies its failures by what a retry
 //! can do and the session's retry policy reads only that.
 
+use super::ssh::Ssh;
 use super::tus::Tus;
 use super::{SendError, SendOptions};
 use crate::client::{ChannelBody, ClientError, LinkProbe, PatchOutcome, UploadInfo};
@@ -33,6 +35,10 @@ pub(super) struct Capabilities {
     pub(super) checksum: Option<Algorithm>,
     /// The largest upload it accepts, in bytes.
     pub(super) max_size: Option<u64>,
+    /// The smallest write worth making into its connection: where every write costs a frame
+    /// of its own (ssh: a packet of about 36 bytes), the throttle's small pieces (1/20 s of
+    /// data, 800 bytes at 128 kbit/s) are gathered up to this. 0: none.
+    pub(super) piece_floor: usize,
 }
 
 /// Where the bytes of one upload go. Futures are `Send`: a scheduler runs sessions in tasks.
@@ -117,7 +123,79 @@ pub(super) struct DeltaBase {
     pub(super) sha256: [u8; 32],
 }
 
+/// Every kind of destination, so that the session stays one type and free of branches on
+/// the kind.
+pub(super) enum Destinations {
+    Tus(Tus),
+    Ssh(Ssh),
+}
+
+/// Calls the same method on whichever destination it is.
+macro_rules! each {
+    ($self:ident, $d:ident => $call:expr) => {
+        match $self {
+            Destinations::Tus($d) => $call,
+            Destinations::Ssh($d) => $call,
+        }
+    };
+}
+
+impl Destination for Destinations {
+    async fn discover(&mut self) -> Result<Capabilities, ClientError> {
+        each!(self, d => d.discover().await)
+    }
+
+    async fn create(&mut self, size: u64, name: &str) -> Result<Url, ClientError> {
+        each!(self, d => d.create(size, name).await)
+    }
+
+    async fn offset(&mut self, upload: &Url) -> Result<UploadInfo, ClientError> {
+        each!(self, d => d.offset(upload).await)
+    }
+
+    async fn connect(&mut self, rate: Option<Rate>) -> Result<LinkProbe, ClientError> {
+        each!(self, d => d.connect(rate).await)
+    }
+
+    async fn append(
+        &mut self,
+        upload: &Url,
+        offset: u64,
+        len: u64,
+        body: ChannelBody,
+        checksum: Option<&Checksum>,
+        digest: Option<&[u8; 32]>,
+    ) -> Result<PatchOutcome, ClientError> {
+        each!(self, d => d.append(upload, offset, len, body, checksum, digest).await)
+    }
+
+    async fn delete(&mut self, upload: &Url) -> Result<(), ClientError> {
+        each!(self, d => d.delete(upload).await)
+    }
+
+    fn disconnect(&mut self) {
+        each!(self, d => d.disconnect())
+    }
+
+    fn host(&self) -> &str {
+        each!(self, d => d.host())
+    }
+}
+
+/// Whether `url` names a destination `upload` can send to (checked at `queue add`, before
+/// anything is sent): an http(s) tus endpoint or an `ssh://` directory.
+pub fn check_url(url: &str) -> Result<(), ClientError> {
+    if url.starts_with("ssh://") {
+        super::ssh::parse_ssh_url(url).map(|_| ())
+    } else {
+        crate::client::parse_endpoint(url).map(|_| ())
+    }
+}
+
 /// The destination `opts.url` names, with its credentials and trust roots.
-pub(super) fn for_url(opts: &SendOptions) -> Result<Tus, SendError> {
-    Tus::open(&opts.url, opts.token.clone(), opts.ca.as_deref())
+pub(super) fn for_url(opts: &SendOptions) -> Result<Destinations, SendError> {
+    if opts.url.starts_with("ssh://") {
+        return Ssh::open(&opts.url, &opts.ssh).map(Destinations::Ssh);
+    }
+    Tus::open(&opts.url, opts.token.clone(), opts.ca.as_deref()).map(Destinations::Tus)
 }

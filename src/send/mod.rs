@@ -27,10 +27,10 @@
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
 //! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
 //! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
-//! (the seam to where bytes go; [`tus`] the first kind), [`delta`] (what a transfer sends:
-//! the file, or a recipe against a base the destination holds, and the fall back to the file
-//! when the recipe is refused). This file holds the API (options, events, errors) and
-//! [`send`], which sets a session up and tidies after it.
+//! (the seam to where bytes go; [`tus`] the first kind, [`ssh`] tus over a child ssh),
+//! [`delta`] (what a transfer sends: the file, or a recipe against a base the destination
+//! holds, and the fall back to the file when the recipe is refused). This file holds the API
+//! (options, events, errors) and [`send`], which sets a session up and tidies after it.
 
 pub mod chunking;
 mod delta;
@@ -40,7 +40,11 @@ mod pipeline;
 mod retry;
 mod session;
 mod source;
+pub mod ssh;
 mod tus;
+
+pub use destination::check_url;
+pub use ssh::SshOptions;
 
 use crate::client::ClientError;
 pub use crate::store::BaseChoice;
@@ -88,6 +92,8 @@ pub struct SendOptions {
     /// Which published file to send a delta against (`--base`, `--no-base`); by default one
     /// of the same name, when the server holds one.
     pub base: BaseChoice,
+    /// How `ssh://` destinations run ssh.
+    pub ssh: SshOptions,
 }
 
 impl SendOptions {
@@ -107,6 +113,7 @@ impl SendOptions {
             transfer_id: None,
             gate: Gate::always_open(),
             base: BaseChoice::SameName,
+            ssh: SshOptions::default(),
         }
     }
 }
@@ -392,6 +399,7 @@ fn session<D: destination::Destination>(
         destination,
         throttle: throttle.clone(),
         checksum: None,
+        piece_floor: 0,
         stall: opts.stall_timeout,
         wire: Arc::new(WireCount::default()),
         confirmed_here: 0,

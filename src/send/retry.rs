@@ -1,7 +1,7 @@
 //! The retry policy: how long to wait before the next attempt after a failure, from the
 //! error's classification and how long the server has been failing.
 
-use crate::client::{ClientError, Retry};
+use crate::client::{ClientError, PipeFailure, Retry};
 use std::time::{Duration, Instant};
 
 /// Exponential backoff with jitter: 1, 2, 4 ... s, capped at 60 s (10 min when the server
@@ -41,11 +41,15 @@ pub(super) fn retry_delay(e: &ClientError, failures: u32, down_for: Duration) ->
         } => after.mul_f64(jitter()).min(Duration::from_secs(600)),
         // The connection died silently: reconnect at once, the attempt probes the link.
         ClientError::Stalled(_) | ClientError::Http(_) if failures == 1 => Duration::ZERO,
-        ClientError::Connect { .. } | ClientError::Stalled(_) | ClientError::Http(_)
-            if down_for < PROBE_FOR =>
-        {
-            Duration::from_secs_f64(PROBE_EVERY * jitter())
-        }
+        // An ssh session that could not reach the host or died with the link is the same
+        // probe, one level up.
+        ClientError::Connect { .. }
+        | ClientError::Stalled(_)
+        | ClientError::Http(_)
+        | ClientError::Pipe {
+            kind: PipeFailure::Unreachable | PipeFailure::Closed,
+            ..
+        } if down_for < PROBE_FOR => Duration::from_secs_f64(PROBE_EVERY * jitter()),
         _ => backoff(failures, e.retry()),
     }
 }
@@ -121,6 +125,15 @@ mod tests {
         assert!(early <= Duration::from_secs(1), "{early:?}");
         let late = retry_delay(&refused, 20, Duration::from_secs(3600));
         assert!(late >= Duration::from_secs(30), "{late:?}");
+        // ssh's own "cannot reach" and "the session died" probe the link as often.
+        for kind in [PipeFailure::Unreachable, PipeFailure::Closed] {
+            let ssh = ClientError::Pipe {
+                kind,
+                message: String::new(),
+            };
+            let early = retry_delay(&ssh, 20, Duration::from_secs(30));
+            assert!(early <= Duration::from_secs(1), "{kind:?}: {early:?}");
+        }
         let busy = ClientError::TooManyUploads {
             retry_after: Some(Duration::from_secs(5)),
         };

@@ -38,6 +38,8 @@ pub(super) struct Session<D> {
     pub(super) destination: D,
     pub(super) throttle: Throttle,
     pub(super) checksum: Option<Algorithm>,
+    /// The destination's smallest worthwhile write (`Capabilities::piece_floor`).
+    pub(super) piece_floor: usize,
     pub(super) stall: Duration,
     pub(super) wire: Arc<WireCount>,
     /// Payload confirmed by this process and the time spent sending it, for link samples.
@@ -349,6 +351,7 @@ impl<D: Destination> Session<D> {
     async fn discover(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), StepError> {
         let caps = self.destination.discover().await?;
         self.checksum = caps.checksum;
+        self.piece_floor = caps.piece_floor;
         if self.checksum.is_none() {
             events(Event::Notice(
                 "the server does not offer the tus checksum extension: chunks are not checked \

@@ -39,6 +39,11 @@ impl Tus {
         };
         Ok(Tus { client })
     }
+
+    /// tus over a client whose connection someone else opens (see [`crate::client::Dialer`]).
+    pub(super) fn over(client: TusClient) -> Tus {
+        Tus { client }
+    }
 }
 
 impl Destination for Tus {
@@ -48,6 +53,7 @@ impl Destination for Tus {
             // An algorithm offered without the extension declared is not one to rely on.
             checksum: caps.checksum.filter(|_| caps.has(ext::CHECKSUM)),
             max_size: caps.max_size,
+            piece_floor: 0,
         })
     }
 

@@ -8,6 +8,7 @@
 //! DIR/.partial/<id>.part            the bytes received so far (may run past the offset)
 //! DIR/.partial/<id>.info            JSON: the committed offset, length, metadata, state
 //! DIR/.partial/<id>.info.tmp        an info file being replaced
+//! DIR/.partial/<id>.lock            the claim of a `serve --stdio` process: flock'd, its pid
 //! DIR/.partial/<id>.built           a delta upload's new file, built from its recipe
 //! DIR/.upload-index/<name>.sha256   the identity and SHA-256 of DIR/<name>, recorded at publishing
 //! DIR/.upload-index/<name>.idx      the chunk index of DIR/<name> (made when first asked for)
@@ -19,6 +20,18 @@
 //! mistaken for a file. Both sidecars are caches, never the truth: a record whose identity
 //! (size, mtime ns, inode, device) no longer matches its file is ignored, and an index whose
 //! header does not is made again.
+//!
+//! Claims ([`Store::claim`]): `serve --stdio` runs once per ssh session, so a session that died
+//! on a dead link can leave its process behind, holding an upload in a PATCH that waits for
+//! bytes that never come, while the client's next session starts another. The claim is an
+//! exclusive `flock` on the lock file, held until the process exits (or drops it), with the
+//! holder's pid written inside. The new process asks the holder to stop (SIGTERM, and SIGCONT
+//! in case it was stopped): it interrupts its request, keeps or discards the partial body as
+//! for any interruption, and exits; after [`EVICT_GRACE`] it gets SIGKILL. Only when the
+//! kernel released the lock (the holder is dead: a claim is kept until the process exits, or
+//! its upload is removed) does the new one load the upload from disk, so the old one never
+//! writes after losing it, not even from a blocking write still under way as it shuts down. Only holders that wrote
+//! `serve --stdio` into the file are signalled.
 //!
 //! The info file is the truth about what was received: it is only rewritten (tmp, fsync,
 //! rename, fsync dir) after the part file's bytes up to the new offset are on disk (fdatasync).
@@ -54,6 +67,8 @@ pub struct DirStore {
     /// Held while an index is made: a second request for the same index (a client retrying
     /// while a big file is read) waits and finds it made, instead of reading the file again.
     indexing: std::sync::Mutex<()>,
+    /// The lock files of the claims this process holds, kept open (locked) until it exits.
+    claimed: std::sync::Mutex<std::collections::HashMap<Id, File>>,
 }
 
 impl DirStore {
@@ -65,6 +80,7 @@ impl DirStore {
             dir: dir.to_path_buf(),
             partial,
             indexing: std::sync::Mutex::new(()),
+            claimed: std::sync::Mutex::default(),
         })
     }
 
@@ -221,6 +237,45 @@ impl DirStore {
         &self.dir
     }
 
+    /// Removes the uploads idle longer than `expire_after` that no process claims, taking each
+    /// claim only for the look (never evicting a holder). What a `serve --stdio` does at start
+    /// instead of running the sweeper: sweeping would keep the claim of every upload it
+    /// looked at for its whole life (see the `server` module doc). Returns how many went.
+    pub fn expire_unclaimed(&self, expire_after: Duration) -> io::Result<usize> {
+        use rustix::fs::{FlockOperation, flock};
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for id in Store::list(self, expire_after)? {
+            if self
+                .claimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id)
+            {
+                continue;
+            }
+            let lock = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.lock_path(&id))?;
+            if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+            // Held: nobody else writes it while it is looked at (and loading may truncate).
+            if let Some(info) = self.load(&id)?
+                && info.is_expired(expire_after, now)
+            {
+                tracing::info!(%id, "upload expired");
+                Store::remove(self, &id)?;
+                removed += 1;
+            }
+            // Dropping `lock` lets go again.
+        }
+        Ok(removed)
+    }
+
     /// Bytes an unprivileged process can still write in the upload directory's file system.
     pub fn free_space(&self) -> io::Result<u64> {
         let stat = rustix::fs::statvfs(&self.dir)?;
@@ -228,7 +283,111 @@ impl DirStore {
     }
 }
 
+/// How long a lingering holder of a claim gets to stop after SIGTERM before SIGKILL; and how
+/// long after that the kernel gets to release its lock before the claim is refused (503).
+pub const EVICT_GRACE: Duration = Duration::from_secs(3);
+const EVICT_KILL_WAIT: Duration = Duration::from_secs(3);
+const CLAIM_POLL: Duration = Duration::from_millis(50);
+/// What a holder writes in the lock file after its pid, so that only such a process is
+/// signalled (a recycled pid would read differently, or name another program).
+const CLAIM_HOLDER: &str = "serve --stdio";
+
+/// Claims outlive the store: its last blocking write may still run as the process shuts down,
+/// and the claim must end only with the process (see the module doc).
+impl Drop for DirStore {
+    fn drop(&mut self) {
+        let claimed = self.claimed.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, lock_file) in claimed.drain() {
+            std::mem::forget(lock_file);
+        }
+    }
+}
+
+impl DirStore {
+    fn lock_path(&self, id: &Id) -> PathBuf {
+        self.partial.join(format!("{id}.lock"))
+    }
+}
+
+/// The pid in a lock file, when it was written by a `serve --stdio` that still runs `upload`.
+fn claim_holder(file: &mut File) -> Option<i32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    let (pid, what) = text.trim().split_once(' ')?;
+    let pid: i32 = pid.parse().ok().filter(|&p| p > 1)?;
+    if what != CLAIM_HOLDER || pid == std::process::id() as i32 {
+        return None;
+    }
+    // The pid may have been recycled since: signal only a process whose command line still
+    // says it is this server.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let says = |w: &str| words.contains(&w.as_bytes());
+    (says("serve") && says("--stdio")).then_some(pid)
+}
+
 impl Store for DirStore {
+    fn claim(&self, id: &Id) -> io::Result<Option<super::store::Claim>> {
+        use rustix::fs::{FlockOperation, flock};
+        let claimed = || self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        if claimed().contains_key(id) {
+            return Ok(Some(super::store::Claim::default()));
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_path(id))?;
+        let started = std::time::Instant::now();
+        let mut signalled: Option<(i32, bool)> = None;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    file.set_len(0)?;
+                    file.seek(SeekFrom::Start(0))?;
+                    writeln!(file, "{} {CLAIM_HOLDER}", std::process::id())?;
+                    if let Some((pid, _)) = signalled {
+                        tracing::info!(%id, pid, waited = ?started.elapsed(), "took the upload over from a lingering server");
+                    }
+                    claimed().insert(id.clone(), file);
+                    return Ok(Some(super::store::Claim::default()));
+                }
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
+                Err(e) => return Err(e.into()),
+            }
+            let waited = started.elapsed();
+            match signalled {
+                None => match claim_holder(&mut file) {
+                    Some(pid) => {
+                        tracing::info!(%id, pid, "the upload is held by a lingering server: asking it to stop");
+                        // SAFETY: kill with a pid and a signal number has no memory effects.
+                        unsafe {
+                            libc::kill(pid, libc::SIGTERM);
+                            libc::kill(pid, libc::SIGCONT);
+                        }
+                        signalled = Some((pid, false));
+                    }
+                    // Written in a moment, or not a server we may stop: wait our turn.
+                    None if waited >= EVICT_GRACE + EVICT_KILL_WAIT => return Ok(None),
+                    None => {}
+                },
+                Some((pid, false)) if waited >= EVICT_GRACE => {
+                    tracing::warn!(%id, pid, "the lingering server did not stop: killing it");
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    signalled = Some((pid, true));
+                }
+                Some((_, true)) if waited >= EVICT_GRACE + EVICT_KILL_WAIT => return Ok(None),
+                Some(_) => {}
+            }
+            std::thread::sleep(CLAIM_POLL);
+        }
+    }
+
     /// Creates an empty part file and the first info file.
     fn create(&self, info: &Info, id: &Id) -> io::Result<()> {
         OpenOptions::new()
@@ -329,6 +488,11 @@ impl Store for DirStore {
     /// part file left by a crash in between is an orphan the sweeper removes.
     fn remove(&self, id: &Id) -> io::Result<()> {
         remove_if_present(&self.info_path(id))?;
+        remove_if_present(&self.lock_path(id))?;
+        self.claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.remove_part(id)
     }
 
@@ -397,7 +561,7 @@ impl Store for DirStore {
                     ids.push(id);
                     false
                 }
-                "part" | "built" => !self.info_path(&id).exists(),
+                "part" | "built" | "lock" => !self.info_path(&id).exists(),
                 "info.tmp" => true,
                 _ => false,
             };
@@ -822,6 +986,41 @@ mod tests {
         assert_eq!(store.load(&id).unwrap(), Some(info));
         assert_eq!(fs::read(store.part_path(&id)).unwrap(), b"0123");
         assert_eq!(store.load(&Id::random()).unwrap(), None);
+    }
+
+    /// A `serve --stdio` has no sweeper: at start it removes what expired, except uploads
+    /// another process claims, and lets go of every claim it took for the look.
+    #[test]
+    fn expired_uploads_go_unless_another_process_claims_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 86400);
+        let ours = DirStore::open(dir.path()).unwrap();
+        let (expired, claimed, fresh) = (Id::random(), Id::random(), Id::random());
+        for id in [&expired, &claimed, &fresh] {
+            let mut info = info(id);
+            if id != &fresh {
+                info.last_activity_ms -= 8 * 86400 * 1000;
+            }
+            ours.create(&info, id).unwrap();
+        }
+        // Another process's store: flocks on other open files conflict as across processes.
+        let other = DirStore::open(dir.path()).unwrap();
+        assert!(other.claim(&claimed).unwrap().is_some());
+        assert_eq!(ours.expire_unclaimed(week).unwrap(), 1);
+        assert_eq!(ours.load(&expired).unwrap(), None);
+        assert!(
+            ours.load(&claimed).unwrap().is_some(),
+            "a claimed upload stays"
+        );
+        assert!(
+            ours.load(&fresh).unwrap().is_some(),
+            "an active upload stays"
+        );
+        // The look took no claim for good: a third store can claim the fresh one at once.
+        let third = DirStore::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        assert!(third.claim(&fresh).unwrap().is_some());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -384,7 +384,7 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
             info,
             sha: Some(Sha256::new()),
         })
-        .await;
+        .await?;
     if let Err(e) = blocking(move || store.create(&create_info, &create_id)).await {
         app.uploads.remove(&mut held, &id).await?;
         return Err(e);

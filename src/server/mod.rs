@@ -76,6 +76,15 @@
 //! to a TLS port gets a plain 400 that says to use https, instead of a dropped connection that
 //! a client would retry forever.
 //!
+//! One connection on a pipe ([`serve_stdio`], `upload serve --stdio`): what an ssh session
+//! runs for an `ssh://` client. The same app and store, no listener, no TLS, no token (the ssh
+//! login is the authentication; uploads have no owner, as without auth), the same publishing
+//! rules; it ends when the pipe closes. Several such processes may serve one directory at once,
+//! so their uploads are claimed across processes (`uploads`, `Store::claim`), and SIGTERM (a
+//! newer session's process wants an upload) interrupts the request at once. No expiry sweeper
+//! runs in it (sweeping would keep the claim of every upload it looked at); instead it removes,
+//! at start, the expired uploads that no other process claims (`DirStore::expire_unclaimed`).
+//!
 //! Statuses where tus is silent: 431 for metadata over 4 KiB; 408 / 409 / 400 for a body cut
 //! off by the idle timeout / by a newer request for the upload / by a broken connection (the
 //! offset is in the response either way); 503 + Retry-After when a takeover does not get the
@@ -135,68 +144,13 @@ pub struct Server {
 impl Server {
     /// Creates `DIR/.partial` when missing and binds `addr` (port 0 picks a free port).
     pub async fn bind(config: Config, addr: SocketAddr) -> Result<Server, ServerError> {
-        if config.tokens.as_ref().is_some_and(Vec::is_empty) {
-            return Err(ServerError::NoTokens { path: None });
-        }
-        if config.per_token_dirs && config.tokens.is_none() {
-            return Err(ServerError::PerTokenDirsWithoutTokens);
-        }
-        if config.max_uploads_per_token == 0 {
-            return Err(ServerError::NoUploadsAllowed);
-        }
-        if config.per_token_dirs && config.shared_uploads {
-            return Err(ServerError::PerTokenDirsShared);
-        }
-        let tokens = config
-            .tokens
-            .as_deref()
-            .map(auth::Tokens::new)
-            .transpose()?;
-        let store = dir_store::DirStore::open(&config.dir).map_err(|source| ServerError::Dir {
-            path: config.dir.clone(),
-            source,
-        })?;
-        store.recover().map_err(|source| ServerError::Dir {
-            path: config.dir.clone(),
-            source,
-        })?;
-        if config.per_token_dirs {
-            check_token_dirs(&store, tokens.as_ref())?;
-        }
+        let app = prepare(config, false)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let max_size = match config.max_size {
-            Some(max) => max,
-            None => {
-                let free = store.free_space().map_err(|source| ServerError::Dir {
-                    path: config.dir.clone(),
-                    source,
-                })?;
-                let max = default_max_size(free);
-                let (free, largest) = (crate::units::Size(free), crate::units::Size(max));
-                tracing::info!(
-                    %free,
-                    %largest,
-                    "largest upload: 95 % of the free space (--max-size to choose)"
-                );
-                max
-            }
-        };
-        let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
-        let capabilities = store.capabilities();
-        let expire_after = capabilities.expiration.then_some(config.expire_after);
-        let app = App {
-            max_size,
-            capabilities,
-            tokens,
-            uploads: uploads::Uploads::new(Arc::new(store), expire_after),
-            receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
-            config,
-        };
         Ok(Server {
             listener,
             local_addr,
@@ -277,6 +231,113 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Checks `config`, opens and recovers the store, and builds what every request shares.
+/// `shared`: other server processes use the store too (`serve --stdio`): claim uploads.
+fn prepare(config: Config, shared: bool) -> Result<App, ServerError> {
+    if config.tokens.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ServerError::NoTokens { path: None });
+    }
+    if config.per_token_dirs && config.tokens.is_none() {
+        return Err(ServerError::PerTokenDirsWithoutTokens);
+    }
+    if config.max_uploads_per_token == 0 {
+        return Err(ServerError::NoUploadsAllowed);
+    }
+    if config.per_token_dirs && config.shared_uploads {
+        return Err(ServerError::PerTokenDirsShared);
+    }
+    let tokens = config
+        .tokens
+        .as_deref()
+        .map(auth::Tokens::new)
+        .transpose()?;
+    let store = dir_store::DirStore::open(&config.dir).map_err(|source| ServerError::Dir {
+        path: config.dir.clone(),
+        source,
+    })?;
+    store.recover().map_err(|source| ServerError::Dir {
+        path: config.dir.clone(),
+        source,
+    })?;
+    if shared {
+        let expired = store
+            .expire_unclaimed(config.expire_after)
+            .map_err(|source| ServerError::Dir {
+                path: config.dir.clone(),
+                source,
+            })?;
+        if expired > 0 {
+            tracing::info!(expired, "expired uploads removed");
+        }
+    }
+    if config.per_token_dirs {
+        check_token_dirs(&store, tokens.as_ref())?;
+    }
+    let max_size = match config.max_size {
+        Some(max) => max,
+        None => {
+            let free = store.free_space().map_err(|source| ServerError::Dir {
+                path: config.dir.clone(),
+                source,
+            })?;
+            let max = default_max_size(free);
+            let (free, largest) = (crate::units::Size(free), crate::units::Size(max));
+            tracing::info!(
+                %free,
+                %largest,
+                "largest upload: 95 % of the free space (--max-size to choose)"
+            );
+            max
+        }
+    };
+    let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
+    let capabilities = store.capabilities();
+    let expire_after = capabilities.expiration.then_some(config.expire_after);
+    let uploads = uploads::Uploads::new(Arc::new(store), expire_after);
+    Ok(App {
+        max_size,
+        capabilities,
+        tokens,
+        uploads: if shared {
+            uploads.with_claims()
+        } else {
+            uploads
+        },
+        receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
+        config,
+    })
+}
+
+/// Serves one HTTP/1.1 connection on `io` (stdin and stdout of `upload serve --stdio`) until
+/// it closes, or until `shutdown`: then the request in progress is interrupted at once (its
+/// body kept or discarded as for any interruption) and given [`SHUTDOWN_STOP`] to answer.
+/// See the module doc.
+pub async fn serve_stdio(
+    config: Config,
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let app = Arc::new(prepare(config, true)?);
+    let router = handlers::router(app.clone());
+    let (stop, stopping) = watch::channel(false);
+    let dir = app.config.dir.display();
+    tracing::info!(%dir, "serving one connection on stdin and stdout");
+    let connection = tokio::spawn(serve_http(io, router, stopping, app.config.idle_timeout));
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        () = shutdown => {
+            app.uploads.interrupt_all();
+            let _ = stop.send(true);
+            if tokio::time::timeout(SHUTDOWN_STOP, &mut connection).await.is_err() {
+                tracing::warn!("the interrupted request did not end: stopping");
+                connection.abort();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to start when a token's directory is taken by something that is not a directory:

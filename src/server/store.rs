@@ -20,7 +20,10 @@
 //!
 //! Every method blocks: callers run them on the blocking pool (`uploads::blocking`), which is
 //! also what lets a body's batches be hashed and written while the next ones arrive. The
-//! per-upload lock stays in `uploads`, in memory: one server instance owns its uploads.
+//! per-upload lock stays in `uploads`, in memory: one server instance owns its uploads. Where
+//! several server processes share one store (`upload serve --stdio`, one process per ssh
+//! session), [`Store::claim`] keeps them apart, upload by upload; a store used by one process
+//! only needs nothing for it (the default).
 
 use super::names::Id;
 use bytes::Bytes;
@@ -89,6 +92,26 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn delta(&self) -> Option<&dyn super::delta::DeltaStore> {
         None
     }
+
+    /// Takes upload `id` for this process alone, against other server processes on the same
+    /// store, for as long as the returned [`Claim`] lives; called before the upload is loaded
+    /// or created, only by servers started to share their store (`serve --stdio`). A holder
+    /// that is a lingering `serve --stdio` (its ssh session died) is told to stop and let go;
+    /// it must not write once it has (the directory store's claim ends only with the holder's
+    /// process or its claim). `Ok(None)`: another process holds it and did not let go.
+    /// The default, for a store only one process uses, claims nothing.
+    fn claim(&self, id: &Id) -> io::Result<Option<Claim>> {
+        let _ = id;
+        Ok(Some(Claim::default()))
+    }
+}
+
+/// Exclusive use of one upload across processes (see [`Store::claim`]). A store whose claim
+/// ends before the process does (a lease) keeps it in `token`: dropping it lets go.
+#[derive(Default)]
+pub(crate) struct Claim {
+    #[allow(dead_code)]
+    pub(crate) token: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The tus extensions a store may or may not support, as tusd's composer has them: the rest

@@ -14,10 +14,16 @@
 //!
 //! The state here is small (the info and a SHA-256 state, about 100 bytes) and the store stays
 //! the truth: an upload not yet touched since start is loaded on first use.
+//!
+//! Several processes on one store (`serve --stdio`, one per ssh session): with claims on
+//! ([`Uploads::with_claims`]) an upload is claimed from the store ([`Store::claim`]) before it
+//! is loaded or created, and the claim stays with its slot for the life of the process; so what
+//! is cached here cannot go stale behind our back, and a newer session's process takes an
+//! upload over from a lingering one instead of waiting for it.
 
 use super::error::ApiError;
 use super::names::Id;
-use super::store::{Info, State, Store};
+use super::store::{Claim, Info, State, Store};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,6 +63,9 @@ struct Slot {
     /// The upload's owner (`Info::owner`), set when it is first loaded or created. It never
     /// changes, so checking it needs no lock on the entry.
     owner: OnceLock<Option<String>>,
+    /// The cross-process claim, with claims on: taken before the entry is loaded, kept while
+    /// the slot lives.
+    claim: Mutex<Option<Claim>>,
 }
 
 /// Exclusive use of one upload for the length of a request.
@@ -81,6 +90,8 @@ pub(crate) struct Uploads {
     slots: Mutex<HashMap<Id, Arc<Slot>>>,
     /// `None` when the store does not support expiration: nothing expires then.
     expire_after: Option<Duration>,
+    /// Claim each upload from the store before loading it (see the module doc).
+    claims: bool,
 }
 
 impl Uploads {
@@ -89,6 +100,36 @@ impl Uploads {
             store,
             slots: Mutex::new(HashMap::new()),
             expire_after,
+            claims: false,
+        }
+    }
+
+    /// Claims every upload from the store before using it: for a process that shares its store
+    /// with others (`serve --stdio`).
+    pub fn with_claims(mut self) -> Uploads {
+        self.claims = true;
+        self
+    }
+
+    /// Takes the store's claim on `id` for `slot`, once, with claims on; `Busy` when another
+    /// process keeps it.
+    async fn claim(&self, id: &Id, slot: &Arc<Slot>) -> Result<(), ApiError> {
+        if !self.claims
+            || slot
+                .claim
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            return Ok(());
+        }
+        let (store, claim_id) = (self.store.clone(), id.clone());
+        match blocking(move || store.claim(&claim_id)).await? {
+            Some(claim) => {
+                *slot.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
+                Ok(())
+            }
+            None => Err(ApiError::Busy),
         }
     }
 
@@ -110,6 +151,7 @@ impl Uploads {
                     entry: Arc::new(AsyncMutex::new(Entry::Unloaded)),
                     takeover: watch::Sender::new(0),
                     owner: OnceLock::new(),
+                    claim: Mutex::new(None),
                 })
             })
             .clone()
@@ -117,15 +159,16 @@ impl Uploads {
 
     /// Registers a new upload and holds it, before its files exist: the sweeper, which finds
     /// uploads by their files, then finds it in use and leaves it alone.
-    pub async fn insert(&self, upload: Upload) -> Held {
+    pub async fn insert(&self, upload: Upload) -> Result<Held, ApiError> {
         let slot = self.slot(&upload.id.clone());
         let mut guard = slot.entry.clone().lock_owned().await;
+        self.claim(&upload.id, &slot).await?;
         let _ = slot.owner.set(upload.info.owner.clone());
         *guard = Entry::Loaded(upload);
-        Held {
+        Ok(Held {
             guard,
             takeover: slot.takeover.subscribe(),
-        }
+        })
     }
 
     /// Takes an upload for a request, taking it over from a request still holding it.
@@ -161,6 +204,9 @@ impl Uploads {
         mut guard: OwnedMutexGuard<Entry>,
     ) -> Result<Ready, ApiError> {
         if let Entry::Unloaded = *guard {
+            // Before loading: loading truncates the part to its committed offset, which must
+            // not happen under a process still appending to it.
+            self.claim(id, slot).await?;
             let store = self.store.clone();
             let load_id = id.clone();
             *guard = match blocking(move || store.load(&load_id)).await? {
@@ -172,7 +218,14 @@ impl Uploads {
                         sha: None,
                     })
                 }
-                None => Entry::Gone,
+                None => {
+                    if self.claims {
+                        // No such upload: the lock file the claim made goes again.
+                        let (store, gone) = (self.store.clone(), id.clone());
+                        blocking(move || store.remove(&gone)).await?;
+                    }
+                    Entry::Gone
+                }
             };
         }
         let mut held = Held {

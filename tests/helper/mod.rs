@@ -76,6 +76,7 @@ pub mod http;
 
 pub mod proxy;
 pub mod serve;
+pub mod sshd;
 
 impl Env {
     /// Starts `upload serve` on a free loopback port, storing into `inbox/`, without auth.
