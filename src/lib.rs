@@ -11,6 +11,7 @@ pub mod estimate;
 pub mod outage;
 pub mod protocol;
 pub mod queue;
+pub mod s3;
 pub mod schedule;
 pub mod send;
 pub mod server;

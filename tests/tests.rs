@@ -8,6 +8,7 @@ mod faults;
 mod interop;
 mod link;
 mod queue;
+mod s3;
 mod send;
 mod server;
 mod tls;

@@ -6,14 +6,16 @@
 //! As in rustus's storage trait and tusd's composer, the session works from what the
 //! destination says it can do ([`Capabilities`]): a destination without chunk checksums is
 //! still sent to, each chunk unchecked on the way. [`for_url`] is the one place a URL picks
-//! its destination; today every URL is a tus endpoint ([`Tus`]). A destination of another
-//! kind (object storage, a peer over ssh) is another file beside `tus.rs` and another arm
-//! there; a payload of another kind (a delta recipe) is sent through the same calls, as an
-//! ordinary upload.
+//! its destination: a tus endpoint ([`Tus`], `http(s)://`) or an S3 bucket ([`S3`], `s3://`).
+//! A destination of another kind (a peer over ssh) is another file beside `tus.rs` and another
+//! arm there; a payload of another kind (a delta recipe) is sent through the same calls, as an
+//! ordinary upload. A destination whose uploads are cut in parts of one size (S3 multipart)
+//! says so ([`Destination::part_size`]); each chunk is then one whole part.
 //!
 //! Errors are [`ClientError`]s, so each destination classifies its failures by what a retry
 //! can do and the session's retry policy reads only that.
 
+use super::s3::S3;
 use super::tus::Tus;
 use super::{SendError, SendOptions};
 use crate::client::{ChannelBody, ClientError, LinkProbe, PatchOutcome, UploadInfo};
@@ -76,9 +78,25 @@ pub(super) trait Destination: Send {
 
     /// The host whose link the transfer measured, for link samples.
     fn host(&self) -> &str;
+
+    /// The part size of `upload` when its parts must all have one size (but the last): the
+    /// engine then sends exactly one part per chunk, never a shortened one. `None` (tus):
+    /// chunks follow the rate.
+    fn part_size(&self, _upload: &Url) -> Option<u64> {
+        None
+    }
+}
+
+/// The destination a URL names.
+pub(super) enum Picked {
+    Tus(Tus),
+    S3(Box<S3>),
 }
 
 /// The destination `opts.url` names, with its credentials and trust roots.
-pub(super) fn for_url(opts: &SendOptions) -> Result<Tus, SendError> {
-    Tus::open(&opts.url, opts.token.clone(), opts.ca.as_deref())
+pub(super) fn for_url(opts: &SendOptions) -> Result<Picked, SendError> {
+    if opts.url.starts_with("s3://") {
+        return S3::open(opts).map(|d| Picked::S3(Box::new(d)));
+    }
+    Tus::open(&opts.url, opts.token.clone(), opts.ca.as_deref()).map(Picked::Tus)
 }
