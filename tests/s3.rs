@@ -297,3 +297,37 @@ fn status_lists_abandoned_uploads_and_queue_rm_aborts() {
     let left: Vec<String> = s3.uploads("images").into_iter().map(|u| u.1).collect();
     assert_eq!(left, vec![stray]);
 }
+
+/// `queue add` keeps `--endpoint` with the transfer, so `upload run`, started without it,
+/// sends to the same store.
+#[test]
+#[ignore = "needs moto_server (pip install 'moto[server]')"]
+fn a_queued_transfer_keeps_its_endpoint_for_the_run() {
+    let (env, s3) = (Env::new(), S3Server::start());
+    s3.create_bucket("images");
+    let file = env.file("queued.iso", (7 * MIB) as usize);
+    let (out, _, stderr) = run(env.upload_s3().args(["queue", "add"]).arg(&file).args([
+        "s3://images/queued.iso",
+        "--endpoint",
+        &s3.endpoint(),
+        "--chunk",
+        "5MiB",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let mut child = env
+        .upload_s3()
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!(
+        s3.get("images", "queued.iso"),
+        std::fs::read(&file).unwrap()
+    );
+    let (_, list, _) = run(env.upload_s3().args(["status", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(rows[0]["state"], "done", "{rows}");
+}
