@@ -54,7 +54,8 @@ pub struct Args {
     pub endpoint: Option<String>,
 
     /// Bytes per request, e.g. 1MiB [default: about 20 s at --limit; without a limit it starts
-    /// at 256 KiB and follows the confirmed rate].
+    /// at 256 KiB and follows the confirmed rate]. For s3:// it sets the part size, in whole
+    /// MiB, at least S3's 5 MiB and enough for 10 000 parts.
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
 
