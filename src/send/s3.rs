@@ -16,7 +16,8 @@
 //!   kept: its `ChecksumSHA256` when listed (S3), else its ETag when that is a plain MD5 (moto,
 //!   and S3 for parts not encrypted with KMS); a part that cannot be proved is not trusted.
 //!   Only the contiguous proved prefix counts, the rest is sent again (UploadPart of the same
-//!   number replaces it). Parts proved once by this process are not read again while their
+//!   number replaces it). Several entries listed under one number (SeaweedFS keeps a replaced
+//!   part beside its replacement) are each tried: completion names the chosen one by ETag. Parts proved once by this process are not read again while their
 //!   ETags stay. A complete set of parts without CompleteMultipartUpload (a crash in between)
 //!   counts one part short, so the last part is sent again and completes the upload. An upload
 //!   S3 no longer knows (`NoSuchUpload`) was either completed (the object at the key is checked
@@ -264,38 +265,50 @@ impl Destination for S3 {
         let size = self.source_size().await?;
         let mut kept: Vec<Part> = Vec::new();
         let mut offset = 0;
-        for (i, p) in listed.iter().enumerate() {
-            let number = i as u32 + 1;
+        let mut number = 1u32;
+        // A store may list several entries under one number (SeaweedFS keeps a replaced
+        // part beside its replacement): any that proves is fine, since completion names the
+        // parts by ETag.
+        'parts: loop {
             let expected = up.part_size.min(size - offset);
-            if p.number != number || expected == 0 || p.size != expected {
+            let candidates: Vec<&s3::ListedPart> = listed
+                .iter()
+                .filter(|p| p.number == number && p.size == expected && expected > 0)
+                .collect();
+            if candidates.is_empty() {
                 break;
             }
-            if let Some(known) = self
-                .parts
-                .iter()
-                .find(|k| k.number == number && k.etag == p.etag && k.size == p.size)
-            {
-                kept.push(known.clone());
-                offset += p.size;
-                continue;
+            for p in &candidates {
+                if let Some(known) = self
+                    .parts
+                    .iter()
+                    .find(|k| k.number == number && k.etag == p.etag && k.size == p.size)
+                {
+                    kept.push(known.clone());
+                    offset += p.size;
+                    number += 1;
+                    continue 'parts;
+                }
             }
             let path = self.source.clone();
             let (sha, md5) = blocking(move || hash_range(&path, offset, expected))
                 .await
                 .map_err(|e| ClientError::Body(format!("cannot read the source: {e}")))?;
-            let proved = match (&p.sha256, s3::etag_md5(&p.etag)) {
-                (Some(theirs), _) => *theirs == s3::b64(&sha),
-                (None, Some(theirs)) => theirs == md5,
-                (None, None) => false,
-            };
-            if !proved {
+            let proved = candidates
+                .iter()
+                .find(|p| match (&p.sha256, s3::etag_md5(&p.etag)) {
+                    (Some(theirs), _) => *theirs == s3::b64(&sha),
+                    (None, Some(theirs)) => theirs == md5,
+                    (None, None) => false,
+                });
+            let Some(p) = proved else {
                 tracing::info!(
                     part = number,
                     "part {number} in the bucket is not the file's bytes at {offset} (or cannot \
                      be proved to be): it is sent again, and every part after it"
                 );
                 break;
-            }
+            };
             kept.push(Part {
                 number,
                 etag: p.etag.clone(),
@@ -303,6 +316,7 @@ impl Destination for S3 {
                 sha256: sha,
             });
             offset += p.size;
+            number += 1;
         }
         if offset == size {
             // Every part is there but the upload was not completed: the last part goes again
