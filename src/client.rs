@@ -124,6 +124,16 @@ pub enum ClientError {
     /// the remote `upload` missing): `message` says what was wrong and how to fix it.
     #[error("{message}")]
     Pipe { kind: PipeFailure, message: String },
+    /// An S3 error answer the variants above do not cover: its code and status say what a
+    /// retry can do (`SlowDown`, `InternalError`, any 5xx: wait and retry; `NoSuchBucket`,
+    /// `EntityTooSmall`: stop).
+    #[error("the object store refused {op}: {code} ({status}): {message}")]
+    ObjectStore {
+        op: &'static str,
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
 }
 
 /// Why a [`Dialer`]'s connection failed, by what the user or a retry can do about it.
@@ -164,6 +174,20 @@ impl ClientError {
                 ..
             } => Retry::Temporary,
             ClientError::InsufficientStorage(_) => Retry::Persistent,
+            ClientError::ObjectStore { status, code, .. } => {
+                let retryable = status.is_server_error()
+                    || matches!(
+                        code.as_str(),
+                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+                            // A part missing at completion: asking ListParts again sorts it out.
+                            | "InvalidPart" | "InvalidPartOrder"
+                    );
+                if retryable {
+                    Retry::Temporary
+                } else {
+                    Retry::Permanent
+                }
+            }
             ClientError::BadUrl { .. }
             | ClientError::BadSshUrl { .. }
             | ClientError::NoEndpoint { .. }
@@ -287,7 +311,8 @@ impl Body for ChannelBody {
     }
 }
 
-type ReqBody = BoxBody<Bytes, std::io::Error>;
+/// A request body on the owned connection: empty, or a chunk streamed from the file.
+pub type ReqBody = BoxBody<Bytes, std::io::Error>;
 
 /// The unsent part of the socket's send queue when nothing limits the rate. Limited transfers
 /// use [`notsent_lowat_for`]: without a bound a connection held 55 to 121 KiB unsent here,
@@ -603,64 +628,72 @@ impl TusClient {
     }
 
     async fn connection(&mut self) -> Result<&mut SendRequest<ReqBody>, ClientError> {
-        let alive = self.conn.as_ref().is_some_and(|c| !c.is_closed());
-        if !alive {
-            self.disconnect();
-            if let Some(dialer) = self.dialer.clone() {
-                let dialed = dialer.dial().await?;
-                self.probe
-                    .set(dialed.probe.0.lock().expect("probe lock").clone());
-                let why_closed = dialed.why_closed.clone();
-                let (sender, task) = match start_http(dialed.io).await {
-                    Ok(started) => started,
-                    Err(e) => return Err(why_closed().await.unwrap_or(e)),
+        loop {
+            let alive = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+            if !alive {
+                self.disconnect();
+                if let Some(dialer) = self.dialer.clone() {
+                    let dialed = dialer.dial().await?;
+                    self.probe
+                        .set(dialed.probe.0.lock().expect("probe lock").clone());
+                    let why_closed = dialed.why_closed.clone();
+                    let (sender, task) = match start_http(dialed.io).await {
+                        Ok(started) => started,
+                        Err(e) => return Err(why_closed().await.unwrap_or(e)),
+                    };
+                    self.why_closed = Some(why_closed);
+                    self.conn_task = Some(task);
+                    self.conn = Some(sender);
+                    let ready = self.conn.as_mut().expect("connected above").ready().await;
+                    if let Err(e) = ready {
+                        let why = match self.why_closed.clone() {
+                            Some(why_closed) => why_closed().await,
+                            None => None,
+                        };
+                        self.disconnect();
+                        return Err(why.unwrap_or(e.into()));
+                    }
+                    return Ok(self.conn.as_mut().expect("connected above"));
+                }
+                let host = self.endpoint.host_str().unwrap_or_default().to_string();
+                let port = self.endpoint.port_or_known_default().unwrap_or(80);
+                let addr = format!("{host}:{port}");
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+                    .await
+                    .map_err(|_| ClientError::Connect {
+                        addr: addr.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                    })?
+                    .map_err(|source| ClientError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                tune_socket(&stream, self.notsent_lowat);
+                self.probe.set(
+                    socket2::SockRef::from(&stream)
+                        .try_clone()
+                        .ok()
+                        .map(|s| ProbeSource::Tcp(Arc::new(s))),
+                );
+                let (sender, task) = if self.endpoint.scheme() == "https" {
+                    let stream = self.tls_handshake(stream, &addr).await?;
+                    start_http(stream).await?
+                } else {
+                    start_http(stream).await?
                 };
-                self.why_closed = Some(why_closed);
                 self.conn_task = Some(task);
                 self.conn = Some(sender);
-                let ready = self.conn.as_mut().expect("connected above").ready().await;
-                if let Err(e) = ready {
-                    let why = match self.why_closed.clone() {
-                        Some(why_closed) => why_closed().await,
-                        None => None,
-                    };
-                    self.disconnect();
-                    return Err(why.unwrap_or(e.into()));
-                }
-                return Ok(self.conn.as_mut().expect("connected above"));
             }
-            let host = self.endpoint.host_str().unwrap_or_default().to_string();
-            let port = self.endpoint.port_or_known_default().unwrap_or(80);
-            let addr = format!("{host}:{port}");
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-                .await
-                .map_err(|_| ClientError::Connect {
-                    addr: addr.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
-                })?
-                .map_err(|source| ClientError::Connect {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            tune_socket(&stream, self.notsent_lowat);
-            self.probe.set(
-                socket2::SockRef::from(&stream)
-                    .try_clone()
-                    .ok()
-                    .map(|s| ProbeSource::Tcp(Arc::new(s))),
-            );
-            let (sender, task) = if self.endpoint.scheme() == "https" {
-                let stream = self.tls_handshake(stream, &addr).await?;
-                start_http(stream).await?
-            } else {
-                start_http(stream).await?
-            };
-            self.conn_task = Some(task);
-            self.conn = Some(sender);
+            let conn = self.conn.as_mut().expect("connected above");
+            match conn.ready().await {
+                Ok(()) => break,
+                // A kept connection the server closed after its last answer (S3 servers such as
+                // moto send `Connection: close`) is no failure: open a fresh one, once.
+                Err(_) if alive => self.disconnect(),
+                Err(e) => return Err(e.into()),
+            }
         }
-        let conn = self.conn.as_mut().expect("connected above");
-        conn.ready().await?;
-        Ok(conn)
+        Ok(self.conn.as_mut().expect("connected above"))
     }
 
     async fn tls_handshake(
@@ -741,7 +774,19 @@ impl TusClient {
         }
     }
 
-    fn empty() -> ReqBody {
+    /// Sends a request the caller built, on the owned connection: the S3 destination signs
+    /// its own requests but keeps this connection's socket options and probe. Without a
+    /// `timeout` the request takes as long as its body needs (the engine watches for stalls).
+    pub async fn send_request(
+        &mut self,
+        req: Request<ReqBody>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.send(req, timeout).await
+    }
+
+    /// An empty request body.
+    pub fn empty() -> ReqBody {
         Empty::new().map_err(|never| match never {}).boxed()
     }
 
@@ -1059,7 +1104,8 @@ fn tls_error(e: std::io::Error, addr: &str) -> ClientError {
     }
 }
 
-fn host_header(url: &Url) -> HeaderValue {
+/// The `Host` header for `url`: its host, and its port when not the scheme's default.
+pub fn host_header(url: &Url) -> HeaderValue {
     let host = url.host_str().unwrap_or_default();
     let value = match url.port() {
         Some(p) => format!("{host}:{p}"),

@@ -13,6 +13,7 @@ pub mod outage;
 pub mod polite;
 pub mod protocol;
 pub mod queue;
+pub mod s3;
 pub mod schedule;
 pub mod send;
 pub mod server;

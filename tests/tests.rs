@@ -10,6 +10,7 @@ mod interop;
 mod link;
 mod polite;
 mod queue;
+mod s3;
 mod send;
 mod server;
 mod ssh;

@@ -66,9 +66,13 @@ pub enum QueueCommand {
 pub struct AddArgs {
     /// The file to upload.
     pub file: PathBuf,
-    /// Where to: a tus creation URL, e.g. http://server:8080/files/, or a directory over ssh,
-    /// e.g. ssh://user@server/srv/inbox/
+    /// Where to: a tus creation URL, e.g. http://server:8080/files/, a directory over ssh,
+    /// e.g. ssh://user@server/srv/inbox/, or an S3 object, s3://BUCKET/KEY
     pub url: String,
+    /// For s3:// URLs: the S3-compatible store, e.g. http://127.0.0.1:9000 [default:
+    /// AWS_ENDPOINT_URL, else AWS]; kept with the transfer for `upload run`.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
     /// Higher goes first, and gets a larger share when transfers run together.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
@@ -288,6 +292,8 @@ pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
         QueueCommand::List { json } => list(global, &store, None, json),
         QueueCommand::Rm { id } => {
             let t = get(&store, id)?;
+            // The multipart upload first: once the row is gone nothing remembers its id.
+            abort_upload(&t)?;
             store.delete_transfer(id).context("removing")?;
             send::remove_recipe(store.path(), id);
             println!("removed #{id} {}", t.name);
@@ -353,7 +359,13 @@ fn get(store: &Store, id: i64) -> Result<Transfer, Failure> {
 
 fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
     super::send::check_chunk(a.chunk)?;
-    check_url(&a.url).map_err(Failure::usage)?;
+    let mut a = a;
+    a.url = super::send::destination_url(&a.url, a.endpoint.as_deref())?;
+    if a.url.starts_with("s3://") {
+        crate::s3::S3Url::parse(&a.url).map_err(|e| Failure::usage(anyhow!(e)))?;
+    } else {
+        check_url(&a.url).map_err(Failure::usage)?;
+    }
     let now = clock()?.now();
     let deadline = match &a.deadline {
         None => None,
@@ -563,7 +575,69 @@ fn hint(t: &Transfer, activity: Activity) -> Option<String> {
 
 pub fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
     let store = open(global)?;
-    list(global, &store, args.id, args.json)
+    list(global, &store, args.id, args.json)?;
+    if !args.json && args.id.is_none() {
+        abandoned(&store)?;
+    }
+    Ok(())
+}
+
+/// Aborts a transfer's S3 multipart upload, saying so; a transfer to S3 whose upload cannot be
+/// aborted stays in the queue (removing it would forget the upload id, and S3 would keep the
+/// parts), with what to do.
+fn abort_upload(t: &Transfer) -> Result<(), Failure> {
+    if !t.dest_url.starts_with("s3://") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let aborted = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), send::abort_upload(t)).await
+    });
+    match aborted {
+        Ok(Ok(true)) => {
+            println!("aborted the multipart upload of #{} {}", t.id, t.name);
+            Ok(())
+        }
+        Ok(Ok(false)) => Ok(()),
+        Ok(Err(e)) => Err(Failure::new(
+            exit::NETWORK,
+            anyhow!(
+                "#{} is kept: its multipart upload could not be aborted ({e}); try again when \
+                 the bucket can be reached",
+                t.id
+            ),
+        )),
+        Err(_) => Err(Failure::new(
+            exit::NETWORK,
+            anyhow!(
+                "#{} is kept: the bucket did not answer the abort of its multipart upload \
+                 within 30 s; try again when it can be reached",
+                t.id
+            ),
+        )),
+    }
+}
+
+/// The S3 multipart uploads no transfer is sending, with the command that aborts each.
+fn abandoned(store: &Store) -> Result<(), Failure> {
+    let rows = store.list_transfers().context("reading the queue")?;
+    if !rows.iter().any(|t| t.dest_url.starts_with("s3://")) {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (found, failed) = runtime.block_on(send::abandoned_uploads(&rows));
+    for a in &found {
+        println!(
+            "abandoned multipart upload s3://{}/{} (since {}): its parts are kept and billed \
+             until aborted: aws s3api abort-multipart-upload --bucket {} --key '{}' \
+             --upload-id {}",
+            a.bucket, a.key, a.initiated, a.bucket, a.key, a.upload_id
+        );
+    }
+    for f in &failed {
+        println!("could not list abandoned multipart uploads in {f}");
+    }
+    Ok(())
 }
 
 /// `upload limit`: changes a running daemon's budget through the database.

@@ -30,6 +30,13 @@ Examples:
 A file the server already holds an older version of (--base NAME, or one of the same name)
 is sent as a delta: only what the server lacks crosses the link.
 
+  upload send debian.iso s3://my-bucket/images/ --limit 100kbit
+  upload send debian.iso s3://my-bucket/images/debian.iso --endpoint http://127.0.0.1:9000
+
+For s3:// the credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+AWS_SESSION_TOKEN), else the AWS_PROFILE (or default) profile in ~/.aws/credentials; the region
+from AWS_REGION, AWS_DEFAULT_REGION or ~/.aws/config.
+
 Rerunning the same command after a crash, kill, reboot or lost link resumes from what the
 server holds; progress is saved after every acknowledged chunk.
 
@@ -49,12 +56,20 @@ pub struct Args {
     /// The file to upload.
     pub file: PathBuf,
 
-    /// Where to: a tus creation URL, e.g. http://server:8080/files/, or a directory over ssh,
-    /// e.g. ssh://user@server/srv/inbox/
+    /// Where to: a tus creation URL, e.g. http://server:8080/files/, a directory over ssh,
+    /// e.g. ssh://user@server/srv/inbox/, or an S3 object, s3://BUCKET/KEY (a KEY ending in /
+    /// gets the file's name added).
     pub url: String,
 
+    /// For s3:// URLs: the S3-compatible store to use instead of AWS, e.g.
+    /// http://127.0.0.1:9000 (MinIO, Ceph, Garage), addressed path-style [default:
+    /// AWS_ENDPOINT_URL, else AWS in AWS_REGION].
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
     /// Bytes per request, e.g. 1MiB [default: about 20 s at --limit; without a limit it starts
-    /// at 256 KiB and follows the confirmed rate].
+    /// at 256 KiB and follows the confirmed rate]. For s3:// it sets the part size, in whole
+    /// MiB, at least S3's 5 MiB and enough for 10 000 parts.
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
 
@@ -200,7 +215,7 @@ pub(super) fn token(
 fn exit_code(e: &SendError) -> u8 {
     match e {
         SendError::Url(ClientError::Pipe { kind, .. }) => exit::for_pipe(*kind),
-        SendError::Url(_) | SendError::Tls(_) => exit::USAGE,
+        SendError::Url(_) | SendError::Tls(_) | SendError::S3(_) => exit::USAGE,
         SendError::SourceMissing { .. } | SendError::SourceUnreadable { .. } => exit::SOURCE,
         SendError::NotAFile { .. } => exit::NOT_A_FILE,
         SendError::SourceChanged { .. } | SendError::ChangedAfterPublished { .. } => exit::CHANGED,
@@ -670,8 +685,24 @@ pub fn check_chunk(chunk: Option<Size>) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn run(global: &Global, args: Args) -> Result<(), Failure> {
+/// The destination URL with `--endpoint` folded in (S3 only), so the transfer's URL says
+/// where it goes and a rerun or `upload run` finds the same store.
+pub fn destination_url(url: &str, endpoint: Option<&str>) -> Result<String, Failure> {
+    match endpoint {
+        None => Ok(url.to_string()),
+        Some(e) if url.starts_with("s3://") => {
+            crate::s3::with_endpoint(url, e).map_err(|e| Failure::usage(anyhow!(e)))
+        }
+        Some(_) => Err(Failure::usage(anyhow!(
+            "--endpoint is for s3:// URLs (an S3-compatible store), e.g. upload send image.iso \
+             s3://my-bucket/image.iso --endpoint http://127.0.0.1:9000"
+        ))),
+    }
+}
+
+pub fn run(global: &Global, mut args: Args) -> Result<(), Failure> {
     check_chunk(args.chunk)?;
+    args.url = destination_url(&args.url, args.endpoint.as_deref())?;
     let token = token(global, args.token_file.as_deref(), &args.url)?;
     let settings = global.settings(crate::config::Flags {
         limit: args.limit,

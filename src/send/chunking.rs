@@ -8,6 +8,13 @@
 //! rate is the throttle's current rate when the transfer is limited (a `--limit`, its share of
 //! a run's budget, which the scheduler changes as transfers come and go), else the confirmed
 //! rate, which starts unknown: then chunks start at [`FIRST_CHUNK`] and at most quadruple.
+//!
+//! An S3 multipart upload cuts the file in parts of one size, chosen when the upload is
+//! created and kept to its end ([`part_size`]): at least 5 MiB (S3's minimum for all parts but
+//! the last), at most 10 000 of them, otherwise the chunk the rate asks for. Each chunk is
+//! then exactly one part ([`Chunking::Parts`]), never shortened (not even before a pause), so
+//! a part's number follows from its offset. At 128 kbit/s a 5 MiB part takes 5.5 minutes, the
+//! price of S3's minimum: an outage re-sends at most that.
 
 use crate::units::Rate;
 
@@ -44,6 +51,8 @@ pub enum Chunking {
     Fixed(u64),
     /// About [`CHUNK_SECONDS`] at the rate the transfer is allowed.
     FollowRate,
+    /// Parts of this size, set by the destination (S3 multipart): never shortened.
+    Parts(u64),
 }
 
 impl Chunking {
@@ -55,7 +64,7 @@ impl Chunking {
     /// The chunk to plan with for a transfer expected to move at `rate`.
     pub fn planned(self, rate: Option<Rate>) -> u64 {
         match self {
-            Chunking::Fixed(n) => n.max(MIN_CHUNK),
+            Chunking::Fixed(n) | Chunking::Parts(n) => n.max(MIN_CHUNK),
             Chunking::FollowRate => chunk_size_for(rate),
         }
     }
@@ -64,7 +73,7 @@ impl Chunking {
     /// `allowed` now (`None`: unlimited) that the server confirmed at `confirmed` lately.
     pub fn next(self, allowed: Option<Rate>, confirmed: Option<Rate>, last: u64) -> u64 {
         match (self, allowed, confirmed) {
-            (Chunking::Fixed(n), _, _) => n.max(MIN_CHUNK),
+            (Chunking::Fixed(n) | Chunking::Parts(n), _, _) => n.max(MIN_CHUNK),
             (Chunking::FollowRate, Some(allowed), _) => chunk_size_for(Some(allowed)),
             (Chunking::FollowRate, None, None) => FIRST_CHUNK,
             // At most quadrupling: a rate measured over one small chunk is a rough guess.
@@ -73,6 +82,17 @@ impl Chunking {
             }
         }
     }
+}
+
+/// The part size of an S3 multipart upload of `size` bytes planned with chunks of `planned`
+/// bytes: the planned chunk in whole MiB, raised to S3's 5 MiB minimum and to what keeps the
+/// file within 10 000 parts, at most 5 GiB.
+pub fn part_size(size: u64, planned: u64) -> u64 {
+    use crate::s3::{MAX_PART, MAX_PARTS, MIN_PART};
+    const MIB: u64 = 1024 * 1024;
+    let for_count = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    let planned = planned.div_ceil(MIB) * MIB;
+    planned.max(for_count).clamp(MIN_PART, MAX_PART)
 }
 
 #[cfg(test)]
@@ -115,4 +135,29 @@ mod tests {
         );
         assert_eq!(Chunking::Fixed(0).next(None, None, 0), MIN_CHUNK);
     }
+
+    #[test]
+    fn parts_keep_within_s3s_limits() {
+        const MIB: u64 = 1024 * 1024;
+        // 128 kbit/s asks for 320 KiB: S3's minimum wins.
+        assert_eq!(
+            part_size(GIB, chunk_size_for(Some(rate(128_000.0)))),
+            5 * MIB
+        );
+        // Unlimited: the largest chunk.
+        assert_eq!(part_size(GIB, chunk_size_for(None)), 64 * MIB);
+        // 100 GiB in 5 MiB parts would be 20 480 parts: 11 MiB keeps it within 10 000.
+        assert_eq!(part_size(100 * GIB, 5 * MIB), 11 * MIB);
+        assert!(100 * GIB / part_size(100 * GIB, 5 * MIB) < 10_000);
+        // 5 TiB, S3's largest object: 525 MiB parts.
+        assert_eq!(part_size(5 * 1024 * GIB, MIB), 525 * MIB);
+        assert_eq!(part_size(1, 1), 5 * MIB);
+        // A part is never shortened.
+        assert_eq!(
+            Chunking::Parts(5 * MIB).next(Some(rate(8_000.0)), None, 0),
+            5 * MIB
+        );
+    }
+
+    const GIB: u64 = 1024 * 1024 * 1024;
 }

@@ -7,10 +7,12 @@
 //! destination says it can do ([`Capabilities`]): a destination without chunk checksums is
 //! still sent to, each chunk unchecked on the way. [`for_url`] is the one place a URL picks
 //! its destination ([`Destinations`], one variant per kind): a tus endpoint ([`Tus`], `http`
-//! and `https`), or a peer over ssh ([`Ssh`], `ssh://`, tus over the pipe of a child ssh). A
-//! destination of another kind (object storage) is another file beside `tus.rs` and another
-//! variant there; a payload of another kind (a delta recipe) is sent through the same calls,
-//! as an ordinary upload.
+//! and `https`), a peer over ssh ([`Ssh`], `ssh://`, tus over the pipe of a child ssh), or an
+//! S3 bucket ([`S3`], `s3://`, multipart upload). A destination of another kind is another
+//! file beside `tus.rs` and another variant there; a payload of another kind (a delta recipe)
+//! is sent through the same calls, as an ordinary upload. A destination whose uploads are cut
+//! in parts of one size (S3 multipart) says so ([`Destination::part_size`]); each chunk is
+//! then one whole part.
 //!
 //! Delta uploads (issue 13) add two calls with defaults, so a destination without them needs
 //! nothing: [`Destination::index`] (a base's index; `None` by default, and the session then
@@ -19,6 +21,7 @@
 //! Errors are [`ClientError`]s, so each destination classifies its failures by what a retry
 //! can do and the session's retry policy reads only that.
 
+use super::s3::S3;
 use super::ssh::Ssh;
 use super::tus::Tus;
 use super::{SendError, SendOptions};
@@ -87,6 +90,13 @@ pub(super) trait Destination: Send {
     /// The host whose link the transfer measured, for link samples.
     fn host(&self) -> &str;
 
+    /// The part size of `upload` when its parts must all have one size (but the last): the
+    /// engine then sends exactly one part per chunk, never a shortened one. `None` (tus):
+    /// chunks follow the rate.
+    fn part_size(&self, _upload: &Url) -> Option<u64> {
+        None
+    }
+
     /// The index of the published file `name` (issue 13: a delta upload's base), as the
     /// destination serves it; `None` when it has no such file, or keeps no indexes (a
     /// destination without delta uploads need not implement this).
@@ -128,6 +138,7 @@ pub(super) struct DeltaBase {
 pub(super) enum Destinations {
     Tus(Tus),
     Ssh(Ssh),
+    S3(Box<S3>),
 }
 
 /// Calls the same method on whichever destination it is.
@@ -136,6 +147,7 @@ macro_rules! each {
         match $self {
             Destinations::Tus($d) => $call,
             Destinations::Ssh($d) => $call,
+            Destinations::S3($d) => $call,
         }
     };
 }
@@ -180,6 +192,10 @@ impl Destination for Destinations {
     fn host(&self) -> &str {
         each!(self, d => d.host())
     }
+
+    fn part_size(&self, upload: &Url) -> Option<u64> {
+        each!(self, d => d.part_size(upload))
+    }
 }
 
 /// Whether `url` names a destination `upload` can send to (checked at `queue add`, before
@@ -196,6 +212,9 @@ pub fn check_url(url: &str) -> Result<(), ClientError> {
 pub(super) fn for_url(opts: &SendOptions) -> Result<Destinations, SendError> {
     if opts.url.starts_with("ssh://") {
         return Ssh::open(&opts.url, &opts.ssh).map(Destinations::Ssh);
+    }
+    if opts.url.starts_with("s3://") {
+        return S3::open(opts).map(|d| Destinations::S3(Box::new(d)));
     }
     Tus::open(&opts.url, opts.token.clone(), opts.ca.as_deref()).map(Destinations::Tus)
 }

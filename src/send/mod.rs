@@ -38,6 +38,7 @@ mod destination;
 mod metering;
 mod pipeline;
 mod retry;
+mod s3;
 mod session;
 mod source;
 pub mod ssh;
@@ -212,6 +213,9 @@ pub enum SendError {
     Server(ClientError),
     #[error("the state database: {0}")]
     Store(#[from] StoreError),
+    /// An `s3://` destination that cannot be tried: its URL, credentials or TLS set-up.
+    #[error("{0}")]
+    S3(#[from] crate::s3::ConfigError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -243,9 +247,21 @@ pub async fn send(
     events: &(dyn Fn(Event) + Send + Sync),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, SendError> {
+    let destination = destination::for_url(&opts)?;
+    send_to(destination, store, opts, throttle, events, shutdown).await
+}
+
+/// [`send`] to the destination its URL picked.
+async fn send_to(
+    mut destination: destination::Destinations,
+    store: Store,
+    opts: SendOptions,
+    throttle: Throttle,
+    events: &(dyn Fn(Event) + Send + Sync),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Summary, SendError> {
     let started = Instant::now();
     let store = AsyncStore::new(store);
-    let mut destination = destination::for_url(&opts)?;
     let (path, identity) = open_source(&opts.file)?;
     let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
     let chunk = Chunking::from_flag(opts.chunk).planned(opts.limit);
@@ -427,6 +443,24 @@ fn session<D: destination::Destination>(
         delta_source: is_recipe.then(|| (source.to_path_buf(), identity)),
         row,
     }
+}
+
+pub use s3::Abandoned;
+
+/// What `upload queue rm` leaves on the destination: a transfer to S3 has its multipart
+/// upload aborted (S3 would keep its parts, and bill them, forever); `true` if one was. A tus
+/// upload is left to expire on its server.
+pub async fn abort_upload(row: &Transfer) -> Result<bool, SendError> {
+    if !row.dest_url.starts_with("s3://") || row.state == TransferState::Done {
+        return Ok(false);
+    }
+    s3::abort(&row.dest_url, row.upload_url.as_deref()).await
+}
+
+/// Multipart uploads under the S3 keys of `rows` that none of them is sending (`upload
+/// status` lists them), and the buckets that could not be asked, as text.
+pub async fn abandoned_uploads(rows: &[Transfer]) -> (Vec<Abandoned>, Vec<String>) {
+    s3::abandoned(rows).await
 }
 
 /// The name on the server when none is given: the file's own.

@@ -3,6 +3,7 @@
 //! paced by the throttle and watched for progress, and holds the last piece of the last chunk
 //! back until the file is proved unchanged.
 
+use super::chunking::Chunking;
 use super::destination::Destination;
 use super::metering::WireCount;
 use super::session::{Session, StepError, Verified, digest_mismatch};
@@ -34,6 +35,9 @@ impl<D: Destination> Session<D> {
         let size = self.identity.size;
         let pos = self.pos.as_ref().expect("synced");
         let offset = pos.offset;
+        // A part of an S3 upload is never shortened to fit before a pause: all parts but the
+        // last must have the upload's part size.
+        let fits = fits.filter(|_| !matches!(self.chunking, Chunking::Parts(_)));
         let len = self
             .chunk_target()
             .min(size - offset)

@@ -390,6 +390,7 @@ impl<D: Destination> Session<D> {
                     .set_upload_url(self.row.id, Some(url.as_str()))
                     .await?;
                 self.row.upload_url = Some(url.to_string());
+                self.follow_parts(&url);
                 self.row.offset = 0;
                 self.row.prefix_sha256 = None;
                 self.pos = Some(Position {
@@ -399,6 +400,7 @@ impl<D: Destination> Session<D> {
                 return Ok(0);
             }
             let url = self.upload_url()?;
+            self.follow_parts(&url);
             let info = match self.destination.offset(&url).await {
                 Ok(info) => {
                     self.url_answered = true;
@@ -428,6 +430,13 @@ impl<D: Destination> Session<D> {
             self.published_as = info.published_as;
             self.reconcile(info.offset).await?;
             return Ok(info.offset);
+        }
+    }
+
+    /// An upload cut in parts of one size (S3) is sent one whole part per chunk.
+    fn follow_parts(&mut self, url: &Url) {
+        if let Some(part) = self.destination.part_size(url) {
+            self.chunking = Chunking::Parts(part);
         }
     }
 

@@ -75,6 +75,7 @@ pub fn sha256_file(path: &Path) -> String {
 pub mod http;
 
 pub mod proxy;
+pub mod s3;
 pub mod serve;
 pub mod sshd;
 
