@@ -196,6 +196,19 @@ impl Destination for Destinations {
     fn part_size(&self, upload: &Url) -> Option<u64> {
         each!(self, d => d.part_size(upload))
     }
+
+    async fn index(&mut self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        each!(self, d => d.index(name).await)
+    }
+
+    async fn create_delta(
+        &mut self,
+        size: u64,
+        name: &str,
+        base: &DeltaBase,
+    ) -> Result<Url, ClientError> {
+        each!(self, d => d.create_delta(size, name, base).await)
+    }
 }
 
 /// Whether `url` names a destination `upload` can send to (checked at `queue add`, before

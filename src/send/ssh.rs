@@ -28,7 +28,7 @@
 //! its framing (measured in `estimate`, [`crate::estimate::SSH_OVERHEAD_PER_MIB`]).
 
 use super::SendError;
-use super::destination::{Capabilities, Destination};
+use super::destination::{Capabilities, DeltaBase, Destination};
 use super::tus::Tus;
 use crate::client::{
     ChannelBody, ClientError, DialFuture, Dialed, Dialer, LinkProbe, PatchOutcome, PipeFailure,
@@ -413,6 +413,22 @@ impl Destination for Ssh {
 
     fn host(&self) -> &str {
         &self.target.host
+    }
+
+    /// The remote `serve --stdio` keeps indexes as any directory server does: a delta's
+    /// base can be any file published in the remote directory.
+    async fn index(&mut self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        self.tus.index(name).await
+    }
+
+    async fn create_delta(
+        &mut self,
+        size: u64,
+        name: &str,
+        base: &DeltaBase,
+    ) -> Result<Url, ClientError> {
+        let tus = self.tus.create_delta(size, name, base).await?;
+        self.to_ssh(&tus)
     }
 }
 
