@@ -67,6 +67,41 @@ fn a_file_goes_over_ssh_and_is_published_verified() {
     assert!(left.is_empty(), "part files left: {left:?}");
 }
 
+/// Issue 13 over issue 14: the remote `serve --stdio` keeps indexes like any directory
+/// server, so a rebuilt file goes as a delta against the older one in the remote directory.
+#[test]
+#[ignore = "needs sshd and ssh (openssh-server, openssh-client; .ci/run installs them)"]
+fn a_rebuilt_file_goes_over_ssh_as_a_delta_against_the_older_one() {
+    let env = Env::new();
+    let (sshd, inbox) = setup(&env);
+    let rc1_bytes = crate::helper::pattern(3 * 1024 * 1024, 7);
+    let mut rc2_bytes = rc1_bytes.clone();
+    rc2_bytes.splice(1024 * 1024..1024 * 1024, crate::helper::pattern(20_000, 8));
+    let (rc1, rc2) = (env.path("RC1.iso"), env.path("RC2.iso"));
+    std::fs::write(&rc1, &rc1_bytes).unwrap();
+    std::fs::write(&rc2, &rc2_bytes).unwrap();
+    let url = sshd.url(&inbox);
+    let (out, _, stderr) = run(env
+        .upload()
+        .arg("send")
+        .arg(&rc1)
+        .args(send_args(&sshd, &url)));
+    assert!(out.status.success(), "{stderr}");
+    let (out, stdout, stderr) = run(env
+        .upload()
+        .arg("send")
+        .arg(&rc2)
+        .args(send_args(&sshd, &url))
+        .args(["--base", "RC1.iso"]));
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let events = json_events(&stdout);
+    let done = event(&events, "done").expect("a done event");
+    assert_published(&inbox, "RC2.iso", &rc2);
+    assert_published(&inbox, "RC1.iso", &rc1);
+    let sent = done["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 200_000, "a delta of 20 kB sent {sent} bytes: {done}");
+}
+
 /// `--ssh-command` and the URL of this test's server, and `--json`.
 fn send_args<'a>(sshd: &'a crate::helper::sshd::Sshd, url: &'a str) -> Vec<&'a str> {
     vec![url, "--ssh-command", &sshd.ssh_command, "--json"]
