@@ -617,6 +617,18 @@ impl TusClient {
         self.connection().await.map(|_| ())
     }
 
+    /// Opens the connection for a chunk paced at `bytes_per_second` (its unsent queue bounded
+    /// to match, see [`notsent_lowat_for`]) and returns the probe that watches it: what every
+    /// destination over this client does before a chunk.
+    pub async fn connect_paced(
+        &mut self,
+        bytes_per_second: Option<f64>,
+    ) -> Result<LinkProbe, ClientError> {
+        self.set_notsent_lowat(notsent_lowat_for(bytes_per_second));
+        self.connect().await?;
+        Ok(self.probe())
+    }
+
     /// Drops the connection; the next request opens a new one.
     pub fn disconnect(&mut self) {
         self.conn = None;

@@ -4,26 +4,14 @@
 //! whole file is sent instead), a base in another token's namespace (refused exactly like an
 //! unknown file), and a base found by the file's own name.
 
-use crate::helper::{
-    Env, event, json_events, kill9, pattern, run, send_until_progress, wait_at_most,
-};
+use crate::helper::send_json as send;
+use crate::helper::{Env, event, kill9, pattern, run, send_until_progress, wait_at_most};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
-
-fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
-    let (out, stdout, stderr) = run(env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra));
-    (out.status.code(), json_events(&stdout), stderr)
-}
 
 fn notices(ev: &[Value]) -> String {
     ev.iter()

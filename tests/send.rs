@@ -2,26 +2,15 @@
 //! after kills and restarts, damaged chunks, changed sources, auth, and the error statuses.
 
 use crate::helper::proxy::Proxy;
+use crate::helper::send_json as send;
 use crate::helper::{
-    Env, event, json_events, kill9, pattern, run, send_until, send_until_progress, sha256_file,
-    wait_at_most,
+    Env, event, kill9, pattern, run, send_until, send_until_progress, sha256_file, wait_at_most,
 };
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn send(env: &Env, file: &Path, url: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
-    let (out, stdout, stderr) = run(env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra));
-    (out.status.code(), json_events(&stdout), stderr)
-}
 
 #[test]
 fn a_full_upload_arrives_identical_and_teaches_estimate() {

@@ -5,8 +5,7 @@
 use super::SendError;
 use super::destination::{Capabilities, DeltaBase, Destination};
 use crate::client::{
-    ChannelBody, ClientError, LinkProbe, PatchOutcome, TusClient, UploadInfo, notsent_lowat_for,
-    parse_endpoint,
+    ChannelBody, ClientError, LinkProbe, PatchOutcome, TusClient, UploadInfo, parse_endpoint,
 };
 use crate::protocol::{Checksum, Metadata, ext, meta};
 use crate::units::Rate;
@@ -73,9 +72,8 @@ impl Destination for Tus {
 
     async fn connect(&mut self, rate: Option<Rate>) -> Result<LinkProbe, ClientError> {
         self.client
-            .set_notsent_lowat(notsent_lowat_for(rate.map(Rate::bytes_per_second)));
-        self.client.connect().await?;
-        Ok(self.client.probe())
+            .connect_paced(rate.map(Rate::bytes_per_second))
+            .await
     }
 
     async fn append(

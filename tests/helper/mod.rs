@@ -203,3 +203,20 @@ pub fn send_until(
     kill9(&mut child);
     panic!("no {what} within 30 s");
 }
+
+/// `upload send FILE URL --json EXTRA...`: its exit status, its JSON events and its stderr.
+pub fn send_json(
+    env: &Env,
+    file: &Path,
+    url: &str,
+    extra: &[&str],
+) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let (out, stdout, stderr) = run(env
+        .upload()
+        .arg("send")
+        .arg(file)
+        .arg(url)
+        .arg("--json")
+        .args(extra));
+    (out.status.code(), json_events(&stdout), stderr)
+}
