@@ -74,8 +74,12 @@ def connect_stats(path: str, t0: float, t1: float) -> dict:
     return latency_stats(ms)
 
 
-def one_run(a, lab: Lab, work: str, rate: str, polite: bool) -> dict:
+def one_run(a, lab: Lab, work: str, rate: str, polite: bool, n: int = 0) -> dict:
     link = bits(rate) / 8.0  # bytes per second on the wire
+    # A directory of its own: a fresh server inbox and client database, so a run never meets
+    # the last one's interrupted transfer (the same path, rewritten, is a changed source).
+    work = os.path.join(work, f"run-{rate}-{'polite' if polite else 'plain'}-{n}")
+    os.makedirs(work)
     total = a.alone + (a.compete + a.after if polite else 0)
     src = os.path.join(work, f"src-{rate}-{polite}.bin")
     make_file(src, int(link * (total + 30)), seed=7)
@@ -221,7 +225,7 @@ def main() -> int:
                     alone[rate] = competitor_alone(a, lab, work, rate)["competitor_alone_share"]
                 for i in range(a.runs):
                     log(f"{rate}: polite run {i + 1}/{a.runs}")
-                    results.append(one_run(a, lab, work, rate, polite=True))
+                    results.append(one_run(a, lab, work, rate, polite=True, n=i))
         finally:
             lab.down()
     for r in results:
