@@ -269,7 +269,7 @@ fn an_upload_that_vanishes_during_a_pause_is_started_over() {
 /// `upload limit` then changes the budget without dropping a connection.
 #[test]
 fn two_transfers_share_one_budget_by_weight() {
-    let env = Env::new();
+    let env = Env::alone();
     let server = env.serve(&[]);
     let (pa, pb) = (Proxy::start(server.addr), Proxy::start(server.addr));
     let (fa, fb) = (env.file("a.iso", 8 << 20), env.file("b.iso", 8 << 20));

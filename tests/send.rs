@@ -454,7 +454,7 @@ fn a_silently_dead_connection_is_replaced_within_the_stall_timeout() {
 /// The limiter as the wire sees it: an even rate from the first second, no initial burst.
 #[test]
 fn a_throttled_send_is_smooth_on_the_wire() {
-    let env = Env::new();
+    let env = Env::alone();
     let server = env.serve(&[]);
     let proxy = Proxy::start(server.addr);
     let file = env.file("smooth.iso", 4 * 1024 * 1024);
