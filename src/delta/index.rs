@@ -16,7 +16,7 @@
 
 use super::chunker::{Chunker, Params};
 use super::{
-    CHUNK_HASH_LEN, ChunkHash, FormatError, chunk_hash, read_exact, read_u8, read_varint,
+    CHUNK_HASH_LEN, ChunkHash, FormatError, chunk_hash, read_exact, read_preamble, read_varint,
     write_varint,
 };
 use sha2::{Digest, Sha256};
@@ -136,19 +136,7 @@ impl Index {
     /// Decodes a whole index; anything after its last chunk is refused.
     pub fn decode(mut bytes: &[u8]) -> Result<Index, FormatError> {
         let r = &mut bytes;
-        let mut magic = [0u8; 8];
-        read_exact(r, &mut magic, "the magic bytes")?;
-        if &magic != MAGIC {
-            return Err(FormatError::Magic { what: WHAT });
-        }
-        let version = read_u8(r, "the version")?;
-        if version != VERSION {
-            return Err(FormatError::Version {
-                what: WHAT,
-                found: version,
-                supported: VERSION,
-            });
-        }
+        read_preamble(r, MAGIC, VERSION, WHAT)?;
         let at = "the chunk sizes";
         let params = Params::checked(
             read_varint(r, at)?,

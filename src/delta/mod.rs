@@ -92,6 +92,30 @@ pub enum FormatError {
     Io(#[from] std::io::Error),
 }
 
+/// Reads and checks the opening of an index or a recipe: its eight magic bytes, then its
+/// format version. `what` names the format in the error.
+pub(crate) fn read_preamble(
+    r: &mut impl std::io::Read,
+    magic: &[u8; 8],
+    version: u8,
+    what: &'static str,
+) -> Result<(), FormatError> {
+    let mut found = [0u8; 8];
+    read_exact(r, &mut found, "the magic bytes")?;
+    if &found != magic {
+        return Err(FormatError::Magic { what });
+    }
+    let found = read_u8(r, "the version")?;
+    if found != version {
+        return Err(FormatError::Version {
+            what,
+            found,
+            supported: version,
+        });
+    }
+    Ok(())
+}
+
 /// Reads one unsigned LEB128 varint; refuses more than 10 bytes or a value past `u64`.
 pub(crate) fn read_varint(
     r: &mut impl std::io::Read,

@@ -17,7 +17,7 @@
 //! truncated recipe or trailing bytes are refused with a typed error. Literal bytes are handed
 //! over in pieces of a fixed buffer, so a recipe's size never decides an allocation.
 
-use super::{FormatError, read_exact, read_u8, read_varint, write_varint};
+use super::{FormatError, read_exact, read_preamble, read_u8, read_varint, write_varint};
 use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 8] = b"UPLDRCP\n";
@@ -153,19 +153,7 @@ impl<R: Read> RecipeReader<R> {
     /// ([`RecipeReader::against`]).
     pub fn open(mut input: R) -> Result<(RecipeHeader, PendingBase<R>), FormatError> {
         let r = &mut input;
-        let mut magic = [0u8; 8];
-        read_exact(r, &mut magic, "the magic bytes")?;
-        if &magic != MAGIC {
-            return Err(FormatError::Magic { what: WHAT });
-        }
-        let version = read_u8(r, "the version")?;
-        if version != VERSION {
-            return Err(FormatError::Version {
-                what: WHAT,
-                found: version,
-                supported: VERSION,
-            });
-        }
+        read_preamble(r, MAGIC, VERSION, WHAT)?;
         let name_len = read_varint(r, "the base's name")?;
         if name_len > MAX_BASE_NAME {
             return Err(FormatError::Invalid(format!(
