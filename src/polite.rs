@@ -823,6 +823,61 @@ mod tests {
         assert!(mean <= TARGET * 2, "mean queueing delay {mean:?}");
     }
 
+    /// Capacity learning: a minute after polite mode starts steering, what it measured of the
+    /// bottleneck is in the link history as an unthrottled sample (what `estimate` reads as the
+    /// link's rate), and `known_capacity` gives it back as where the next start begins.
+    #[tokio::test(start_paused = true)]
+    async fn the_measured_capacity_goes_into_the_link_history_every_minute() {
+        let db = AsyncStore::new(crate::store::Store::open_in_memory().unwrap());
+        let steer = Steer {
+            rate: 15_000.0,
+            state: State::Using,
+            queue_delay: Duration::from_millis(60),
+            base: Some(Duration::from_millis(20)),
+            capacity: Some(16_000.0),
+        };
+        let mut learning = Learning::default();
+        learning
+            .note(&db, "files.example.org", &steer)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        learning
+            .note(&db, "files.example.org", &steer)
+            .await
+            .unwrap();
+        assert_eq!(
+            known_capacity(&db, None).await,
+            None,
+            "nothing before a minute"
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        learning
+            .note(&db, "files.example.org", &steer)
+            .await
+            .unwrap();
+        let samples = db
+            .recent_unthrottled_link_samples(Some("files.example.org".into()), 5)
+            .await
+            .unwrap();
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert_eq!(samples[0].limit_bps, None);
+        let known = known_capacity(&db, Some("files.example.org".into())).await;
+        assert!((known.unwrap() - 16_000.0).abs() < 1.0, "{known:?}");
+        // Without a capacity measured there is nothing to learn.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let unknown = Steer {
+            capacity: None,
+            ..steer
+        };
+        learning
+            .note(&db, "files.example.org", &unknown)
+            .await
+            .unwrap();
+        let samples = db.recent_unthrottled_link_samples(None, 5).await.unwrap();
+        assert_eq!(samples.len(), 1);
+    }
+
     #[test]
     fn the_smoothing_is_undone_from_the_ack_count() {
         let old = Duration::from_millis(2000);
