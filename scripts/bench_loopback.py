@@ -16,7 +16,11 @@ Parts (--only, comma-separated; default all):
             floor for any client that hashes what it sends, (c) rsync -> rsync daemon (if
             rsync is installed); wall time, GiB/s, CPU s/GiB of client and server; --repeat
             interleaved rounds, the median shown. Then the client's peak RSS (VmHWM) sending
-            an --rss-size sparse file.
+            an --rss-size sparse file. With --one-server, (a), (b) and (b2) all go to one
+            long-running `upload serve` instead of a fresh one per case, as a user's server
+            is: every round re-sends the same file under the same name, so the server already
+            holds an identical published copy (and `upload send` gets --no-base, so the whole
+            file is sent, not a delta against that copy).
   server    upload serve beside @tus/server (tests/interop/tus_server.mjs): (a) curl POST +
             one streamed PATCH of --size; (b) --slow-count concurrent uploads of --slow-size
             each paced at --slow-rate by a Python tus client; server CPU and peak RSS.
@@ -416,6 +420,8 @@ class Ctx:
         self.args = args
         self.notes: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
+        # The speed part's long-running server and its directory, with --one-server.
+        self.one_server: tuple[Server, Path] | None = None
 
     def dir(self, name: str) -> Path:
         d = self.tmp / name
@@ -487,8 +493,14 @@ def part_throttle(ctx: Ctx) -> dict:
 def run_send(ctx: Ctx, src: Path, server: Server, tag: str, sample_rss: bool) -> dict:
     """`upload send --json` to `server`; wall, CPU, RSS, the `done` event."""
     a = ctx.args
-    env = dict(os.environ, UPLOAD_DB=str(ctx.tmp / f"{tag}-client.db"))
+    db = ctx.tmp / f"{tag}-client.db"
+    if a.one_server:
+        # The same file to the same URL again: a new transfer, not the finished one resumed.
+        for f in ctx.tmp.glob(f"{tag}-client.db*"):
+            f.unlink()
+    env = dict(os.environ, UPLOAD_DB=str(db))
     cmd = [a.bin, "send", str(src), server.url, "--json"] + (["--chunk", a.chunk] if a.chunk else [])
+    cmd += ["--no-base"] if a.one_server else []
     log(f"{tag}: {' '.join(cmd)}")
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
@@ -553,7 +565,11 @@ def curl_to(ctx: Ctx, server: Server, src: Path, size: int, sha: str, dir_: Path
 
 
 def with_server(ctx: Ctx, d: Path, tag: str, measure) -> dict:
-    """A fresh `upload serve` in d/tag for one measurement, removed afterwards."""
+    """A fresh `upload serve` in d/tag for one measurement, removed afterwards; with
+    --one-server the one long-running server of the speed part instead."""
+    if ctx.one_server is not None:
+        server, sdir = ctx.one_server
+        return measure(server, sdir)
     server = None
     sdir = d / tag
     try:
@@ -567,9 +583,10 @@ def with_server(ctx: Ctx, d: Path, tag: str, measure) -> dict:
 
 def speed_ours(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
     def measure(server: Server, sdir: Path) -> dict:
+        cpu0 = server.cpu()
         r = run_send(ctx, src, server, "speed-send", sample_rss=True)
         time.sleep(0.3)
-        server_cpu = server.cpu()
+        server_cpu = server.cpu() - cpu0
         out = published(sdir, src.name, None)
         ok = (r["exit"] == 0 and r["done"] is not None and r["done"].get("sha256") == sha
               and out is not None and sha256_file(out) == sha)
@@ -627,15 +644,28 @@ def part_speed(ctx: Ctx) -> dict:
     else:
         ctx.note("speed (c): rsync is not installed (apt-get install -y rsync); no anchor")
     runs: dict[str, list[dict]] = {tag: [] for tag, _ in cases}
-    for round_ in range(a.repeat):
-        for tag, case in cases:
-            runs[tag].append(case(ctx, d, src, sha))
-        log(f"speed: round {round_ + 1}/{a.repeat} done")
+    if a.one_server:
+        sdir = d / "one-server"
+        ctx.one_server = (start_ours(a.bin, sdir, d, "speed-server-one"), sdir)
+    try:
+        for round_ in range(a.repeat):
+            for tag, case in cases:
+                runs[tag].append(case(ctx, d, src, sha))
+            log(f"speed: round {round_ + 1}/{a.repeat} done")
+    finally:
+        if ctx.one_server is not None:
+            ctx.one_server[0].stop()
+            ctx.one_server = None
     rows = [median_row(runs[tag]) for tag, _ in cases]
     rss = rss_run(ctx, d)
     src.unlink(missing_ok=True)
     shutil.rmtree(d, ignore_errors=True)
-    return {"size": a.size, "repeat": a.repeat, "rows": rows, "rss": rss}
+    by_tag = dict(zip((tag for tag, _ in cases), rows))
+    # Ours against the floor for a hashing client: above 1.0 ours is faster.
+    of_floor = (round(by_tag["b2"]["wall_s"] / by_tag["a"]["wall_s"], 3)
+                if "b2" in by_tag else None)
+    return {"size": a.size, "repeat": a.repeat, "one_server": a.one_server, "rows": rows,
+            "of_floor": of_floor, "rss": rss}
 
 
 def free_port() -> int:
@@ -818,14 +848,20 @@ def human(report: dict) -> str:
                         v["min_1s_window_ratio"], v["longest_silence_s"], v["recv_calls"],
                         v["cpu_s"]] for k, v in t["clients"].items()])]
     if s := report.get("speed"):
-        out += ["", f"SPEED  {s['size'] / GIB:g} GiB, sha256 checked end to end; the median "
-                    f"of {s['repeat']} interleaved rounds (every round's wall time at the end)",
+        servers = ("one long-running server that already holds each file"
+                   if s.get("one_server") else "a fresh server per case")
+        out += ["", f"SPEED  {s['size'] / GIB:g} GiB, sha256 checked end to end, {servers}; "
+                    f"the median of {s['repeat']} interleaved rounds (every round's wall time "
+                    f"at the end)",
                 table(["path", "wall s", "GiB/s", "MB/s", "client CPU s/GiB",
                        "server CPU s/GiB", "verified", "rounds, wall s"],
                       [[r["what"], r["wall_s"], r["GiB_per_s"], r["MB_per_s"],
                         r["client_cpu_s_per_GiB"], r["server_cpu_s_per_GiB"],
                         r["sha256_verified"], " ".join(str(w) for w in r["runs_wall_s"])]
                        for r in s["rows"]])]
+        if s.get("of_floor") is not None:
+            out.append(f"upload send against the floor (floor's wall time / ours, medians): "
+                       f"{s['of_floor']}x")
         if rss := s.get("rss"):
             out.append(f"client peak RSS sending {rss['bytes'] / GIB:g} GiB: "
                        f"{rss['client_peak_rss_MiB']} MiB (wants < 32 MiB); server "
@@ -883,6 +919,9 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3,
                    help="speed part: rounds of every case, interleaved; the median is shown "
                         "(default 3)")
+    p.add_argument("--one-server", action="store_true",
+                   help="speed part: one long-running upload serve for every case and round, "
+                        "which already holds what it is sent again (default: a fresh one each)")
     p.add_argument("--slow-count", type=int, default=50, help="concurrent slow uploads (50)")
     p.add_argument("--slow-size", type=parse_size, default=2 * MIB, help="each (2MiB)")
     p.add_argument("--slow-rate", type=parse_byte_rate, default=32 * KIB,
