@@ -653,6 +653,7 @@ mod tests {
             base: Default::default(),
             delta_base: None,
             payload_size: None,
+            polite: false,
         }
     }
 
