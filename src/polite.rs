@@ -522,6 +522,19 @@ fn steer_as(
                 };
                 let sample = signal.read(&stats);
                 let steer = controller.update(start.elapsed(), sample);
+                // Every decision with the raw signal behind it, for the lab's comparison of
+                // delay signals (scripts/bench_polite_signal.py): RUST_LOG=upload::polite=trace.
+                if let Some(s) = sample {
+                    tracing::trace!(
+                        rtt_ms = s.rtt.as_secs_f64() * 1e3,
+                        min_rtt_ms = s.min_rtt.as_secs_f64() * 1e3,
+                        queue_delay_ms = steer.queue_delay.as_secs_f64() * 1e3,
+                        base_ms = steer.base.map(|b| b.as_secs_f64() * 1e3),
+                        rate_bps = steer.rate * 8.0,
+                        state = steer.state.word(),
+                        "polite tick"
+                    );
+                }
                 set(&uplink, steer.rate);
                 report.send_replace(Some(steer));
             }

@@ -118,6 +118,30 @@ fn running_host(
     hosts.all(|h| h == first).then_some(first)
 }
 
+/// What the run's polite transfers' own controller should do this tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GroupSteering {
+    /// None is wanted: no polite work, or a `polite` slot steers the whole budget (they are
+    /// ordinary shares of it then).
+    Off,
+    /// Steer, keeping to this ceiling (bytes per second; `None`: none).
+    Under(Option<f64>),
+    /// Keep steering as it is: while paused nothing sends, and the ceiling stays for when the
+    /// pause ends.
+    Keep,
+}
+
+/// [`GroupSteering`] at `budget`; `polite_work`: polite transfers are running or about to.
+fn group_steering(budget: Budget, polite_work: bool) -> GroupSteering {
+    match budget {
+        _ if !polite_work => GroupSteering::Off,
+        Budget::Polite => GroupSteering::Off,
+        Budget::Paused => GroupSteering::Keep,
+        Budget::Limited(r) => GroupSteering::Under(Some(r.bytes_per_second())),
+        Budget::Unlimited => GroupSteering::Under(None),
+    }
+}
+
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
 pub fn weight(priority: i64) -> f64 {
     2f64.powi(priority.clamp(-16, 16) as i32)
@@ -429,13 +453,15 @@ pub async fn run(
         let polite_work = rows
             .iter()
             .any(|t| t.polite && (running.contains_key(&t.id) || runnable(t)));
-        if polite_work && budget != Budget::Polite {
-            let max = match budget {
-                Budget::Limited(r) => Some(r.bytes_per_second()),
+        let wanted = group_steering(budget, polite_work);
+        if wanted != GroupSteering::Off {
+            let max = match wanted {
+                GroupSteering::Under(max) => max,
                 _ => None,
             };
             match &group {
-                Some(g) => g.set_max(max),
+                Some(g) if wanted != GroupSteering::Keep => g.set_max(max),
+                Some(_) => {}
                 None => {
                     let host = running_host(&rows, &running, |t| t.polite);
                     let params = polite::Params {
@@ -687,6 +713,27 @@ pub fn outlook<Tz: chrono::TimeZone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polite_transfers_get_a_controller_of_their_own_outside_a_polite_slot() {
+        use GroupSteering::*;
+        let rate = Rate::from_bits_per_second(64_000.0).unwrap();
+        assert_eq!(
+            group_steering(Budget::Limited(rate), true),
+            Under(Some(8000.0)),
+            "kept under the budget"
+        );
+        assert_eq!(group_steering(Budget::Unlimited, true), Under(None));
+        assert_eq!(group_steering(Budget::Paused, true), Keep);
+        assert_eq!(
+            group_steering(Budget::Polite, true),
+            Off,
+            "the slot's controller steers them all"
+        );
+        for b in [Budget::Limited(rate), Budget::Unlimited, Budget::Paused] {
+            assert_eq!(group_steering(b, false), Off, "no polite work");
+        }
+    }
 
     #[test]
     fn weights_double_per_priority() {
