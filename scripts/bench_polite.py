@@ -19,6 +19,7 @@ of the link with connect median <= 100 ms; competitor >= 90 %; back >= 70 % with
 Needs root, iproute2, iptables, python3, a release build (cargo build --release).
   sudo scripts/bench_polite.py                      # three rates, about 8 minutes
   sudo scripts/bench_polite.py --rates 128kbit --runs 3 --json
+  sudo scripts/bench_polite.py --rates 128kbit --no-unthrottled --variant-bin ../b/upload
 environment: SLOWLINK_PREFIX (default upp), SLOWLINK_NET (default 10.77.11).
 """
 import argparse
@@ -74,16 +75,17 @@ def connect_stats(path: str, t0: float, t1: float) -> dict:
     return latency_stats(ms)
 
 
-def one_run(a, lab: Lab, work: str, rate: str, polite: bool, n: int = 0) -> dict:
+def one_run(a, lab: Lab, work: str, rate: str, polite: bool, n: int = 0, bin_: str | None = None,
+            label: str = "") -> dict:
     link = bits(rate) / 8.0  # bytes per second on the wire
     # A directory of its own: a fresh server inbox and client database, so a run never meets
     # the last one's interrupted transfer (the same path, rewritten, is a changed source).
-    work = os.path.join(work, f"run-{rate}-{'polite' if polite else 'plain'}-{n}")
+    work = os.path.join(work, f"run-{rate}-{'polite' if polite else 'plain'}-{n}{label}")
     os.makedirs(work)
     total = a.alone + (a.compete + a.after if polite else 0)
     src = os.path.join(work, f"src-{rate}-{polite}.bin")
     make_file(src, int(link * (total + 30)), seed=7)
-    ours = Ours(lab, work, a.bin)
+    ours = Ours(lab, work, bin_ or a.bin)
     ours.start_server()
     sink_dir = os.path.join(work, "sink")
     os.makedirs(sink_dir, exist_ok=True)
@@ -101,7 +103,7 @@ def one_run(a, lab: Lab, work: str, rate: str, polite: bool, n: int = 0) -> dict
     ours_rx.start()
     sink_rx.start()
     probe, probe_file = probe_run(lab, work, f"{rate}-{polite}")
-    res = {"rate": rate, "polite": polite}
+    res = {"rate": rate, "polite": polite, "bin": label or "current"}
     try:
         time.sleep(2)
         m0, w0 = time.monotonic(), time.time()
@@ -193,6 +195,9 @@ def main() -> int:
     ap.add_argument("--no-unthrottled", action="store_true", help="skip the unthrottled reference")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(os.path.dirname(
         os.path.realpath(__file__))), "target", "release", "upload"))
+    ap.add_argument("--variant-bin", metavar="PATH",
+                    help="a second build to compare: each polite run is followed by one of it, "
+                         "interleaved in one lab")
     ap.add_argument("--route-quickack", action="store_true",
                     help="no delayed ACKs on the server's side of the lab (an experiment)")
     ap.add_argument("--json", action="store_true")
@@ -226,6 +231,10 @@ def main() -> int:
                 for i in range(a.runs):
                     log(f"{rate}: polite run {i + 1}/{a.runs}")
                     results.append(one_run(a, lab, work, rate, polite=True, n=i))
+                    if a.variant_bin:
+                        log(f"{rate}: polite run {i + 1}/{a.runs}, {a.variant_bin}")
+                        results.append(one_run(a, lab, work, rate, polite=True, n=i,
+                                               bin_=a.variant_bin, label="variant"))
         finally:
             lab.down()
     for r in results:
@@ -236,7 +245,10 @@ def main() -> int:
     rows = []
     for r in results:
         ac = r["alone_connect"]
-        rows.append([r["rate"], "polite" if r["polite"] else "unthrottled", r["alone_share"],
+        mode = "polite" if r["polite"] else "unthrottled"
+        if r.get("bin", "current") != "current":
+            mode += f" ({r['bin']})"
+        rows.append([r["rate"], mode, r["alone_share"],
                      f"{ac.get('median_ms')} / {ac.get('p95_ms')}",
                      f"{r.get('competitor_share')} (alone {r.get('competitor_alone_share')})"
                      if r["polite"] else None,

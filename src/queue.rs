@@ -4,7 +4,11 @@
 //! One throttle mechanism, several policies: the timetable (or `upload limit`) sets the
 //! budget of the run's one [`Uplink`], and each transfer sends through its share of it, at a
 //! weight from its priority ([`weight`]: each step doubles a share) and capped by its own
-//! limit; the uplink splits the budget and paces every share. A `pause`
+//! limit; the uplink splits the budget and paces every share. Polite transfers (`upload queue
+//! add --polite`) are one group in that split, whose combined part one polite controller steers
+//! ([`polite::steer_group`]): they use what the link has spare, yielding to everything else, the
+//! run's other transfers included, which use the budget as before. (In a `polite` slot the
+//! controller steers the whole budget, and every transfer is polite already.) A `pause`
 //! slot closes the [`Gate`]: transfers stop between chunks, the last chunk before the pause
 //! sized to end at the boundary, and connections are not dropped for a rate change.
 //!
@@ -38,8 +42,9 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const BUDGET_OVERRIDE: &str = "budget_override";
 /// The settings key where a running daemon publishes its timetable, for `upload status`.
 pub const TIMETABLE: &str = "timetable";
-/// The settings key where a running `upload run` in a `polite` slot publishes what polite
-/// mode is doing ([`PoliteState`], JSON), for `upload status`.
+/// The settings key where a running `upload run` publishes what polite mode is doing
+/// ([`PoliteState`], JSON), for `upload status`: in a `polite` slot, or while it sends polite
+/// transfers.
 pub const POLITE_STATE: &str = "polite_state";
 
 /// What polite mode was doing at `at`, as `upload status` shows it.
@@ -51,12 +56,20 @@ pub struct PoliteState {
     pub rate_bps: f64,
     pub queue_delay_ms: f64,
     pub capacity_bps: Option<f64>,
+    /// It steers only the polite transfers' part (`queue add --polite`), not the whole budget.
+    #[serde(default)]
+    pub transfers_only: bool,
 }
 
 impl PoliteState {
-    pub fn of(steer: &polite::Steer, at: DateTime<chrono::Utc>) -> PoliteState {
+    pub fn of(
+        steer: &polite::Steer,
+        at: DateTime<chrono::Utc>,
+        transfers_only: bool,
+    ) -> PoliteState {
         PoliteState {
             at,
+            transfers_only,
             state: steer.state.word().to_string(),
             rate_bps: steer.rate * 8.0,
             queue_delay_ms: steer.queue_delay.as_secs_f64() * 1000.0,
@@ -85,12 +98,16 @@ pub fn active_run(store: &Store) -> Result<Option<String>, StoreError> {
         .filter(|owner| !store::owner_is_dead(owner)))
 }
 
-/// The host the running transfers send to, when they all send to one: whose link polite mode
-/// measures.
-fn running_host(rows: &[Transfer], running: &HashMap<i64, Running>) -> Option<String> {
+/// The host the running transfers (of those `which` picks) send to, when they all send to one:
+/// whose link polite mode measures.
+fn running_host(
+    rows: &[Transfer],
+    running: &HashMap<i64, Running>,
+    which: impl Fn(&Transfer) -> bool,
+) -> Option<String> {
     let mut hosts = rows
         .iter()
-        .filter(|t| running.contains_key(&t.id))
+        .filter(|t| running.contains_key(&t.id) && which(t))
         .filter_map(|t| {
             url::Url::parse(&t.dest_url)
                 .ok()?
@@ -99,6 +116,30 @@ fn running_host(rows: &[Transfer], running: &HashMap<i64, Running>) -> Option<St
         });
     let first = hosts.next()?;
     hosts.all(|h| h == first).then_some(first)
+}
+
+/// What the run's polite transfers' own controller should do this tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GroupSteering {
+    /// None is wanted: no polite work, or a `polite` slot steers the whole budget (they are
+    /// ordinary shares of it then).
+    Off,
+    /// Steer, keeping to this ceiling (bytes per second; `None`: none).
+    Under(Option<f64>),
+    /// Keep steering as it is: while paused nothing sends, and the ceiling stays for when the
+    /// pause ends.
+    Keep,
+}
+
+/// [`GroupSteering`] at `budget`; `polite_work`: polite transfers are running or about to.
+fn group_steering(budget: Budget, polite_work: bool) -> GroupSteering {
+    match budget {
+        _ if !polite_work => GroupSteering::Off,
+        Budget::Polite => GroupSteering::Off,
+        Budget::Paused => GroupSteering::Keep,
+        Budget::Limited(r) => GroupSteering::Under(Some(r.bytes_per_second())),
+        Budget::Unlimited => GroupSteering::Under(None),
+    }
 }
 
 /// The share weight of a priority: each step up doubles a transfer's share of the budget.
@@ -346,12 +387,17 @@ pub async fn run(
     // Polite mode steers the same uplink's budget while a `polite` slot lasts.
     let mut steering: Option<polite::Steering> = None;
     let (polite_tx, polite_rx) = tokio::sync::watch::channel(None);
+    // Outside a `polite` slot, one controller steers the polite transfers' part together.
+    let mut group: Option<polite::Steering> = None;
+    let (group_tx, group_rx) = tokio::sync::watch::channel(None);
     let mut learning = polite::Learning::default();
     let db = AsyncStore::new(store.clone());
     {
         db.set_setting(TIMETABLE, &opts.timetable.to_string())
             .await?;
         db.set_setting(RUN_OWNER, &owner).await?;
+        // A run before this one may have left what its polite mode was doing.
+        db.delete_setting(POLITE_STATE).await?;
         let over = db.get_setting(BUDGET_OVERRIDE).await?;
         if let Some(b) = over.and_then(|v| v.parse::<Budget>().ok()) {
             // Saved perhaps long ago: the timetable does not apply until `upload limit --clear`.
@@ -380,7 +426,7 @@ pub async fn run(
             Budget::Limited(r) => uplink.set_rate(Some(r)),
             Budget::Unlimited => uplink.set_rate(None),
             Budget::Polite if steering.is_none() => {
-                let host = running_host(&rows, &running);
+                let host = running_host(&rows, &running, |_| true);
                 let params = polite::Params {
                     known_capacity: polite::known_capacity(&db, host).await,
                     ..polite::Params::default()
@@ -390,10 +436,10 @@ pub async fn run(
             Budget::Polite => {
                 let steer = *polite_rx.borrow();
                 if let Some(steer) = steer {
-                    let state = PoliteState::of(&steer, chrono::Utc::now());
+                    let state = PoliteState::of(&steer, chrono::Utc::now(), false);
                     let json = serde_json::to_string(&state).expect("plain data");
                     db.set_setting(POLITE_STATE, &json).await?;
-                    if let Some(host) = running_host(&rows, &running) {
+                    if let Some(host) = running_host(&rows, &running, |_| true) {
                         learning.note(&db, &host, &steer).await?;
                     }
                 }
@@ -403,6 +449,53 @@ pub async fn run(
         }
         if budget != Budget::Polite && steering.take().is_some() {
             db.delete_setting(POLITE_STATE).await?;
+        }
+        let polite_work = rows
+            .iter()
+            .any(|t| t.polite && (running.contains_key(&t.id) || runnable(t)));
+        let wanted = group_steering(budget, polite_work);
+        if wanted != GroupSteering::Off {
+            let max = match wanted {
+                GroupSteering::Under(max) => max,
+                _ => None,
+            };
+            match &group {
+                Some(g) if wanted != GroupSteering::Keep => g.set_max(max),
+                Some(_) => {}
+                None => {
+                    let host = running_host(&rows, &running, |t| t.polite);
+                    let params = polite::Params {
+                        max,
+                        known_capacity: polite::known_capacity(&db, host).await,
+                        ..polite::Params::default()
+                    };
+                    group = Some(polite::steer_group(
+                        uplink.clone(),
+                        params,
+                        group_tx.clone(),
+                    ));
+                }
+            }
+            let steer = *group_rx.borrow();
+            if let Some(steer) = steer {
+                let state = PoliteState::of(&steer, chrono::Utc::now(), true);
+                let json = serde_json::to_string(&state).expect("plain data");
+                db.set_setting(POLITE_STATE, &json).await?;
+                // Only when the polite transfers are all that runs is what they deliver the
+                // link's rate; beside others it is what was left to them.
+                let all_polite = rows
+                    .iter()
+                    .filter(|t| running.contains_key(&t.id))
+                    .all(|t| t.polite);
+                if all_polite && let Some(host) = running_host(&rows, &running, |_| true) {
+                    learning.note(&db, &host, &steer).await?;
+                }
+            }
+        } else if group.take().is_some() {
+            group_tx.send_replace(None);
+            if budget != Budget::Polite {
+                db.delete_setting(POLITE_STATE).await?;
+            }
         }
         gate_control.set(GateState {
             open: budget != Budget::Paused,
@@ -475,6 +568,9 @@ pub async fn run(
             }
         }
     }
+    if steering.is_some() || group.is_some() {
+        let _ = db.delete_setting(POLITE_STATE).await;
+    }
     let _ = db.delete_setting_if(RUN_OWNER, &owner).await;
     // Put what still runs back in the queue; its progress is already in the database.
     for (id, r) in running.drain() {
@@ -500,7 +596,11 @@ fn start(store: &Store, t: &Transfer, opts: &RunOptions, uplink: &Uplink, gate: 
     let cap = t
         .rate_limit_bps
         .and_then(|b| Rate::from_bits_per_second(b).ok());
-    let throttle = uplink.share(weight(t.priority), cap);
+    let throttle = if t.polite {
+        uplink.grouped_share(weight(t.priority), cap)
+    } else {
+        uplink.share(weight(t.priority), cap)
+    };
     let mut so = SendOptions::new(&t.source_path, &t.dest_url);
     so.name = Some(t.name.clone());
     // A given chunk stays; otherwise chunks follow the share the uplink allows.
@@ -615,6 +715,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn polite_transfers_get_a_controller_of_their_own_outside_a_polite_slot() {
+        use GroupSteering::*;
+        let rate = Rate::from_bits_per_second(64_000.0).unwrap();
+        assert_eq!(
+            group_steering(Budget::Limited(rate), true),
+            Under(Some(8000.0)),
+            "kept under the budget"
+        );
+        assert_eq!(group_steering(Budget::Unlimited, true), Under(None));
+        assert_eq!(group_steering(Budget::Paused, true), Keep);
+        assert_eq!(
+            group_steering(Budget::Polite, true),
+            Off,
+            "the slot's controller steers them all"
+        );
+        for b in [Budget::Limited(rate), Budget::Unlimited, Budget::Paused] {
+            assert_eq!(group_steering(b, false), Off, "no polite work");
+        }
+    }
+
+    #[test]
     fn weights_double_per_priority() {
         assert_eq!(weight(0), 1.0);
         assert_eq!(weight(2), 4.0);
@@ -653,6 +774,7 @@ mod tests {
             base: Default::default(),
             delta_base: None,
             payload_size: None,
+            polite: false,
         }
     }
 

@@ -124,6 +124,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE transfers ADD COLUMN delta_base TEXT;    -- the base the upload is a recipe against
     ALTER TABLE transfers ADD COLUMN payload_size INTEGER;  -- the recipe's bytes; NULL: size
     "#,
+    // 6 -> 7: polite queued transfers (issue 15, `upload queue add --polite`): inside `upload
+    // run` they share one polite controller's part of the budget. Rows from before were not
+    // polite (a `polite` timetable slot is the run's, not the row's).
+    r#"
+    ALTER TABLE transfers ADD COLUMN polite INTEGER NOT NULL DEFAULT 0;  -- 1: yields to all else
+    "#,
 ];
 
 /// The schema version this binary writes and understands.
@@ -315,6 +321,9 @@ pub struct Transfer {
     pub delta_base: Option<String>,
     /// The bytes that cross the link: the recipe's size for a delta, else `size`.
     pub payload_size: Option<u64>,
+    /// Sent politely inside `upload run` (`upload queue add --polite`): it uses only what the
+    /// link has spare.
+    pub polite: bool,
 }
 
 impl Transfer {
@@ -391,7 +400,7 @@ impl std::fmt::Debug for Store {
 const TRANSFER_COLUMNS: &str = "id, name, source_path, size, mtime_ns, sha256, prefix_sha256, \
      dest_url, upload_url, offset, chunk_size, state, priority, deadline, rate_limit_bps, \
      bytes_sent, resent_bytes, attempts, last_error, lock_owner, created_at, updated_at, finished_at, \
-     rate_bps, origin, chunk_fixed, base, delta_base, payload_size";
+     rate_bps, origin, chunk_fixed, base, delta_base, payload_size, polite";
 
 // Queue order: most important first, then earliest deadline (none = last), then FIFO.
 const QUEUE_ORDER: &str =
@@ -511,6 +520,16 @@ impl Store {
     // ---- transfers ----
 
     pub fn insert_transfer(&self, t: &NewTransfer) -> Result<Transfer, StoreError> {
+        self.insert_transfer_as(t, false)
+    }
+
+    /// [`Store::insert_transfer`], marked polite or not in the same statement (so `upload run`
+    /// never sees the row without its mark).
+    pub fn insert_transfer_as(
+        &self,
+        t: &NewTransfer,
+        polite: bool,
+    ) -> Result<Transfer, StoreError> {
         let source = path_text(&t.source_path)?;
         let now = Utc::now().timestamp();
         let mut conn = self.conn();
@@ -519,8 +538,8 @@ impl Store {
         tx.execute(
             "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
              state, priority, deadline, rate_limit_bps, created_at, updated_at, origin, \
-             chunk_fixed, base) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)",
+             chunk_fixed, base, polite) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15)",
             params![
                 t.name,
                 source,
@@ -536,6 +555,7 @@ impl Store {
                 t.origin.as_str(),
                 t.chunk_fixed,
                 t.base.to_column(),
+                polite,
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -995,6 +1015,7 @@ fn transfer_from_row(r: &Row<'_>) -> rusqlite::Result<Transfer> {
         base: BaseChoice::from_column(r.get(26)?),
         delta_base: r.get(27)?,
         payload_size: r.get(28)?,
+        polite: r.get(29)?,
     })
 }
 
@@ -1244,6 +1265,38 @@ mod tests {
     }
 
     #[test]
+    fn a_version_6_database_gains_the_polite_mark_and_its_rows_are_not_polite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v6.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..6] {
+                c.execute_batch(m).unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO transfers (name, source_path, size, mtime_ns, dest_url, chunk_size, \
+                 state, created_at, updated_at) VALUES ('old.iso', '/old.iso', 10, 1, \
+                 'http://h/files/', 5, 'queued', 0, 0); PRAGMA user_version = 6;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let old = &s.list_transfers().unwrap()[0];
+        assert_eq!((old.name.as_str(), old.polite), ("old.iso", false));
+        let polite = s
+            .insert_transfer_as(&new_transfer("new.iso"), true)
+            .unwrap();
+        assert!(polite.polite);
+        assert!(s.transfer(polite.id).unwrap().polite, "read back");
+        assert!(
+            !s.insert_transfer(&new_transfer("plain.iso"))
+                .unwrap()
+                .polite
+        );
+    }
+
+    #[test]
     fn dead_owners_are_recognised() {
         assert!(!owner_is_dead(&lock_owner()));
         assert!(owner_is_dead(&format!("4000000000@{}", hostname())));
@@ -1281,7 +1334,7 @@ mod tests {
     fn migrations_create_current_version() {
         let s = Store::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 6);
+        assert_eq!(SCHEMA_VERSION, 7);
         assert!(s.path().is_none());
     }
 

@@ -28,6 +28,11 @@
 //!   out of reach of tests on tokio's paused one. A re-rated bucket keeps its credit in bytes,
 //!   so a new rate lets no burst out.
 //! - Unlimited is a bypass, not a huge rate: no bucket to keep, no timer to wake.
+//! - A group of shares can be held under one cap together ([`Uplink::grouped_share`],
+//!   [`Uplink::set_group_rate`]): `upload run`'s polite transfers, whose combined part polite
+//!   mode steers while the others use the budget as before. In the split the group is one
+//!   share (its members' weights summed, the group's cap), and its part is split again among
+//!   its members the same way; what the group does not take goes to the others.
 
 use crate::client::{LinkProbe, TcpStats};
 use crate::units::Rate;
@@ -112,6 +117,44 @@ fn allocate(budget: Option<f64>, wants: &[(f64, Option<f64>)]) -> Vec<Option<f64
     out
 }
 
+/// [`allocate`] with some shares (`grouped`) held together under `group_cap`: the group takes
+/// part in the split as one share (its weights summed, capped at `group_cap`, or lower where
+/// its members' own caps sum below it), and its part is split among its members. Without a
+/// group cap the grouped shares are ordinary ones.
+fn allocate_grouped(
+    budget: Option<f64>,
+    group_cap: Option<f64>,
+    wants: &[(f64, Option<f64>, bool)],
+) -> Vec<Option<f64>> {
+    let plain = |w: &[(f64, Option<f64>, bool)]| -> Vec<(f64, Option<f64>)> {
+        w.iter().map(|(weight, cap, _)| (*weight, *cap)).collect()
+    };
+    let members: Vec<usize> = (0..wants.len()).filter(|&i| wants[i].2).collect();
+    let Some(group_cap) = group_cap.filter(|_| !members.is_empty()) else {
+        return allocate(budget, &plain(wants));
+    };
+    let weight: f64 = members.iter().map(|&i| wants[i].0).sum();
+    let own_caps: Option<f64> = members.iter().map(|&i| wants[i].1).sum();
+    let cap = own_caps.map_or(group_cap, |c| c.min(group_cap));
+    let others: Vec<usize> = (0..wants.len()).filter(|&i| !wants[i].2).collect();
+    let mut outer: Vec<(f64, Option<f64>)> =
+        others.iter().map(|&i| (wants[i].0, wants[i].1)).collect();
+    outer.push((weight, Some(cap)));
+    let outer_parts = allocate(budget, &outer);
+    let group_part = outer_parts.last().copied().flatten();
+    let inner: Vec<(f64, Option<f64>)> =
+        members.iter().map(|&i| (wants[i].0, wants[i].1)).collect();
+    let inner_parts = allocate(group_part, &inner);
+    let mut out = vec![None; wants.len()];
+    for (k, &i) in others.iter().enumerate() {
+        out[i] = outer_parts[k];
+    }
+    for (k, &i) in members.iter().enumerate() {
+        out[i] = inner_parts[k];
+    }
+    out
+}
+
 /// A wait of `s` seconds, at most a billion: beyond any real wait (a piece at the smallest
 /// part of a tiny budget), and an instant that far ahead cannot overflow.
 fn seconds(s: f64) -> Duration {
@@ -174,6 +217,8 @@ struct Share {
     active: bool,
     /// The connection its bytes go over, for a policy that reads the link (polite mode).
     link: Option<LinkProbe>,
+    /// One of the group held under the group's cap ([`Uplink::grouped_share`]).
+    grouped: bool,
 }
 
 impl Share {
@@ -200,6 +245,8 @@ impl Share {
 /// The budget and its shares, under one lock (never held across an await).
 struct Split {
     budget: Option<Rate>,
+    /// The cap of the grouped shares together; `None`: they are ordinary shares.
+    group_cap: Option<Rate>,
     shares: BTreeMap<u64, Share>,
     next_id: u64,
 }
@@ -208,24 +255,28 @@ impl Split {
     /// Recomputes every share's part; whether any changed.
     fn reallocate(&mut self, now: Instant) -> bool {
         let budget = self.budget.map(Rate::bytes_per_second);
-        let want = |s: &Share| (s.weight, s.cap);
+        let group_cap = self.group_cap.map(Rate::bytes_per_second);
+        let want = |s: &Share| (s.weight, s.cap, s.grouped);
         let active: Vec<u64> = (self.shares.iter())
             .filter(|(_, s)| s.active)
             .map(|(id, _)| *id)
             .collect();
-        let wants: Vec<(f64, Option<f64>)> =
+        let wants: Vec<(f64, Option<f64>, bool)> =
             active.iter().map(|id| want(&self.shares[id])).collect();
         let mut parts: Vec<(u64, Option<f64>)> = active
             .iter()
             .copied()
-            .zip(allocate(budget, &wants))
+            .zip(allocate_grouped(budget, group_cap, &wants))
             .collect();
         // An idle share is told the part it would get by asking, so a transfer sizes its next
         // chunk (and the last one before a pause) by what it will be allowed.
         for (id, s) in self.shares.iter().filter(|(_, s)| !s.active) {
             let mut with = wants.clone();
             with.push(want(s));
-            parts.push((*id, allocate(budget, &with).pop().flatten()));
+            parts.push((
+                *id,
+                allocate_grouped(budget, group_cap, &with).pop().flatten(),
+            ));
         }
         let mut changed = false;
         for (id, part) in parts {
@@ -280,6 +331,7 @@ impl Uplink {
             inner: Arc::new(Inner {
                 split: Mutex::new(Split {
                     budget,
+                    group_cap: None,
                     shares: BTreeMap::new(),
                     next_id: 0,
                 }),
@@ -297,11 +349,21 @@ impl Uplink {
     /// The round-trip counters of the connection of every share that has one, keyed by share
     /// (and connection: a share's new connection is a new key).
     pub fn link_stats(&self) -> Vec<(u64, TcpStats)> {
+        self.stats_of(|_| true)
+    }
+
+    /// [`Uplink::link_stats`] of the grouped shares only: what the group's own bytes meet.
+    pub fn group_link_stats(&self) -> Vec<(u64, TcpStats)> {
+        self.stats_of(|s| s.grouped)
+    }
+
+    fn stats_of(&self, which: impl Fn(&Share) -> bool) -> Vec<(u64, TcpStats)> {
         let probes: Vec<(u64, LinkProbe)> = self
             .inner
             .lock()
             .shares
             .iter()
+            .filter(|(_, s)| which(s))
             .filter_map(|(id, s)| s.link.clone().map(|p| (*id, p)))
             .collect();
         probes
@@ -314,6 +376,32 @@ impl Uplink {
     /// never above `cap`. It counts in the split from its first [`Throttle::acquire`] and
     /// leaves it when its last handle is dropped.
     pub fn share(&self, weight: f64, cap: Option<Rate>) -> Throttle {
+        self.new_share(weight, cap, false)
+    }
+
+    /// A share like [`Uplink::share`] that is one of the group: the group's parts together
+    /// stay within [`Uplink::set_group_rate`]'s cap.
+    pub fn grouped_share(&self, weight: f64, cap: Option<Rate>) -> Throttle {
+        self.new_share(weight, cap, true)
+    }
+
+    /// Caps the grouped shares together (`None`: no cap, they are ordinary shares); the
+    /// others' parts follow, and waiting senders wake on their new parts.
+    pub fn set_group_rate(&self, cap: Option<Rate>) {
+        let changed = {
+            let mut split = self.inner.lock();
+            if split.group_cap.map(Rate::bytes_per_second) == cap.map(Rate::bytes_per_second) {
+                return;
+            }
+            split.group_cap = cap;
+            split.reallocate(Instant::now())
+        };
+        if changed {
+            self.inner.parts_changed();
+        }
+    }
+
+    fn new_share(&self, weight: f64, cap: Option<Rate>, grouped: bool) -> Throttle {
         let now = Instant::now();
         let mut split = self.inner.lock();
         let id = split.next_id;
@@ -330,6 +418,7 @@ impl Uplink {
                 last_asked: now,
                 active: false,
                 link: None,
+                grouped,
             },
         );
         // Only its own part is new: the others' change when it begins to ask.
@@ -909,6 +998,90 @@ mod tests {
             vec![None, Some(5.0)]
         );
         assert!(allocate(Some(1.0), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_group_is_one_share_in_the_split_and_its_cap_holds_it() {
+        let g = |w, cap, grouped| (w, cap, grouped);
+        // Two grouped shares and one other at 3000 B/s, the group capped at 600: the group's
+        // part is split by weight inside it, the rest goes to the other.
+        let r = allocate_grouped(
+            Some(3000.0),
+            Some(600.0),
+            &[g(1.0, None, true), g(1.0, None, false), g(2.0, None, true)],
+        );
+        assert_eq!(r, vec![Some(200.0), Some(2400.0), Some(400.0)]);
+        // A cap above the group's fair part does not raise it: weights still split the budget.
+        let r = allocate_grouped(
+            Some(3000.0),
+            Some(2900.0),
+            &[g(1.0, None, true), g(1.0, None, false)],
+        );
+        assert_eq!(r, vec![Some(1500.0), Some(1500.0)]);
+        // Members' own caps below the group's: the rest goes to the others.
+        let r = allocate_grouped(
+            Some(3000.0),
+            Some(1000.0),
+            &[g(1.0, Some(100.0), true), g(1.0, None, false)],
+        );
+        assert_eq!(r, vec![Some(100.0), Some(2900.0)]);
+        // An unlimited budget: the group is held at its cap, the others are unlimited.
+        let r = allocate_grouped(
+            None,
+            Some(500.0),
+            &[g(1.0, None, true), g(1.0, None, false)],
+        );
+        assert_eq!(r, vec![Some(500.0), None]);
+        // No group cap: grouped shares are ordinary ones.
+        let r = allocate_grouped(
+            Some(3000.0),
+            None,
+            &[g(1.0, None, true), g(2.0, None, false)],
+        );
+        assert_eq!(r, vec![Some(1000.0), Some(2000.0)]);
+    }
+
+    /// `upload run`'s polite transfers: the group's cap holds a grouped share below its fair
+    /// part while an ordinary share takes the rest of the budget, and is held even when it
+    /// sends alone (the budget would give it everything); without the cap it is an ordinary
+    /// share again.
+    #[tokio::test(start_paused = true)]
+    async fn a_grouped_share_keeps_to_the_group_cap_and_the_other_has_the_rest() {
+        let budget = 100_000.0;
+        let uplink = Uplink::new(rate(budget));
+        uplink.set_group_rate(rate(10_000.0));
+        let polite = uplink.grouped_share(1.0, None);
+        let other = uplink.share(1.0, None);
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let tp = tokio::spawn(keep_sending(polite.clone(), at(30)));
+        let to = tokio::spawn(keep_sending(other.clone(), at(10)));
+        let go = to.await.unwrap();
+        assert_eq!(polite.rate(), rate(10_000.0));
+        let ro = bytes_between(&go, at(1), at(10)) as f64 / 9.0;
+        assert!((ro / 90_000.0 - 1.0).abs() < 0.01, "the other: {ro} B/s");
+        // Alone from 10 s (the other idle within a second): still the group's cap.
+        tokio::time::sleep_until(at(20)).await;
+        assert_eq!(polite.rate(), rate(10_000.0));
+        uplink.set_group_rate(None);
+        assert_eq!(polite.rate(), rate(budget), "uncapped, alone");
+        let gp = tp.await.unwrap();
+        let rp = |from, to| bytes_between(&gp, at(from), at(to)) as f64 / (to - from) as f64;
+        assert!(
+            (rp(1, 10) / 10_000.0 - 1.0).abs() < 0.01,
+            "with the other: {}",
+            rp(1, 10)
+        );
+        assert!(
+            (rp(12, 20) / 10_000.0 - 1.0).abs() < 0.01,
+            "alone: {}",
+            rp(12, 20)
+        );
+        assert!(
+            (rp(21, 30) / budget - 1.0).abs() < 0.01,
+            "uncapped: {}",
+            rp(21, 30)
+        );
     }
 
     #[tokio::test]

@@ -19,13 +19,17 @@ Examples:
   upload queue add debian.iso http://server:8080/files/ --priority 2 --deadline \"2026-01-03 07:00\"
   upload queue add notes.tar http://server:8080/files/ --limit 32kbit
   upload queue add debian.iso ssh://alice@server/srv/inbox/     (upload run --ssh-command for another ssh)
+  upload queue add backup.tar http://server:8080/files/ --polite
   upload queue list
   upload queue pause 3
   upload run --timetable \"07:00,32kbit 23:00,off\"
 
 Order: higher --priority first; among equals the earliest deadline, then the oldest.
 Concurrent transfers (upload run --jobs N) share the budget by weight: each priority step
-doubles a transfer's share; its own --limit caps it further.";
+doubles a transfer's share; its own --limit caps it further. --polite transfers together get only
+what polite mode allows them: the link's spare capacity, measured from their queueing delay,
+so they yield within seconds to other traffic and to the run's other transfers, which use the
+budget as before (a `polite` timetable slot makes every transfer polite).";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -86,6 +90,11 @@ pub struct AddArgs {
     /// The name to publish under [default: the file's name].
     #[arg(long)]
     pub name: Option<String>,
+    /// Send it politely: inside `upload run` it uses only what the link has spare, steered by
+    /// the queueing delay it measures, and yields within seconds to other traffic and to the
+    /// run's other transfers; never above its --limit or the run's budget.
+    #[arg(long)]
+    pub polite: bool,
     /// Bytes per request [default: about 20 s at the expected rate].
     #[arg(long, value_name = "SIZE")]
     pub chunk: Option<Size>,
@@ -186,7 +195,8 @@ fn budget_now(store: &Store, global: &Global, now: &DateTime<Local>) -> Result<B
     Ok(queue::budget_in_force(&tt, budget_override(store)?, now))
 }
 
-/// What a running `upload run`'s polite mode is doing, as it last published it.
+/// What a running `upload run`'s polite mode is doing, as it last published it: in a `polite`
+/// slot, or for its polite transfers.
 fn polite_line(store: &Store) -> Result<Option<String>, Failure> {
     if queue::active_run(store)
         .context("reading settings")?
@@ -205,8 +215,14 @@ fn polite_line(store: &Store) -> Result<Option<String>, Failure> {
             "probing" => "probing the link",
             _ => "using the idle link",
         };
+        // Outside a `polite` slot it steers the polite transfers' part only.
+        let whose = if s.transfers_only {
+            "polite transfers"
+        } else {
+            "polite"
+        };
         let mut line = format!(
-            "polite: {what} at {} (queueing delay {:.0} ms",
+            "{whose}: {what} at {} (queueing delay {:.0} ms",
             format_byte_rate(s.rate_bps / 8.0),
             s.queue_delay_ms
         );
@@ -267,6 +283,7 @@ fn transfer_json(
         "priority": t.priority,
         "deadline": t.deadline.as_ref().map(json_time),
         "limit_bps": t.rate_limit_bps,
+        "polite": t.polite,
         "rate_bps": if activity == Activity::Running { t.rate_bps } else { None },
         "eta_seconds": eta,
         "finish_at": o.and_then(|o| o.finish_at).as_ref().map(json_time),
@@ -405,7 +422,9 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         };
         Failure::new(code, anyhow!(e))
     })?;
-    let t = store.insert_transfer(&new).context("queueing")?;
+    let t = store
+        .insert_transfer_as(&new, a.polite)
+        .context("queueing")?;
     let rows = store.list_transfers().context("reading the queue")?;
     let outlook = plan(store, global, &rows)?;
     let o = outlook.iter().find(|o| o.id == t.id);
@@ -420,11 +439,12 @@ fn add(global: &Global, store: &Store, a: AddArgs) -> Result<(), Failure> {
         .and_then(|o| o.finish_at.map(|f| finish_words(&f, o.windows, &now)))
         .unwrap_or_else(|| "not while the timetable pauses everything".into());
     println!(
-        "queued #{} {} ({}) -> {}; finishes {finish}",
+        "queued #{} {} ({}) -> {}{}; finishes {finish}",
         t.id,
         t.name,
         format_size(t.size),
-        t.dest_url
+        t.dest_url,
+        if t.polite { ", polite" } else { "" }
     );
     if let Some(o) = o.filter(|o| o.late) {
         let earliest = o
@@ -481,9 +501,7 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
     if let Some(b) = budget_override(store)? {
         println!("{}", override_line(b));
     }
-    if budget == Budget::Polite
-        && let Some(line) = polite_line(store)?
-    {
+    if let Some(line) = polite_line(store)? {
         println!("{line}");
     }
     if shown.is_empty() {
@@ -509,6 +527,9 @@ fn list(global: &Global, store: &Store, id: Option<i64>, json: bool) -> Result<(
         );
         if let Some(base) = &t.delta_base {
             line += &format!(" (delta against {base}, for {})", format_size(t.size));
+        }
+        if t.polite {
+            line += "  polite";
         }
         if activity == Activity::Running
             && let Some(r) = t.rate_bps
