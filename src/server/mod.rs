@@ -102,6 +102,8 @@ mod error;
 mod handlers;
 mod names;
 mod receiving;
+mod running_sha;
+mod s3_store;
 mod store;
 mod uploads;
 

@@ -24,7 +24,7 @@
 use super::error::ApiError;
 use super::names::Id;
 use super::store::{Claim, Info, State, Store};
-use sha2::Sha256;
+use super::running_sha::RunningSha;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -45,7 +45,7 @@ pub(crate) struct Upload {
     pub info: Info,
     /// SHA-256 of the part file's bytes `0..info.offset`. `None` until rebuilt from disk (after
     /// a restart) or once published.
-    pub sha: Option<Sha256>,
+    pub sha: Option<RunningSha>,
 }
 
 // One per upload, already behind its own Arc: boxing the big variant would buy nothing.
