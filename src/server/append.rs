@@ -20,13 +20,13 @@
 use super::app::App;
 use super::error::{ApiError, Interruption};
 use super::names::{Id, safe_name};
+use super::running_sha::RunningSha;
 use super::store::{Info, Part, State, now_ms};
 use super::uploads::{Held, blocking};
 use crate::protocol::{Checksum, ChecksumHasher, Metadata, meta};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use super::running_sha::RunningSha;
 
 /// What a request says about its body, beyond the offset checked by the caller.
 #[derive(Debug, Default)]

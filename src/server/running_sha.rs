@@ -54,11 +54,6 @@ impl RunningSha {
         }
     }
 
-    /// How many bytes went in.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     pub fn update(&mut self, mut data: &[u8]) {
         self.len += data.len() as u64;
         if self.buffered > 0 {
@@ -69,7 +64,10 @@ impl RunningSha {
             if self.buffered < 64 {
                 return;
             }
-            sha2::compress256(&mut self.state, &[GenericArray::clone_from_slice(&self.buf)]);
+            sha2::compress256(
+                &mut self.state,
+                &[GenericArray::clone_from_slice(&self.buf)],
+            );
             self.buffered = 0;
         }
         let whole = data.len() / 64 * 64;
@@ -173,7 +171,7 @@ mod tests {
                     ours = RunningSha::resume(&serde_json::from_str(&saved).unwrap()).unwrap();
                 }
             }
-            assert_eq!(ours.len(), len as u64);
+            assert_eq!(ours.save().len, len as u64);
             let theirs: [u8; 32] = Sha256::digest(&data).into();
             assert_eq!(ours.finalize(), theirs, "length {len}");
         }

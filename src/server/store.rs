@@ -26,9 +26,9 @@
 //! only needs nothing for it (the default).
 
 use super::names::Id;
+use super::running_sha::{RunningSha, ShaState};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use super::running_sha::{RunningSha, ShaState};
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
