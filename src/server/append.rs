@@ -236,6 +236,9 @@ async fn rebuild_sha(app: &App, id: &Id, info: &Info) -> Result<RunningSha, ApiE
     if let Some(sha) = info.resume_sha() {
         return Ok(sha);
     }
+    if info.offset == 0 {
+        return Ok(RunningSha::new());
+    }
     let len = info.offset;
     tracing::info!(%id, bytes = len, "rebuilding the running SHA-256 from the part file");
     let store = app.uploads.store().clone();
