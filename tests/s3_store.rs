@@ -424,3 +424,38 @@ fn a_delta_send_falls_back_to_the_whole_file_on(s3: S3Server) {
     assert_eq!(d["bytes_sent"].as_u64(), Some(3 * MIB as u64), "{d}");
     assert_object(&s3, "rc2.iso", &rc2);
 }
+
+/// A store the server cannot use stops it at start-up, saying what to fix: a bad URL, a
+/// missing bucket, credentials the store refuses.
+#[test]
+#[ignore = "needs moto_server (pip install 'moto[server]')"]
+fn a_store_it_cannot_use_stops_the_server_at_start() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    let start = |url: &str, key: Option<(&str, &str)>| {
+        let mut cmd = env.upload_s3();
+        if let Some((id, secret)) = key {
+            cmd.env("AWS_ACCESS_KEY_ID", id)
+                .env("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        let (out, _, stderr) = run(cmd
+            .args(["serve", "--store", url, "--endpoint", &s3.endpoint()])
+            .args(["--listen", "127.0.0.1:0", "--no-auth"]));
+        assert!(!out.status.success(), "{url} started");
+        stderr
+    };
+    let bad = start("s3://My_Bucket/x/", None);
+    assert!(bad.contains("s3://my-bucket/"), "{bad}");
+    let missing = start("s3://nobucket/x/", None);
+    assert!(
+        missing.contains("NoSuchBucket") && missing.contains("--store s3://"),
+        "{missing}"
+    );
+    s3.create_bucket(BUCKET);
+    let (id, _) = s3.require_auth();
+    let refused = start(&format!("s3://{BUCKET}/x/"), Some((&id, "wrong-secret")));
+    assert!(
+        refused.contains("SignatureDoesNotMatch") && refused.contains("AWS_SECRET_ACCESS_KEY"),
+        "{refused}"
+    );
+}

@@ -17,8 +17,9 @@
 //! reach the part size (5 MiB, more for a large upload so 10 000 parts cover it), the pieces
 //! are read back and sent with those bytes as one part. At completion the remaining pieces
 //! become the last part (or, for an upload that never filled one, the published object by a
-//! plain PutObject). So a request holds at most about two part sizes in memory (the bytes
-//! gathered and the pieces read back), never an upload.
+//! plain PutObject). One part travels to the store while the next one's bytes arrive, so a
+//! request holds at most about three part sizes in memory (the part in flight with the pieces
+//! read back into it, and the bytes gathered), never an upload.
 //!
 //! Committing: a [`Part`]'s commit writes data (parts, a piece) but the bytes count only once
 //! the record that lists them is written; the store keeps the new layout in memory between
@@ -616,6 +617,7 @@ impl Store for S3Store {
             gathered_len: 0,
             consumed: Vec::new(),
             created_upload: false,
+            in_flight: None,
         }))
     }
 
@@ -950,27 +952,59 @@ struct S3Part {
     consumed: Vec<String>,
     /// This request created the staging multipart upload (abort it when discarded).
     created_upload: bool,
+    /// The part being sent, listed in `layout` once it is in.
+    in_flight: Option<tokio::task::JoinHandle<io::Result<PartRecord>>>,
 }
 
 impl S3Part {
-    /// Sends the pieces and the gathered bytes as the next part.
+    /// Waits for the part in flight, and lists it.
+    fn finish_in_flight(&mut self) -> io::Result<()> {
+        if let Some(task) = self.in_flight.take() {
+            let part = self
+                .inner
+                .rt
+                .block_on(task)
+                .map_err(|e| io::Error::other(format!("a part's upload failed: {e}")))??;
+            self.layout.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Starts sending the pieces and the gathered bytes as the next part, once the part before
+    /// it is in: one part travels to the store while the next one's bytes arrive.
     fn send_part(&mut self) -> io::Result<()> {
+        self.finish_in_flight()?;
         let inner = self.inner.clone();
         let id = self.id.clone();
-        let mut layout = self.layout.clone();
+        if self.layout.upload_id.is_none() {
+            let key = inner.staging_key(&id);
+            let created = inner.rt.block_on(async {
+                let mut c = inner.client()?;
+                let u = c.create_multipart_with(&key, &[]).await.map_err(io_err)?;
+                inner.give_back(c);
+                Ok::<_, io::Error>(u)
+            })?;
+            self.layout.upload_id = Some(created);
+            self.created_upload = true;
+        }
+        // Gone into this part: deleted once a record lists the part instead (`save_info`).
+        let pieces = std::mem::take(&mut self.layout.pieces);
+        self.consumed.extend(pieces.iter().map(|p| p.key.clone()));
+        let number = self.layout.next_number();
         let gathered = std::mem::take(&mut self.gathered);
-        let had_upload = layout.upload_id.is_some();
-        let (layout, consumed) = inner.rt.clone().block_on(async move {
-            let mut bytes = inner.read_pieces(&layout.pieces).await?;
-            bytes.extend(gathered);
-            let number = layout.next_number();
-            let (etag, size) = inner.upload_part(&id, &mut layout, number, bytes).await?;
-            let consumed = layout.pieces_into_part(number, etag, size);
-            Ok::<_, io::Error>((layout, consumed))
-        })?;
-        self.created_upload |= !had_upload && layout.upload_id.is_some();
-        self.layout = layout;
-        self.consumed.extend(consumed.into_iter().map(|p| p.key));
+        let mut layout = Layout {
+            upload_id: self.layout.upload_id.clone(),
+            ..Layout::default()
+        };
+        self.in_flight = Some(inner.rt.spawn({
+            let inner = inner.clone();
+            async move {
+                let mut bytes = inner.read_pieces(&pieces).await?;
+                bytes.extend(gathered);
+                let (etag, size) = inner.upload_part(&id, &mut layout, number, bytes).await?;
+                Ok(PartRecord { number, size, etag })
+            }
+        }));
         self.offset += self.gathered_len;
         self.gathered_len = 0;
         Ok(())
@@ -990,6 +1024,7 @@ impl Part for S3Part {
     }
 
     fn commit(mut self: Box<Self>) -> io::Result<()> {
+        self.finish_in_flight()?;
         let inner = self.inner.clone();
         let id = self.id.clone();
         if self.gathered_len > 0 {
@@ -1024,7 +1059,11 @@ impl Part for S3Part {
         Ok(())
     }
 
-    fn discard(self: Box<Self>) -> io::Result<()> {
+    fn discard(mut self: Box<Self>) -> io::Result<()> {
+        if let Some(task) = self.in_flight.take() {
+            // Its outcome does not matter: nothing will list it.
+            let _ = self.inner.rt.block_on(task);
+        }
         // Parts sent by this request are not listed anywhere: completion leaves them out, and
         // the next part with their number replaces them. Only a multipart upload this request
         // created would be orphaned.
