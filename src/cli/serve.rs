@@ -277,7 +277,7 @@ fn usable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Where uploads are kept, from `--dir` or `--store`.
 enum StoreArg {
     Dir(PathBuf),
-    S3(server::S3Target),
+    S3(Box<server::S3Target>),
 }
 
 impl StoreArg {
@@ -285,7 +285,7 @@ impl StoreArg {
         match (&args.store, &args.dir) {
             (Some(url), _) if url.starts_with("s3:") => {
                 server::S3Target::parse(url, args.endpoint.as_deref())
-                    .map(StoreArg::S3)
+                    .map(|t| StoreArg::S3(Box::new(t)))
                     .map_err(|e| Failure::usage(anyhow!(e)))
             }
             (Some(_), _) if args.endpoint.is_some() => Err(Failure::usage(anyhow!(
@@ -390,7 +390,7 @@ fn config(args: &Args) -> Result<Config, Failure> {
             }
             (dir, None)
         }
-        StoreArg::S3(target) => (PathBuf::new(), Some(target)),
+        StoreArg::S3(target) => (PathBuf::new(), Some(*target)),
     };
     Ok(Config {
         dir,
@@ -472,7 +472,9 @@ mod tests {
 
     fn args(listen: &str, token_file: Option<PathBuf>, no_auth: bool) -> Args {
         Args {
-            dir: std::env::temp_dir(),
+            dir: Some(std::env::temp_dir()),
+            store: None,
+            endpoint: None,
             listen: listen.parse().unwrap(),
             token_file,
             no_auth,
@@ -511,7 +513,8 @@ mod tests {
     fn the_directory_must_exist() {
         let scratch = tempfile::tempdir().unwrap();
         let mut a = args("127.0.0.1:0", None, true);
-        a.dir = scratch.path().join("typo");
+        let typo = scratch.path().join("typo");
+        a.dir = Some(typo.clone());
         let failure = config(&a).unwrap_err();
         assert_eq!(failure.code, super::super::exit::USAGE);
         let message = failure.error.to_string();
@@ -519,8 +522,8 @@ mod tests {
             message.contains("typo does not exist") && message.contains("e.g. mkdir -p"),
             "{message}"
         );
-        assert!(!a.dir.exists(), "nothing is created");
-        std::fs::write(&a.dir, b"").unwrap();
+        assert!(!typo.exists(), "nothing is created");
+        std::fs::write(&typo, b"").unwrap();
         let message = config(&a).unwrap_err().error.to_string();
         assert!(message.contains("is not a directory"), "{message}");
     }
