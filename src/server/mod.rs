@@ -19,6 +19,9 @@
 //!   body on its way in (`Part`), an upload's record (`Info`);
 //! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
 //!   `.info`), crash consistency, publishing by hard link;
+//! - `s3_store`: the store for `--store s3://BUCKET/PREFIX`: the record in the bucket as the
+//!   commit point, pieces and parts, the lease that lets several instances share a bucket;
+//! - `running_sha`: the upload's SHA-256 in progress, saved with each record and resumed;
 //! - `delta`: delta uploads (issue 13): the index route, the base check at creation, and
 //!   assembling a finished recipe into the new file (a store capability, `DeltaStore`);
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;

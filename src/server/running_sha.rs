@@ -191,38 +191,38 @@ mod tests {
 
     /// The loopback throughput figures depend on this: hashing 64 MiB in 256 KiB batches (as
     /// `append` hands them over) must not take longer than with `Sha256`. Best of three each,
-    /// with a 25 % margin for a machine shared with other work.
+    /// interleaved so a machine shared with other work slows both alike, with a 25 % margin.
     #[test]
     fn resuming_costs_nothing_in_speed() {
         let data = vec![7u8; 256 * 1024];
         let time = |f: &dyn Fn()| {
-            (0..3)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed()
-                })
-                .min()
-                .unwrap()
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed()
         };
-        let ours = time(&|| {
+        let ours = || {
             let mut s = RunningSha::new();
             for _ in 0..256 {
                 s.update(&data);
             }
             std::hint::black_box(s.finalize());
-        });
-        let theirs = time(&|| {
+        };
+        let theirs = || {
             let mut s = Sha256::new();
             for _ in 0..256 {
                 s.update(&data);
             }
             std::hint::black_box(s.finalize());
-        });
-        eprintln!("64 MiB: RunningSha {ours:?}, Sha256 {theirs:?}");
+        };
+        let (mut best_ours, mut best_theirs) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..3 {
+            best_ours = best_ours.min(time(&ours));
+            best_theirs = best_theirs.min(time(&theirs));
+        }
+        eprintln!("64 MiB: RunningSha {best_ours:?}, Sha256 {best_theirs:?}");
         assert!(
-            ours.as_secs_f64() <= theirs.as_secs_f64() * 1.25,
-            "RunningSha {ours:?} vs Sha256 {theirs:?}"
+            best_ours.as_secs_f64() <= best_theirs.as_secs_f64() * 1.25,
+            "RunningSha {best_ours:?} vs Sha256 {best_theirs:?}"
         );
     }
 }

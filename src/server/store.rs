@@ -2,7 +2,8 @@
 //! request on their way in ([`Part`]), and the record of an upload ([`Info`]).
 //!
 //! The protocol code (`handlers`, `append`, `uploads`) speaks only to this trait; the
-//! directory store (`dir_store`) is its implementation today. The seam is cut where a store
+//! directory store (`dir_store`, `--dir`) and the S3 store (`s3_store`, `--store s3://`) are
+//! its implementations. The seam is cut where a store
 //! that keeps nothing on the server's disk (an object store, shared by several servers) differs
 //! from a directory, and nowhere else:
 //! - A body is appended through a [`Part`], in batches, and only [`Part::commit`] says the
@@ -20,10 +21,11 @@
 //!
 //! Every method blocks: callers run them on the blocking pool (`uploads::blocking`), which is
 //! also what lets a body's batches be hashed and written while the next ones arrive. The
-//! per-upload lock stays in `uploads`, in memory: one server instance owns its uploads. Where
-//! several server processes share one store (`upload serve --stdio`, one process per ssh
-//! session), [`Store::claim`] keeps them apart, upload by upload; a store used by one process
-//! only needs nothing for it (the default).
+//! per-upload lock stays in `uploads`, in memory. Where several server processes share one
+//! store (`upload serve --stdio`, one process per ssh session; or server instances on one
+//! bucket, [`Store::shared`]), [`Store::claim`] keeps them apart, upload by upload; a store
+//! used by one process only needs nothing for it (the default). An upload's running SHA-256
+//! travels in its record ([`Info::running_sha256`]), so no store has to read bytes back.
 
 use super::names::Id;
 use super::running_sha::{RunningSha, ShaState};
