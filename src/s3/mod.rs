@@ -337,6 +337,55 @@ pub struct ObjectHead {
     /// `x-amz-checksum-sha256`: a part's plain SHA-256, or for a multipart object the
     /// SHA-256 of its parts' SHA-256s (base64, sometimes with `-N`, the part count).
     pub sha256: Option<String>,
+    /// `x-amz-meta-sha256`: the whole object's SHA-256 (hex) as its writer recorded it (the
+    /// tus server's store does, for its no-clobber check).
+    pub meta_sha256: Option<String>,
+}
+
+/// What a write asks of the object already at its key, S3's conditional writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition<'a> {
+    /// Write whatever is there.
+    Any,
+    /// Only if nothing is at the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object there has this ETag (`If-Match`).
+    Matches(&'a str),
+}
+
+impl Condition<'_> {
+    fn header(&self) -> Option<(&'static str, String)> {
+        match self {
+            Condition::Any => None,
+            Condition::Absent => Some(("if-none-match", "*".to_string())),
+            Condition::Matches(etag) => Some(("if-match", etag.to_string())),
+        }
+    }
+}
+
+/// A small object read whole (a record, a piece of an upload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub body: Bytes,
+    pub etag: String,
+}
+
+/// An object as ListObjectsV2 lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// ISO 8601, as S3 gives it.
+    pub last_modified: String,
+}
+
+/// Did a conditional write lose? 412 (the condition), or 409 (AWS: a conditional write raced
+/// another on the same key).
+fn precondition_failed(e: &ClientError) -> bool {
+    matches!(e, ClientError::ObjectStore { status, code, .. }
+        if *status == StatusCode::PRECONDITION_FAILED
+            || code == "PreconditionFailed"
+            || code == "ConditionalRequestConflict")
 }
 
 /// A multipart upload not completed nor aborted.
@@ -705,6 +754,7 @@ impl S3Client {
                 .unwrap_or_default(),
             etag: get("etag").unwrap_or_default(),
             sha256: get("x-amz-checksum-sha256"),
+            meta_sha256: get("x-amz-meta-sha256"),
         };
         let _ = collect(resp).await;
         Ok(Some(head))
@@ -727,6 +777,205 @@ impl S3Client {
             .expect("valid request");
         let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
         ok_text("PutObject", resp).await.map(|_| ())
+    }
+
+    /// PutObject of a small body under `condition`, with `meta` (`x-amz-meta-*` headers,
+    /// lowercase). The new object's ETag, or `None` when the condition did not hold.
+    pub async fn put_object(
+        &mut self,
+        key: &str,
+        body: Bytes,
+        condition: Condition<'_>,
+        meta: &[(&str, String)],
+    ) -> Result<Option<String>, ClientError> {
+        let mut headers = vec![("content-length", body.len().to_string())];
+        headers.extend(condition.header());
+        headers.extend(meta.iter().cloned());
+        let req = self
+            .request(Method::PUT, Some(key), &[], &headers)
+            .body(Self::full(body))
+            .expect("valid request");
+        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match ok_text("PutObject", resp).await {
+            Ok(_) => etag
+                .map(Some)
+                .ok_or_else(|| ClientError::Protocol("PutObject answered without an ETag".into())),
+            Err(e) if precondition_failed(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GetObject of a small object, read whole; `None` when there is none.
+    pub async fn get_object(&mut self, key: &str) -> Result<Option<Object>, ClientError> {
+        let req = self
+            .request(Method::GET, Some(key), &[], &[])
+            .body(TusClient::empty())
+            .expect("valid request");
+        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            let text = collect(resp).await.unwrap_or_default();
+            // A missing bucket is no missing object: that must stop the caller.
+            if text.contains("NoSuchBucket") {
+                return Err(classify("GetObject", StatusCode::NOT_FOUND, &text));
+            }
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(error_of("GetObject", resp).await);
+        }
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))??
+            .to_bytes();
+        Ok(Some(Object { body, etag }))
+    }
+
+    /// DeleteObject; an object already gone counts as deleted (S3 answers 204 either way).
+    pub async fn delete_object(&mut self, key: &str) -> Result<(), ClientError> {
+        let req = self
+            .request(Method::DELETE, Some(key), &[], &[])
+            .body(TusClient::empty())
+            .expect("valid request");
+        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            let _ = collect(resp).await;
+            return Ok(());
+        }
+        ok_text("DeleteObject", resp).await.map(|_| ())
+    }
+
+    /// ListObjectsV2 under `prefix`, all pages.
+    pub async fn list_objects(&mut self, prefix: &str) -> Result<Vec<ListedObject>, ClientError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+            if !token.is_empty() {
+                query.push(("continuation-token", &token));
+            }
+            let req = self
+                .request(Method::GET, None, &query, &[])
+                .body(TusClient::empty())
+                .expect("valid request");
+            let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+            let text = ok_text("ListObjectsV2", resp).await?;
+            for c in xml::all(&text, "Contents") {
+                out.push(ListedObject {
+                    key: xml::first(&c, "Key").unwrap_or_default(),
+                    size: xml::first(&c, "Size")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_default(),
+                    last_modified: xml::first(&c, "LastModified").unwrap_or_default(),
+                });
+            }
+            let truncated = xml::first(&text, "IsTruncated").is_some_and(|t| t == "true");
+            match xml::first(&text, "NextContinuationToken") {
+                Some(t) if truncated && !t.is_empty() && t != token => token = t,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// CreateMultipartUpload without part checksums (the parts' MD5 ETags are what
+    /// completing checks), with `meta` (`x-amz-meta-*` headers, lowercase) for the object.
+    pub async fn create_multipart_with(
+        &mut self,
+        key: &str,
+        meta: &[(&str, String)],
+    ) -> Result<String, ClientError> {
+        let req = self
+            .request(Method::POST, Some(key), &[("uploads", "")], meta)
+            .body(TusClient::empty())
+            .expect("valid request");
+        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let text = ok_text("CreateMultipartUpload", resp).await?;
+        xml::first(&text, "UploadId")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "CreateMultipartUpload answered without an UploadId: {}",
+                    clip(&text)
+                ))
+            })
+    }
+
+    /// UploadPartCopy: bytes `first..=last` of the object at `source` (same bucket) as part
+    /// `number`. The part's ETag.
+    pub async fn upload_part_copy(
+        &mut self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        (first, last): (u64, u64),
+    ) -> Result<String, ClientError> {
+        let n = number.to_string();
+        let copy_source = format!("/{}/{}", self.bucket, sigv4::encode_path(source));
+        let req = self
+            .request(
+                Method::PUT,
+                Some(key),
+                &[("partNumber", &n), ("uploadId", upload_id)],
+                &[
+                    ("x-amz-copy-source", copy_source),
+                    ("x-amz-copy-source-range", format!("bytes={first}-{last}")),
+                ],
+            )
+            .body(TusClient::empty())
+            .expect("valid request");
+        // Copying inside the store takes time by the size; S3 sends spaces meanwhile.
+        let resp = self.send(req, Some(10 * REQUEST_TIMEOUT)).await?;
+        let text = ok_text("UploadPartCopy", resp).await?;
+        xml::first(&text, "ETag")
+            .ok_or_else(|| ClientError::Protocol("UploadPartCopy answered without an ETag".into()))
+    }
+
+    /// CompleteMultipartUpload of `parts` (number, ETag), with `condition` on the object at
+    /// the key. `false` when the condition did not hold (nothing was completed).
+    pub async fn complete_parts(
+        &mut self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        condition: Condition<'_>,
+    ) -> Result<bool, ClientError> {
+        let mut body = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            body.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                xml::escape(etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let mut headers = vec![("content-length", body.len().to_string())];
+        headers.extend(condition.header());
+        let req = self
+            .request(
+                Method::POST,
+                Some(key),
+                &[("uploadId", upload_id)],
+                &headers,
+            )
+            .body(Self::full(body))
+            .expect("valid request");
+        let resp = self.send(req, Some(10 * REQUEST_TIMEOUT)).await?;
+        match ok_text("CompleteMultipartUpload", resp).await {
+            Ok(_) => Ok(true),
+            Err(e) if precondition_failed(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// AbortMultipartUpload; an upload already gone counts as aborted.

@@ -20,13 +20,13 @@
 use super::app::App;
 use super::error::{ApiError, Interruption};
 use super::names::{Id, safe_name};
+use super::running_sha::RunningSha;
 use super::store::{Info, Part, State, now_ms};
 use super::uploads::{Held, blocking};
 use crate::protocol::{Checksum, ChecksumHasher, Metadata, meta};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
 
 /// What a request says about its body, beyond the offset checked by the caller.
 #[derive(Debug, Default)]
@@ -86,7 +86,7 @@ pub(crate) async fn append(
         None => {
             // Kept at once, not only on commit: hashing a multi-GB part file can outlast the
             // client's patience, and a discarded body must not make the next one hash again.
-            let sha = rebuild_sha(app, &id, start).await?;
+            let sha = rebuild_sha(app, &id, &upload.info).await?;
             held.upload().sha = Some(sha.clone());
             sha
         }
@@ -210,12 +210,13 @@ async fn commit(
     held: &mut Held,
     part: Box<dyn Part>,
     received: u64,
-    sha: Sha256,
+    sha: RunningSha,
 ) -> Result<u64, ApiError> {
     blocking(move || part.commit()).await?;
     let upload = held.upload();
     upload.info.offset += received;
     upload.info.last_activity_ms = now_ms();
+    upload.info.running_sha256 = Some(sha.save());
     upload.sha = Some(sha);
     save(app, &upload.id, &upload.info).await?;
     tracing::debug!(id = %upload.id, received, offset = upload.info.offset, "committed");
@@ -228,9 +229,17 @@ pub(crate) async fn save(app: &App, id: &Id, info: &Info) -> Result<(), ApiError
     blocking(move || store.save_info(&info, &id)).await
 }
 
-/// The SHA-256 state of what an upload has received, for one first touched since a restart:
-/// read back once from the part file.
-async fn rebuild_sha(app: &App, id: &Id, len: u64) -> Result<Sha256, ApiError> {
+/// The SHA-256 state of what an upload has received, for one first touched since a restart
+/// (or, on a shared store, since this request began): the state saved in its record, else
+/// read back once from the store.
+async fn rebuild_sha(app: &App, id: &Id, info: &Info) -> Result<RunningSha, ApiError> {
+    if let Some(sha) = info.resume_sha() {
+        return Ok(sha);
+    }
+    if info.offset == 0 {
+        return Ok(RunningSha::new());
+    }
+    let len = info.offset;
     tracing::info!(%id, bytes = len, "rebuilding the running SHA-256 from the part file");
     let store = app.uploads.store().clone();
     let id = id.clone();
@@ -258,9 +267,9 @@ pub(crate) async fn complete(app: &App, held: &mut Held) -> Result<Published, Ap
     let id = upload.id.clone();
     let sha = match upload.sha.take() {
         Some(sha) => sha,
-        None => rebuild_sha(app, &id, upload.info.offset).await?,
+        None => rebuild_sha(app, &id, &upload.info).await?,
     };
-    let received: [u8; 32] = sha.finalize().into();
+    let received: [u8; 32] = sha.finalize();
     let upload = held.upload();
     let declared = match upload.info.expected_sha256.as_deref() {
         None => None,
@@ -372,7 +381,7 @@ async fn discard(part: Box<dyn Part>) -> Result<(), ApiError> {
 /// handed over, and the write error that stopped it, if any.
 struct Written {
     part: Box<dyn Part>,
-    sha: Sha256,
+    sha: RunningSha,
     checksum: Option<ChecksumHasher>,
     error: Option<std::io::Error>,
 }
@@ -397,7 +406,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(part: Box<dyn Part>, sha: Sha256, checksum: Option<ChecksumHasher>) -> Writer {
+    fn spawn(part: Box<dyn Part>, sha: RunningSha, checksum: Option<ChecksumHasher>) -> Writer {
         Writer {
             idle: Some(Written {
                 part,

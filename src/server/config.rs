@@ -3,6 +3,7 @@
 
 use super::auth::Token;
 use super::cors::Cors;
+pub use super::s3_store::S3Target;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,11 @@ use std::time::Duration;
 /// What the server needs to know; `Config::new` has the defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Finished uploads land here; unfinished ones in `dir/.partial`.
+    /// Finished uploads land here; unfinished ones in `dir/.partial`. Unused with `s3`.
     pub dir: PathBuf,
+    /// Keep uploads in this S3 bucket and prefix instead of `dir` (`--store s3://...`):
+    /// nothing per upload on this machine's disk, and several instances may share it.
+    pub s3: Option<S3Target>,
     /// Accepted bearer tokens; `None` accepts anyone.
     pub tokens: Option<Vec<Token>>,
     /// Publish each token's uploads in `dir/<token name>/` and hide them from other tokens
@@ -53,6 +57,7 @@ impl Config {
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
+            s3: None,
             tokens: None,
             per_token_dirs: false,
             max_uploads_per_token: Self::DEFAULT_MAX_UPLOADS_PER_TOKEN,

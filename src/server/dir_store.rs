@@ -42,6 +42,7 @@
 
 use super::delta::{Assembled, DeltaStore, Refusal};
 use super::names::{self, Id};
+use super::running_sha::RunningSha;
 use super::store::{Capabilities, Info, Part, State, Store, TokenDir};
 use crate::delta::{FileIdentity, FormatError, Index, Params, RecipeReader, recipe};
 use bytes::Bytes;
@@ -469,9 +470,9 @@ impl Store for DirStore {
 
     /// The SHA-256 state of the first `len` bytes of the part file, for an upload first touched
     /// since a restart.
-    fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256> {
+    fn hash_part(&self, id: &Id, len: u64) -> io::Result<RunningSha> {
         let file = File::open(self.part_path(id))?;
-        let mut sha = Sha256::new();
+        let mut sha = RunningSha::new();
         let mut reader = file.take(len);
         let mut buf = vec![0; 1 << 20];
         loop {
@@ -967,6 +968,7 @@ mod tests {
             metadata: String::new(),
             expected_sha256: None,
             owner: None,
+            running_sha256: None,
             created_ms: now_ms(),
             last_activity_ms: now_ms(),
             state: State::Partial,

@@ -19,6 +19,13 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "cannot use {url} as the upload store: {source}; the bucket must exist and the \
+         credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials) may \
+         write to it, e.g. upload serve --store s3://my-bucket/uploads/ --endpoint \
+         http://127.0.0.1:9000 --no-auth"
+    )]
+    Store { url: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

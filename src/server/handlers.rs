@@ -20,7 +20,6 @@ use axum::extract::{DefaultBodyLimit, Path, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// `Upload-Metadata` longer than this is refused (431): metadata is names and hashes, and what
@@ -371,6 +370,7 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
         metadata: metadata.to_string(),
         expected_sha256,
         owner: caller.name.map(str::to_string),
+        running_sha256: None,
         created_ms: now,
         last_activity_ms: now,
         state: State::Partial,
@@ -382,7 +382,7 @@ async fn create(app: &App, caller: Caller<'_>, req: Request) -> Result<Response,
         .insert(Upload {
             id: id.clone(),
             info,
-            sha: Some(Sha256::new()),
+            sha: Some(super::running_sha::RunningSha::new()),
         })
         .await?;
     if let Err(e) = blocking(move || store.create(&create_info, &create_id)).await {

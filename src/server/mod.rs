@@ -19,6 +19,9 @@
 //!   body on its way in (`Part`), an upload's record (`Info`);
 //! - `dir_store`: the store for `--dir DIR`: the files (`DIR/.partial/<id>.part` and
 //!   `.info`), crash consistency, publishing by hard link;
+//! - `s3_store`: the store for `--store s3://BUCKET/PREFIX`: the record in the bucket as the
+//!   commit point, pieces and parts, the lease that lets several instances share a bucket;
+//! - `running_sha`: the upload's SHA-256 in progress, saved with each record and resumed;
 //! - `delta`: delta uploads (issue 13): the index route, the base check at creation, and
 //!   assembling a finished recipe into the new file (a store capability, `DeltaStore`);
 //! - `names`: ids and safe published names; `auth`: bearer tokens and their names;
@@ -102,11 +105,13 @@ mod error;
 mod handlers;
 mod names;
 mod receiving;
+mod running_sha;
+mod s3_store;
 mod store;
 mod uploads;
 
 pub use auth::{Token, load_token_file};
-pub use config::{Config, default_max_size};
+pub use config::{Config, S3Target, default_max_size};
 pub use cors::{BadOrigin, Cors};
 pub use error::ServerError;
 pub use names::{Id, is_invisible, safe_name};
@@ -144,7 +149,16 @@ pub struct Server {
 impl Server {
     /// Creates `DIR/.partial` when missing and binds `addr` (port 0 picks a free port).
     pub async fn bind(config: Config, addr: SocketAddr) -> Result<Server, ServerError> {
-        let app = prepare(config, false)?;
+        let s3 = match &config.s3 {
+            Some(target) => Some(s3_store::S3Store::open(target.clone()).await.map_err(
+                |source| ServerError::Store {
+                    url: target.url(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let app = prepare(config, s3, false)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -182,7 +196,10 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         let tls = app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let dir = app.config.dir.display();
+        let dir = match &app.config.s3 {
+            Some(target) => target.url(),
+            None => app.config.dir.display().to_string(),
+        };
         tracing::info!(%local_addr, %dir, tls = tls.is_some(), "serving");
         tokio::pin!(shutdown);
         loop {
@@ -233,9 +250,14 @@ impl Server {
     }
 }
 
-/// Checks `config`, opens and recovers the store, and builds what every request shares.
-/// `shared`: other server processes use the store too (`serve --stdio`): claim uploads.
-fn prepare(config: Config, shared: bool) -> Result<App, ServerError> {
+/// Checks `config`, opens and recovers the store (the S3 store `s3`, opened already, or the
+/// directory), and builds what every request shares.
+/// `shared`: other server processes use the directory too (`serve --stdio`): claim uploads.
+fn prepare(
+    config: Config,
+    s3: Option<s3_store::S3Store>,
+    shared: bool,
+) -> Result<App, ServerError> {
     if config.tokens.as_ref().is_some_and(Vec::is_empty) {
         return Err(ServerError::NoTokens { path: None });
     }
@@ -253,6 +275,59 @@ fn prepare(config: Config, shared: bool) -> Result<App, ServerError> {
         .as_deref()
         .map(auth::Tokens::new)
         .transpose()?;
+    let (store, max_size): (Arc<dyn Store>, u64) = match s3 {
+        // Nothing on this disk to recover or measure: S3's largest object is the limit.
+        Some(store) => (
+            Arc::new(store),
+            config.max_size.unwrap_or(crate::s3::MAX_OBJECT),
+        ),
+        None => {
+            let store = open_dir_store(&config, tokens.as_ref(), shared)?;
+            let max_size = match config.max_size {
+                Some(max) => max,
+                None => {
+                    let free = store.free_space().map_err(|source| ServerError::Dir {
+                        path: config.dir.clone(),
+                        source,
+                    })?;
+                    let max = default_max_size(free);
+                    let (free, largest) = (crate::units::Size(free), crate::units::Size(max));
+                    tracing::info!(
+                        %free,
+                        %largest,
+                        "largest upload: 95 % of the free space (--max-size to choose)"
+                    );
+                    max
+                }
+            };
+            (Arc::new(store), max_size)
+        }
+    };
+    let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
+    let capabilities = store.capabilities();
+    let expire_after = capabilities.expiration.then_some(config.expire_after);
+    let uploads = uploads::Uploads::new(store, expire_after);
+    Ok(App {
+        max_size,
+        capabilities,
+        tokens,
+        uploads: if shared {
+            uploads.with_claims()
+        } else {
+            uploads
+        },
+        receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
+        config,
+    })
+}
+
+/// Opens and recovers the directory store; with `shared` (`serve --stdio`) removes the
+/// expired uploads no other process claims.
+fn open_dir_store(
+    config: &Config,
+    tokens: Option<&auth::Tokens>,
+    shared: bool,
+) -> Result<dir_store::DirStore, ServerError> {
     let store = dir_store::DirStore::open(&config.dir).map_err(|source| ServerError::Dir {
         path: config.dir.clone(),
         source,
@@ -273,41 +348,9 @@ fn prepare(config: Config, shared: bool) -> Result<App, ServerError> {
         }
     }
     if config.per_token_dirs {
-        check_token_dirs(&store, tokens.as_ref())?;
+        check_token_dirs(&store, tokens)?;
     }
-    let max_size = match config.max_size {
-        Some(max) => max,
-        None => {
-            let free = store.free_space().map_err(|source| ServerError::Dir {
-                path: config.dir.clone(),
-                source,
-            })?;
-            let max = default_max_size(free);
-            let (free, largest) = (crate::units::Size(free), crate::units::Size(max));
-            tracing::info!(
-                %free,
-                %largest,
-                "largest upload: 95 % of the free space (--max-size to choose)"
-            );
-            max
-        }
-    };
-    let groups = tokens.as_ref().map_or(1, auth::Tokens::count);
-    let capabilities = store.capabilities();
-    let expire_after = capabilities.expiration.then_some(config.expire_after);
-    let uploads = uploads::Uploads::new(Arc::new(store), expire_after);
-    Ok(App {
-        max_size,
-        capabilities,
-        tokens,
-        uploads: if shared {
-            uploads.with_claims()
-        } else {
-            uploads
-        },
-        receiving: receiving::Receiving::new(groups, config.max_uploads_per_token),
-        config,
-    })
+    Ok(store)
 }
 
 /// Serves one HTTP/1.1 connection on `io` (stdin and stdout of `upload serve --stdio`) until
@@ -319,7 +362,7 @@ pub async fn serve_stdio(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let app = Arc::new(prepare(config, true)?);
+    let app = Arc::new(prepare(config, None, true)?);
     let router = handlers::router(app.clone());
     let (stop, stopping) = watch::channel(false);
     let dir = app.config.dir.display();

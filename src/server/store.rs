@@ -2,7 +2,8 @@
 //! request on their way in ([`Part`]), and the record of an upload ([`Info`]).
 //!
 //! The protocol code (`handlers`, `append`, `uploads`) speaks only to this trait; the
-//! directory store (`dir_store`) is its implementation today. The seam is cut where a store
+//! directory store (`dir_store`, `--dir`) and the S3 store (`s3_store`, `--store s3://`) are
+//! its implementations. The seam is cut where a store
 //! that keeps nothing on the server's disk (an object store, shared by several servers) differs
 //! from a directory, and nowhere else:
 //! - A body is appended through a [`Part`], in batches, and only [`Part::commit`] says the
@@ -20,15 +21,16 @@
 //!
 //! Every method blocks: callers run them on the blocking pool (`uploads::blocking`), which is
 //! also what lets a body's batches be hashed and written while the next ones arrive. The
-//! per-upload lock stays in `uploads`, in memory: one server instance owns its uploads. Where
-//! several server processes share one store (`upload serve --stdio`, one process per ssh
-//! session), [`Store::claim`] keeps them apart, upload by upload; a store used by one process
-//! only needs nothing for it (the default).
+//! per-upload lock stays in `uploads`, in memory. Where several server processes share one
+//! store (`upload serve --stdio`, one process per ssh session; or server instances on one
+//! bucket, [`Store::shared`]), [`Store::claim`] keeps them apart, upload by upload; a store
+//! used by one process only needs nothing for it (the default). An upload's running SHA-256
+//! travels in its record ([`Info::running_sha256`]), so no store has to read bytes back.
 
 use super::names::Id;
+use super::running_sha::{RunningSha, ShaState};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,8 +52,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn open_part(&self, id: &Id, offset: u64) -> io::Result<Box<dyn Part>>;
 
     /// The SHA-256 state of an upload's first `len` bytes, read back from the store, for an
-    /// upload first touched since a restart.
-    fn hash_part(&self, id: &Id, len: u64) -> io::Result<Sha256>;
+    /// upload first touched since a restart whose record holds no state
+    /// ([`Info::running_sha256`], absent from records older than it). A store that cannot
+    /// read its bytes back says so with an error.
+    fn hash_part(&self, id: &Id, len: u64) -> io::Result<RunningSha>;
 
     /// Removes an upload, its record first: once the record is gone the upload is gone.
     fn remove(&self, id: &Id) -> io::Result<()>;
@@ -103,6 +107,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn claim(&self, id: &Id) -> io::Result<Option<Claim>> {
         let _ = id;
         Ok(Some(Claim::default()))
+    }
+
+    /// Whether several server instances use this store at once, each started on its own
+    /// (`serve --store s3://...` behind one address): then every request claims its upload
+    /// ([`Store::claim`]) for its own length only and reads the record again, since another
+    /// instance may have moved it on since this one last looked (see `uploads`).
+    fn shared(&self) -> bool {
+        false
     }
 }
 
@@ -163,6 +175,12 @@ pub struct Info {
     /// auth, and in info files written before owners were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The running SHA-256 of bytes `0..offset`, saved with the offset it belongs to, so the
+    /// upload resumes without reading its bytes again (an object store cannot). Absent in
+    /// records written before it was kept: the store then hashes what it holds
+    /// ([`Store::hash_part`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_sha256: Option<ShaState>,
     /// Unix milliseconds.
     pub created_ms: u64,
     /// Unix milliseconds of the last POST or PATCH: expiry counts from here.
@@ -203,6 +221,14 @@ impl Info {
 
     pub fn is_complete(&self) -> bool {
         self.length == Some(self.offset)
+    }
+
+    /// The saved running SHA-256, when there is one for exactly the committed offset.
+    pub(crate) fn resume_sha(&self) -> Option<RunningSha> {
+        self.running_sha256
+            .as_ref()
+            .filter(|s| s.len == self.offset)
+            .and_then(RunningSha::resume)
     }
 }
 

@@ -20,11 +20,16 @@
 //! is loaded or created, and the claim stays with its slot for the life of the process; so what
 //! is cached here cannot go stale behind our back, and a newer session's process takes an
 //! upload over from a lingering one instead of waiting for it.
+//!
+//! Several server instances on one shared store (`Store::shared`, the S3 store): each request
+//! claims its upload for its own length (the claim is in [`Held`] and goes with it), and reads
+//! the upload's record again after claiming, since another instance may have moved it on
+//! since this one last looked; what is cached here only serves the request holding it.
 
 use super::error::ApiError;
 use super::names::Id;
+use super::running_sha::RunningSha;
 use super::store::{Claim, Info, State, Store};
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -45,7 +50,7 @@ pub(crate) struct Upload {
     pub info: Info,
     /// SHA-256 of the part file's bytes `0..info.offset`. `None` until rebuilt from disk (after
     /// a restart) or once published.
-    pub sha: Option<Sha256>,
+    pub sha: Option<RunningSha>,
 }
 
 // One per upload, already behind its own Arc: boxing the big variant would buy nothing.
@@ -73,6 +78,8 @@ pub(crate) struct Held {
     guard: OwnedMutexGuard<Entry>,
     /// Changes when another request wants this upload: stop and let go.
     pub takeover: watch::Receiver<u64>,
+    /// On a shared store: this request's claim, let go with it.
+    _claim: Option<Claim>,
 }
 
 impl Held {
@@ -92,15 +99,31 @@ pub(crate) struct Uploads {
     expire_after: Option<Duration>,
     /// Claim each upload from the store before loading it (see the module doc).
     claims: bool,
+    /// The store is shared by instances: claim and reload per request (see the module doc).
+    per_request: bool,
 }
 
 impl Uploads {
     pub fn new(store: Arc<dyn Store>, expire_after: Option<Duration>) -> Uploads {
         Uploads {
+            per_request: store.shared(),
             store,
             slots: Mutex::new(HashMap::new()),
             expire_after,
             claims: false,
+        }
+    }
+
+    /// On a shared store, this request's claim on `id`, read fresh from the store; `Busy`
+    /// while another instance holds it. `None` elsewhere.
+    async fn claim_for_request(&self, id: &Id) -> Result<Option<Claim>, ApiError> {
+        if !self.per_request {
+            return Ok(None);
+        }
+        let (store, claim_id) = (self.store.clone(), id.clone());
+        match blocking(move || store.claim(&claim_id)).await? {
+            Some(claim) => Ok(Some(claim)),
+            None => Err(ApiError::Busy),
         }
     }
 
@@ -163,11 +186,13 @@ impl Uploads {
         let slot = self.slot(&upload.id.clone());
         let mut guard = slot.entry.clone().lock_owned().await;
         self.claim(&upload.id, &slot).await?;
+        let claim = self.claim_for_request(&upload.id).await?;
         let _ = slot.owner.set(upload.info.owner.clone());
         *guard = Entry::Loaded(upload);
         Ok(Held {
             guard,
             takeover: slot.takeover.subscribe(),
+            _claim: claim,
         })
     }
 
@@ -203,6 +228,11 @@ impl Uploads {
         slot: &Arc<Slot>,
         mut guard: OwnedMutexGuard<Entry>,
     ) -> Result<Ready, ApiError> {
+        let claim = self.claim_for_request(id).await?;
+        if claim.is_some() && matches!(*guard, Entry::Loaded(_)) {
+            // Another instance may have moved it on: read it again.
+            *guard = Entry::Unloaded;
+        }
         if let Entry::Unloaded = *guard {
             // Before loading: loading truncates the part to its committed offset, which must
             // not happen under a process still appending to it.
@@ -219,7 +249,7 @@ impl Uploads {
                     })
                 }
                 None => {
-                    if self.claims {
+                    if self.claims && !self.per_request {
                         // No such upload: the lock file the claim made goes again.
                         let (store, gone) = (self.store.clone(), id.clone());
                         blocking(move || store.remove(&gone)).await?;
@@ -231,6 +261,7 @@ impl Uploads {
         let mut held = Held {
             guard,
             takeover: slot.takeover.subscribe(),
+            _claim: claim,
         };
         let expired = match &*held.guard {
             Entry::Loaded(upload) => self
@@ -295,8 +326,12 @@ impl Uploads {
             let Ok(guard) = slot.entry.clone().try_lock_owned() else {
                 continue;
             };
-            if let Ready::Expired = self.ready(&id, &slot, guard).await? {
-                removed += 1;
+            match self.ready(&id, &slot, guard).await {
+                Ok(Ready::Expired) => removed += 1,
+                Ok(_) => {}
+                // In use by another instance: active, so not expired.
+                Err(ApiError::Busy) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(removed)

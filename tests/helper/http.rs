@@ -98,6 +98,18 @@ impl Drop for TestServer {
     }
 }
 
+/// A request to the server at `addr` (an `upload serve` process, say), built as
+/// [`TestServer::req`] builds one.
+pub fn req_to(addr: SocketAddr, method: &str, path: &str) -> Req {
+    Req {
+        addr,
+        method: method.to_string(),
+        path: path.to_string(),
+        headers: vec![("Tus-Resumable".into(), "1.0.0".into())],
+        body: Bytes::new(),
+    }
+}
+
 /// A request being built; `Tus-Resumable: 1.0.0` is there unless removed.
 pub struct Req {
     addr: SocketAddr,
