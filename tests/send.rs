@@ -84,7 +84,10 @@ fn empty_and_one_byte_files() {
         let file = env.file(name, len);
         let (code, ev, stderr) = send(&env, &file, &server.url(), &[]);
         assert_eq!(code, Some(0), "{name}: {stderr}");
-        assert_eq!(event(&ev, "done").unwrap()["sha256"], sha256_file(&file));
+        let done = event(&ev, "done").unwrap();
+        assert_eq!(done["sha256"], sha256_file(&file));
+        // An empty file is published at creation; the client still learns where.
+        assert_eq!(done["published_as"], name, "{done}");
         assert_eq!(
             std::fs::read(server.dir.join(name)).unwrap(),
             pattern(len, 7)

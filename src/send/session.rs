@@ -397,7 +397,12 @@ impl<D: Destination> Session<D> {
                     offset: 0,
                     hasher: Sha256::new(),
                 });
-                return Ok(0);
+                // An empty file is complete once created (the server publishes it then):
+                // ask, as after a resume, for its digest and the name it was published under.
+                if size > 0 {
+                    return Ok(0);
+                }
+                continue;
             }
             let url = self.upload_url()?;
             self.follow_parts(&url);
