@@ -11,7 +11,9 @@ use crate::helper::http::{TestServer, req_to};
 use crate::helper::proxy::Proxy;
 use crate::helper::s3::{KEY_ID, S3Server, SECRET};
 use crate::helper::serve::ServeProcess;
-use crate::helper::{Env, json_events, kill9, pattern, run, send_until_progress, wait_at_most};
+use crate::helper::{
+    Env, json_events, kill9, pattern, run, send_json, send_until_progress, wait_at_most,
+};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -57,15 +59,12 @@ fn done(stdout: &str) -> serde_json::Value {
 
 /// `upload send FILE URL --json EXTRA`, which must succeed; its done event.
 fn send_ok(env: &Env, file: &Path, url: &str, extra: &[&str]) -> serde_json::Value {
-    let (out, stdout, stderr) = run(env
-        .upload()
-        .arg("send")
-        .arg(file)
-        .arg(url)
-        .arg("--json")
-        .args(extra));
-    assert!(out.status.success(), "{stderr}");
-    done(&stdout)
+    let (code, events, stderr) = send_json(env, file, url, extra);
+    assert_eq!(code, Some(0), "{stderr}");
+    events
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event: {stderr}"))
 }
 
 /// The keys of the store's own objects under `prefix` (`PREFIX/.uploads/...`), by boto3: one

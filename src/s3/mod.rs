@@ -557,25 +557,8 @@ impl S3Client {
 
     /// CreateMultipartUpload with SHA-256 part checksums; the upload id.
     pub async fn create_multipart(&mut self, key: &str) -> Result<String, ClientError> {
-        let req = self
-            .request(
-                Method::POST,
-                Some(key),
-                &[("uploads", "")],
-                &[("x-amz-checksum-algorithm", "SHA256".into())],
-            )
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
-        let text = ok_text("CreateMultipartUpload", resp).await?;
-        xml::first(&text, "UploadId")
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| {
-                ClientError::Protocol(format!(
-                    "CreateMultipartUpload answered without an UploadId: {}",
-                    clip(&text)
-                ))
-            })
+        self.create_multipart_with(key, &[("x-amz-checksum-algorithm", "SHA256".into())])
+            .await
     }
 
     /// UploadPart: `len` bytes from `body` as part `number`, with its SHA-256 (base64) for
@@ -888,8 +871,9 @@ impl S3Client {
         Ok(out)
     }
 
-    /// CreateMultipartUpload without part checksums (the parts' MD5 ETags are what
-    /// completing checks), with `meta` (`x-amz-meta-*` headers, lowercase) for the object.
+    /// CreateMultipartUpload with `meta` as its headers (lowercase): `x-amz-meta-*` for the
+    /// object, `x-amz-checksum-algorithm` for part checksums. Without one the parts' MD5
+    /// ETags are what completing checks.
     pub async fn create_multipart_with(
         &mut self,
         key: &str,
