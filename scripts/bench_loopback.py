@@ -493,12 +493,9 @@ def part_throttle(ctx: Ctx) -> dict:
 def run_send(ctx: Ctx, src: Path, server: Server, tag: str, sample_rss: bool) -> dict:
     """`upload send --json` to `server`; wall, CPU, RSS, the `done` event."""
     a = ctx.args
-    db = ctx.tmp / f"{tag}-client.db"
-    if a.one_server:
-        # The same file to the same URL again: a new transfer, not the finished one resumed.
-        for f in ctx.tmp.glob(f"{tag}-client.db*"):
-            f.unlink()
-    env = dict(os.environ, UPLOAD_DB=str(db))
+    # One database for every round, as a user's: a file sent again to the same URL is a new
+    # transfer (the finished one is not resumed).
+    env = dict(os.environ, UPLOAD_DB=str(ctx.tmp / f"{tag}-client.db"))
     cmd = [a.bin, "send", str(src), server.url, "--json"] + (["--chunk", a.chunk] if a.chunk else [])
     cmd += ["--no-base"] if a.one_server else []
     log(f"{tag}: {' '.join(cmd)}")
