@@ -858,6 +858,40 @@ mod tests {
     /// true one, neither flow is starved, and together they keep the queue near the target.
     /// (Two of our transfers never meet like this: under `upload run` one controller steers
     /// them all; this is another machine's polite upload on the same line.)
+    /// A slowdown holds the floor only as long as our own queue takes to drain (a few tenths
+    /// of a second at 128 kbit/s: the queue it starts from and a packet on the wire, twice),
+    /// not a fixed 0.8 s that left the link idle most of it; and slowdowns keep coming.
+    #[test]
+    fn a_slowdown_lasts_as_long_as_our_queue_takes_to_drain() {
+        let mut link = Link::new(128_000.0, Duration::from_secs(2));
+        let mut controller = Controller::new(Params::default());
+        let mut signal = Signal::default();
+        let (mut now, mut next_tick) = (Duration::ZERO, Duration::ZERO);
+        let (mut episodes, mut began) = (Vec::new(), None);
+        while now < Duration::from_secs(130) {
+            if now >= next_tick {
+                let sample = signal.read(&[(1, link.stats(now))]);
+                let slowing = controller.update(now, sample).state == State::Slowdown;
+                match (slowing, began) {
+                    (true, None) => began = Some(now),
+                    (false, Some(at)) => {
+                        episodes.push(now - at);
+                        began = None;
+                    }
+                    _ => {}
+                }
+                next_tick += TICK;
+            }
+            link.step(now, controller.rate(), false);
+            now += DT;
+        }
+        assert!(episodes.len() >= 3, "{episodes:?}");
+        assert!(
+            episodes.iter().all(|e| *e <= Duration::from_millis(500)),
+            "{episodes:?}"
+        );
+    }
+
     #[test]
     fn a_latecomer_learns_the_true_base_and_neither_starves() {
         let mut link = Link::new(1e6, Duration::from_secs(2));
