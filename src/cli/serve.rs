@@ -102,10 +102,11 @@ stops accepting, lets running requests go on for a few seconds, then keeps what 
 interrupted upload received (or discards it when it carried a checksum) and exits 0.";
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("kept").required(true).args(["dir", "store"])))]
 pub struct Args {
     /// Where finished uploads are published (it must exist); unfinished ones wait in
     /// DIR/.partial (created when missing). The same as --store DIR.
-    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
     /// Where uploads are kept: a directory (as --dir), or s3://BUCKET/PREFIX, an S3 bucket
