@@ -469,6 +469,21 @@ impl S3Client {
         self.http.disconnect();
     }
 
+    /// A request without a body (all of S3's but uploads and puts), with the usual timeout.
+    async fn send_empty(
+        &mut self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+    ) -> Result<Response<Incoming>, ClientError> {
+        let req = self
+            .request(method, key, query, headers)
+            .body(TusClient::empty())
+            .expect("valid request");
+        self.send(req, Some(REQUEST_TIMEOUT)).await
+    }
+
     /// A signed request for `key` (or the bucket itself) with `query` and the extra headers
     /// (lowercase names), all of them signed.
     fn request(
@@ -623,11 +638,7 @@ impl S3Client {
             if !marker.is_empty() {
                 query.push(("part-number-marker", &marker));
             }
-            let req = self
-                .request(Method::GET, Some(key), &query, &[])
-                .body(TusClient::empty())
-                .expect("valid request");
-            let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+            let resp = self.send_empty(Method::GET, Some(key), &query, &[]).await?;
             let text = ok_text("ListParts", resp).await?;
             for p in xml::all(&text, "Part") {
                 let number = xml::first(&p, "PartNumber").and_then(|n| n.parse().ok());
@@ -694,16 +705,14 @@ impl S3Client {
 
     /// HeadObject with checksums asked for; `None` when there is no such object.
     pub async fn head(&mut self, key: &str) -> Result<Option<ObjectHead>, ClientError> {
-        let req = self
-            .request(
+        let resp = self
+            .send_empty(
                 Method::HEAD,
                 Some(key),
                 &[],
                 &[("x-amz-checksum-mode", "ENABLED".into())],
             )
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let _ = collect(resp).await;
             return Ok(None);
@@ -713,16 +722,14 @@ impl S3Client {
             // AccessDenied?): a one-byte GET of the same key tells.
             let head_status = resp.status();
             let _ = collect(resp).await;
-            let req = self
-                .request(
+            let resp = self
+                .send_empty(
                     Method::GET,
                     Some(key),
                     &[],
                     &[("range", "bytes=0-0".into())],
                 )
-                .body(TusClient::empty())
-                .expect("valid request");
-            let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+                .await?;
             if resp.status().is_success() {
                 let _ = collect(resp).await;
                 return Err(classify("HeadObject", head_status, ""));
@@ -795,11 +802,7 @@ impl S3Client {
 
     /// GetObject of a small object, read whole; `None` when there is none.
     pub async fn get_object(&mut self, key: &str) -> Result<Option<Object>, ClientError> {
-        let req = self
-            .request(Method::GET, Some(key), &[], &[])
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let resp = self.send_empty(Method::GET, Some(key), &[], &[]).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let text = collect(resp).await.unwrap_or_default();
             // A missing bucket is no missing object: that must stop the caller.
@@ -826,11 +829,7 @@ impl S3Client {
 
     /// DeleteObject; an object already gone counts as deleted (S3 answers 204 either way).
     pub async fn delete_object(&mut self, key: &str) -> Result<(), ClientError> {
-        let req = self
-            .request(Method::DELETE, Some(key), &[], &[])
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let resp = self.send_empty(Method::DELETE, Some(key), &[], &[]).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let _ = collect(resp).await;
             return Ok(());
@@ -847,11 +846,7 @@ impl S3Client {
             if !token.is_empty() {
                 query.push(("continuation-token", &token));
             }
-            let req = self
-                .request(Method::GET, None, &query, &[])
-                .body(TusClient::empty())
-                .expect("valid request");
-            let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+            let resp = self.send_empty(Method::GET, None, &query, &[]).await?;
             let text = ok_text("ListObjectsV2", resp).await?;
             for c in xml::all(&text, "Contents") {
                 out.push(ListedObject {
@@ -879,11 +874,9 @@ impl S3Client {
         key: &str,
         meta: &[(&str, String)],
     ) -> Result<String, ClientError> {
-        let req = self
-            .request(Method::POST, Some(key), &[("uploads", "")], meta)
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let resp = self
+            .send_empty(Method::POST, Some(key), &[("uploads", "")], meta)
+            .await?;
         let text = ok_text("CreateMultipartUpload", resp).await?;
         xml::first(&text, "UploadId")
             .filter(|id| !id.is_empty())
@@ -964,11 +957,9 @@ impl S3Client {
 
     /// AbortMultipartUpload; an upload already gone counts as aborted.
     pub async fn abort(&mut self, key: &str, upload_id: &str) -> Result<(), ClientError> {
-        let req = self
-            .request(Method::DELETE, Some(key), &[("uploadId", upload_id)], &[])
-            .body(TusClient::empty())
-            .expect("valid request");
-        let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+        let resp = self
+            .send_empty(Method::DELETE, Some(key), &[("uploadId", upload_id)], &[])
+            .await?;
         match ok_text("AbortMultipartUpload", resp).await {
             Ok(_) | Err(ClientError::Gone(_)) => Ok(()),
             Err(e) => Err(e),
@@ -985,11 +976,7 @@ impl S3Client {
                 query.push(("key-marker", &key_marker));
                 query.push(("upload-id-marker", &id_marker));
             }
-            let req = self
-                .request(Method::GET, None, &query, &[])
-                .body(TusClient::empty())
-                .expect("valid request");
-            let resp = self.send(req, Some(REQUEST_TIMEOUT)).await?;
+            let resp = self.send_empty(Method::GET, None, &query, &[]).await?;
             let text = ok_text("ListMultipartUploads", resp).await?;
             for u in xml::all(&text, "Upload") {
                 out.push(PendingUpload {
