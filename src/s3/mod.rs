@@ -564,7 +564,8 @@ impl S3Client {
         self.http.send_request(req, timeout).await
     }
 
-    fn full(body: impl Into<Bytes>) -> ReqBody {
+    /// A body of bytes in memory.
+    pub(crate) fn full(body: impl Into<Bytes>) -> ReqBody {
         Full::new(body.into())
             .map_err(|never| match never {})
             .boxed()

@@ -403,28 +403,21 @@ impl Inner {
         Ok(out)
     }
 
-    /// Sends `bytes` as part `number` of the staging upload, creating it first when needed.
+    /// Sends `bytes` as part `number` of the staging upload `upload_id` (created by the
+    /// first part's sender, `S3Part::send_part`).
     async fn upload_part(
         &self,
         id: &Id,
-        layout: &mut Layout,
+        upload_id: &str,
         number: u32,
         bytes: Vec<Bytes>,
     ) -> io::Result<(String, u64)> {
         let key = self.staging_key(id);
         let mut c = self.client()?;
-        let upload_id = match &layout.upload_id {
-            Some(u) => u.clone(),
-            None => {
-                let u = c.create_multipart_with(&key, &[]).await.map_err(io_err)?;
-                layout.upload_id = Some(u.clone());
-                u
-            }
-        };
         let len: u64 = bytes.iter().map(|b| b.len() as u64).sum();
         let body = concat(bytes);
         let etag = c
-            .upload_part(&key, &upload_id, number, len, full(body), None)
+            .upload_part(&key, upload_id, number, len, S3Client::full(body), None)
             .await
             .map_err(io_err)?;
         self.give_back(c);
@@ -479,13 +472,6 @@ impl Inner {
             }
         }
     }
-}
-
-fn full(body: Bytes) -> crate::client::ReqBody {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(body)
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 fn concat(parts: Vec<Bytes>) -> Bytes {
@@ -732,11 +718,13 @@ impl Store for S3Store {
                             layout.len()
                         )));
                     }
+                    // Not small: a part was sent, so the staging upload exists.
+                    let upload_id = layout.upload_id.clone().unwrap_or_default();
                     if !layout.pieces.is_empty() {
                         let pieces = inner.read_pieces(&layout.pieces).await?;
                         let number = layout.next_number();
                         let (etag, size) =
-                            inner.upload_part(id, &mut layout, number, pieces).await?;
+                            inner.upload_part(id, &upload_id, number, pieces).await?;
                         layout.pieces_into_part(number, etag, size);
                     }
                     let parts: Vec<(u32, String)> = layout
@@ -744,7 +732,6 @@ impl Store for S3Store {
                         .iter()
                         .map(|p| (p.number, p.etag.clone()))
                         .collect();
-                    let upload_id = layout.upload_id.clone().unwrap_or_default();
                     client
                         .complete_parts(&staging, &upload_id, &parts, Condition::Any)
                         .await
@@ -992,16 +979,13 @@ impl S3Part {
         self.consumed.extend(pieces.iter().map(|p| p.key.clone()));
         let number = self.layout.next_number();
         let gathered = std::mem::take(&mut self.gathered);
-        let mut layout = Layout {
-            upload_id: self.layout.upload_id.clone(),
-            ..Layout::default()
-        };
+        let upload_id = self.layout.upload_id.clone().expect("created above");
         self.in_flight = Some(inner.rt.spawn({
             let inner = inner.clone();
             async move {
                 let mut bytes = inner.read_pieces(&pieces).await?;
                 bytes.extend(gathered);
-                let (etag, size) = inner.upload_part(&id, &mut layout, number, bytes).await?;
+                let (etag, size) = inner.upload_part(&id, &upload_id, number, bytes).await?;
                 Ok(PartRecord { number, size, etag })
             }
         }));
