@@ -166,6 +166,66 @@ on_both!(
     a_corrupted_chunk_is_refused_on
 );
 
+/// What keeps two servers from corrupting an upload is the store honouring conditional
+/// writes: a record created only where none is (`If-None-Match: *`), replaced only over the
+/// ETag last seen (`If-Match`), a name published only where nothing is. Checked on the stores
+/// the tests run, with the requests the store sends.
+fn the_store_honours_conditional_writes_on(s3: S3Server) {
+    use upload::s3::{Condition, S3Client};
+    let env = Env::new();
+    s3.create_bucket(BUCKET);
+    let settings = in_process_config(&env, &s3, "").s3.unwrap().settings;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = S3Client::new(settings, BUCKET, None).unwrap();
+        let body = |text: &'static str| bytes::Bytes::from_static(text.as_bytes());
+        let etag = c
+            .put_object("rec", body("one"), Condition::Absent, &[])
+            .await
+            .unwrap()
+            .expect("created where nothing was");
+        let again = c
+            .put_object("rec", body("two"), Condition::Absent, &[])
+            .await;
+        assert_eq!(again.unwrap(), None, "created twice");
+        let stale = "\"00000000000000000000000000000000\"";
+        let over_stale = c
+            .put_object("rec", body("two"), Condition::Matches(stale), &[])
+            .await;
+        assert_eq!(
+            over_stale.unwrap(),
+            None,
+            "replaced over an ETag it does not have"
+        );
+        let over_own = c
+            .put_object("rec", body("two"), Condition::Matches(&etag), &[])
+            .await;
+        assert!(
+            over_own.unwrap().is_some(),
+            "not replaced over its own ETag"
+        );
+        // Completing a multipart upload over an existing key, only if absent: refused.
+        let upload_id = c.create_multipart_with("rec", &[]).await.unwrap();
+        let part = c
+            .upload_part("rec", &upload_id, 1, 3, S3Client::full("new"), None)
+            .await
+            .unwrap();
+        let done = c
+            .complete_parts("rec", &upload_id, &[(1, part)], Condition::Absent)
+            .await
+            .unwrap();
+        assert!(!done, "published over an existing object");
+        let _ = c.abort("rec", &upload_id).await;
+    });
+    assert_eq!(s3.get(BUCKET, "rec"), b"two");
+}
+
+on_both!(
+    the_store_honours_conditional_writes,
+    the_store_honours_conditional_writes_on_seaweedfs,
+    the_store_honours_conditional_writes_on
+);
+
 /// The server in-process, its store given without the environment (tests share a process).
 fn in_process_config(env: &Env, s3: &S3Server, prefix: &str) -> Config {
     let mut config = Config::new(env.path("unused"));

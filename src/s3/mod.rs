@@ -565,7 +565,7 @@ impl S3Client {
     }
 
     /// A body of bytes in memory.
-    pub(crate) fn full(body: impl Into<Bytes>) -> ReqBody {
+    pub fn full(body: impl Into<Bytes>) -> ReqBody {
         Full::new(body.into())
             .map_err(|never| match never {})
             .boxed()
