@@ -433,11 +433,13 @@ impl Inner {
         mut released: tokio::sync::oneshot::Receiver<()>,
     ) {
         let cached = self.cached(&id);
+        let mut wait = LEASE / 3;
         loop {
             let stop = tokio::select! {
                 _ = &mut released => true,
-                () = tokio::time::sleep(LEASE / 3) => false,
+                () = tokio::time::sleep(wait) => false,
             };
+            wait = LEASE / 3;
             let mut c = cached.lock().await;
             if c.lease.as_ref().is_none_or(|l| l.nonce != nonce) {
                 return;
@@ -458,11 +460,22 @@ impl Inner {
                     ..c.lease.clone().expect("checked above")
                 })
             };
+            let held = c.lease.clone();
             c.lease = lease.clone();
             let result = self
                 .write_record(&id, &mut c, Record { lease, ..record })
                 .await;
             if let Err(e) = result {
+                // A failed renewal (the store did not answer) is tried again while the lease
+                // still holds; a lost race (the record moved: `write_record` forgot it) or a
+                // lapsed lease ends it.
+                let holds = held.as_ref().is_some_and(|l| l.until_ms > now_ms() + 1_000);
+                if !stop && holds && c.record.is_some() {
+                    tracing::warn!(%id, error = %e, "cannot renew the upload's lease; trying again");
+                    c.lease = held;
+                    wait = Duration::from_secs(1);
+                    continue;
+                }
                 tracing::warn!(%id, error = %e, "cannot keep the upload's lease");
                 c.lease = None;
                 return;
