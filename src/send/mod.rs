@@ -25,7 +25,8 @@
 //! a few pieces whatever the file size, and a throttled transfer sleeps between pieces.
 //!
 //! The engine is split by concern: [`source`] (the file's identity and reads), [`pipeline`]
-//! (the two-pass chunk: hash ahead, then stream), [`session`] (one transfer's phases),
+//! (the two-pass chunk: hash ahead, then stream; [`read_ahead`] its first pass, ahead of
+//! the wire), [`session`] (one transfer's phases),
 //! [`retry`] (when to try again), [`metering`] (rates and bytes on the wire), [`destination`]
 //! (the seam to where bytes go; [`tus`] the first kind, [`ssh`] tus over a child ssh),
 //! [`delta`] (what a transfer sends: the file, or a recipe against a base the destination
@@ -37,6 +38,7 @@ mod delta;
 mod destination;
 mod metering;
 mod pipeline;
+mod read_ahead;
 mod retry;
 mod s3;
 mod session;
@@ -424,7 +426,7 @@ fn session<D: destination::Destination>(
         pos: None,
         server_sha256: None,
         published_as: None,
-        prefetch: None,
+        read_ahead: Default::default(),
         meter: RateMeter::new(Instant::now(), 0),
         gate: opts.gate.clone(),
         rate_bps: 0.0,

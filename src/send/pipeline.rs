@@ -1,5 +1,6 @@
 //! The two-pass chunk pipeline: pass one reads a chunk to compute its checksum and advance the
-//! whole-file hash (read ahead while the previous chunk is on the wire); pass two streams it,
+//! whole-file hash (read ahead while the chunk before it is on the wire, see
+//! [`read_ahead`](super::read_ahead)); pass two streams it,
 //! paced by the throttle and watched for progress, and holds the last piece of the last chunk
 //! back until the file is proved unchanged.
 
@@ -7,13 +8,12 @@ use super::chunking::Chunking;
 use super::destination::Destination;
 use super::metering::WireCount;
 use super::session::{Session, StepError, Verified, digest_mismatch};
-use super::source::{Identity, LastBytes, prove_unchanged, read_range};
+use super::source::{Identity, LastBytes, prove_unchanged};
 use super::{SendError, blocking};
 use crate::client::{ChannelBody, ClientError, LinkProbe};
-use crate::protocol::{Algorithm, Checksum, ChecksumHasher};
 use crate::throttle::Throttle;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -38,34 +38,33 @@ impl<D: Destination> Session<D> {
         // A part of an S3 upload is never shortened to fit before a pause: all parts but the
         // last must have the upload's part size.
         let fits = fits.filter(|_| !matches!(self.chunking, Chunking::Parts(_)));
-        let len = self
+        let planned = self
             .chunk_target()
             .min(size - offset)
             .min(fits.unwrap_or(u64::MAX));
-        let is_final = offset + len == size;
 
         // Pass one: the chunk's checksum and the hash state after it, usually read ahead
-        // while the previous chunk was on the wire.
-        let prepared = match self.prefetch.take() {
-            Some(p) if p.offset == offset && p.len == len => {
-                p.task.await.expect("read-ahead task panicked")
-            }
-            _ => {
-                prepare(
-                    self.path.clone(),
-                    self.checksum,
-                    offset,
-                    len,
-                    pos.hasher.clone(),
-                )
-                .await
-            }
-        }
-        .map_err(|e| SendError::SourceUnreadable {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let (checksum, hasher_after) = (prepared.checksum, prepared.hasher_after);
+        // while the chunk before it was on the wire, and cut short where that read has got
+        // to when it is behind (see `read_ahead`).
+        let least = self.chunking.shortest(planned);
+        let prepared = self
+            .read_ahead
+            .take(
+                &self.path,
+                self.checksum,
+                offset,
+                planned,
+                least,
+                &pos.hasher,
+            )
+            .await
+            .map_err(|e| SendError::SourceUnreadable {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let (len, checksum, hasher_after) =
+            (prepared.len, prepared.checksum, prepared.hasher_after);
+        let is_final = offset + len == size;
         let digest: Option<[u8; 32]> = is_final.then(|| hasher_after.clone().finalize().into());
         if is_final {
             // Everything before this chunk was read at other times: one last proof that the
@@ -76,12 +75,7 @@ impl<D: Destination> Session<D> {
             // otherwise halve the speed.
             let next = offset + len;
             let next_len = self.chunk_target_after(len).min(size - next);
-            let (path, alg, h) = (self.path.clone(), self.checksum, hasher_after.clone());
-            self.prefetch = Some(Prefetch {
-                offset: next,
-                len: next_len,
-                task: tokio::spawn(prepare(path, alg, next, next_len, h)),
-            });
+            (self.read_ahead).plan(&self.path, self.checksum, next, next_len, &hasher_after);
         }
 
         // Pass two: stream the chunk, paced by the throttle, watched for progress.
@@ -314,44 +308,6 @@ pub(super) async fn watchdog(probe: LinkProbe, stall: Duration) {
             return;
         }
     }
-}
-
-/// A chunk's checksum and the whole-file hash state after it (pass one).
-pub(super) struct Prepared {
-    pub(super) checksum: Option<Checksum>,
-    pub(super) hasher_after: Sha256,
-}
-
-/// Pass one, read ahead for the chunk at `offset`.
-pub(super) struct Prefetch {
-    pub(super) offset: u64,
-    pub(super) len: u64,
-    pub(super) task: tokio::task::JoinHandle<std::io::Result<Prepared>>,
-}
-
-/// Reads a chunk once to compute its checksum and advance the whole-file hash.
-pub(super) async fn prepare(
-    path: PathBuf,
-    alg: Option<Algorithm>,
-    offset: u64,
-    len: u64,
-    hasher: Sha256,
-) -> std::io::Result<Prepared> {
-    blocking(move || {
-        let mut sum: Option<ChecksumHasher> = alg.map(Algorithm::hasher);
-        let mut h = hasher;
-        read_range(&path, offset, len, |b| {
-            h.update(b);
-            if let Some(s) = sum.as_mut() {
-                s.update(b);
-            }
-        })?;
-        Ok(Prepared {
-            checksum: sum.map(ChecksumHasher::finish),
-            hasher_after: h,
-        })
-    })
-    .await
 }
 
 #[cfg(test)]

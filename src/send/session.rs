@@ -7,7 +7,7 @@
 use super::chunking::Chunking;
 use super::destination::{DeltaBase, Destination};
 use super::metering::{RateMeter, WireCount};
-use super::pipeline::Prefetch;
+use super::read_ahead::ReadAhead;
 use super::retry::{Decision, Failing};
 use super::source::{Identity, read_range};
 use super::{Event, SendError, SendOptions, Summary, blocking};
@@ -53,8 +53,8 @@ pub(super) struct Session<D> {
     /// From the last HEAD of a finished upload.
     pub(super) server_sha256: Option<[u8; 32]>,
     pub(super) published_as: Option<String>,
-    /// Pass one of the next chunk, running while the current one is sent.
-    pub(super) prefetch: Option<Prefetch>,
+    /// Pass one of the next chunks, running while the current one is sent.
+    pub(super) read_ahead: ReadAhead,
     pub(super) meter: RateMeter,
     pub(super) gate: Gate,
     /// The confirmed rate after the last acknowledged chunk, bits per second.
@@ -310,7 +310,7 @@ impl<D: Destination> Session<D> {
                 // change. The row keeps the digest of the acknowledged prefix, which
                 // `reconcile` checks against the file as it is now.
                 self.pos = None;
-                self.prefetch = None;
+                self.read_ahead.clear();
                 Err(StepError::Recheck)
             }
             Some(what) => Err(StepError::Stop(SendError::SourceChanged {

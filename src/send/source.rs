@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The file's identity as the file system reports it: any write changes mtime or ctime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +94,25 @@ pub(super) fn prove_unchanged(path: &Path, identity: Identity, digest: &[u8; 32]
     }
 }
 
-pub(super) const READ_BUF: usize = 1 << 20;
+const READ_BUF: usize = 1 << 20;
 
 /// Reads `[start, start+len)` of `path`, feeding every byte to `each`.
 pub(super) fn read_range(
     path: &Path,
     start: u64,
     len: u64,
+    each: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    read_range_unless(path, start, len, &AtomicBool::new(false), each)
+}
+
+/// [`read_range`], given up (an error) at the next buffer once `stop` is set: a read nobody
+/// waits for any more.
+pub(super) fn read_range_unless(
+    path: &Path,
+    start: u64,
+    len: u64,
+    stop: &AtomicBool,
     mut each: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
     let mut f = File::open(path)?;
@@ -107,6 +120,12 @@ pub(super) fn read_range(
     let mut buf = vec![0u8; READ_BUF.min(len.max(1) as usize)];
     let mut left = len;
     while left > 0 {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the read is no longer wanted",
+            ));
+        }
         let want = left.min(buf.len() as u64) as usize;
         let n = f.read(&mut buf[..want])?;
         if n == 0 {
