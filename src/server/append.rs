@@ -401,24 +401,19 @@ const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(50);
 /// never copied into a staging buffer.
 struct Writer {
     /// Here between jobs; inside the jobs while they run.
-    idle: Option<(Hashes, Store)>,
+    idle: Option<(RunningSha, Appending)>,
     jobs: Option<(
-        tokio::task::JoinHandle<Hashes>,
-        tokio::task::JoinHandle<Store>,
+        tokio::task::JoinHandle<RunningSha>,
+        tokio::task::JoinHandle<Appending>,
     )>,
     batch: Vec<Bytes>,
     batch_len: usize,
     batch_since: Option<std::time::Instant>,
 }
 
-/// The hashing job's state: the whole upload's SHA-256, the longest chain.
-struct Hashes {
-    sha: RunningSha,
-}
-
-/// The writing job's state, with the body's checksum (crc32 in a fraction of the time the
-/// SHA-256 takes, so here it lengthens neither chain).
-struct Store {
+/// The writing job's state, with the body's checksum: the upload's SHA-256 is the longer
+/// chain (a crc32 takes a fraction of its time), so the checksum goes with the write.
+struct Appending {
     part: Box<dyn Part>,
     checksum: Option<ChecksumHasher>,
     error: Option<std::io::Error>,
@@ -428,8 +423,8 @@ impl Writer {
     fn spawn(part: Box<dyn Part>, sha: RunningSha, checksum: Option<ChecksumHasher>) -> Writer {
         Writer {
             idle: Some((
-                Hashes { sha },
-                Store {
+                sha,
+                Appending {
                     part,
                     checksum,
                     error: None,
@@ -455,7 +450,7 @@ impl Writer {
     }
 
     /// Waits for the previous batch's jobs.
-    async fn settle(&mut self) -> (Hashes, Store) {
+    async fn settle(&mut self) -> (RunningSha, Appending) {
         match self.jobs.take() {
             Some((hashing, writing)) => (
                 hashing.await.expect("body hasher panicked"),
@@ -470,9 +465,9 @@ impl Writer {
 
     /// Waits for the previous batch's jobs, then starts the current batch's.
     async fn hand_over(&mut self) -> bool {
-        let (mut hashes, mut store) = self.settle().await;
+        let (mut sha, mut store) = self.settle().await;
         if store.error.is_some() {
-            self.idle = Some((hashes, store));
+            self.idle = Some((sha, store));
             return false;
         }
         let mut batch = std::mem::take(&mut self.batch);
@@ -482,9 +477,9 @@ impl Writer {
         let for_hashing = batch.clone();
         let hashing = tokio::task::spawn_blocking(move || {
             for b in &for_hashing {
-                hashes.sha.update(b);
+                sha.update(b);
             }
-            hashes
+            sha
         });
         let writing = tokio::task::spawn_blocking(move || {
             if let Some(c) = store.checksum.as_mut() {
@@ -506,10 +501,10 @@ impl Writer {
         if !self.batch.is_empty() {
             self.hand_over().await;
         }
-        let (hashes, store) = self.settle().await;
+        let (sha, store) = self.settle().await;
         Written {
             part: store.part,
-            sha: hashes.sha,
+            sha,
             checksum: store.checksum,
             error: store.error,
         }
