@@ -1,9 +1,9 @@
 //! Pass one, ahead of the wire: the next chunk's checksum and the whole-file hash state after
 //! it, computed while the chunk before it is sent.
 //!
-//! While chunks ramp up (each twice the last), the read-ahead hashes twice the bytes the wire
-//! carries in the same time, and unthrottled it shares the machine's cores with the server:
-//! it was often not done when the chunk before it was answered. Waiting for it left the server
+//! While chunks ramp up (each a multiple of the last), the read-ahead hashes more bytes than
+//! the wire carries in the same time, and unthrottled it shares the machine's cores with the
+//! server: it was often not done when the chunk before it was answered. Waiting for it left the server
 //! idle (a 1 GiB upload over loopback, tcpdump: 67 ms before the first 256 MiB chunk, 3-9 ms
 //! before smaller ones; about 100 ms of the upload's 1.7 s). So the read-ahead publishes its
 //! state after every buffer it reads (a [`Checkpoint`]), and a chunk whose read-ahead is
@@ -191,5 +191,34 @@ mod tests {
         let (sum, sha) = expect(at as usize, 24 << 20);
         assert_eq!(whole.checksum, Some(sum));
         assert_eq!(whole.hasher_after.finalize(), sha);
+    }
+
+    /// A read that can never reach its plan (the file holds 3 MiB of the 24 planned) gives the
+    /// chunk what it read, once that is the least the caller accepts; asked for the whole
+    /// plan, it fails with the reader's error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_behind_its_plan_is_cut_at_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let alg = Some(Algorithm::Crc32);
+        let start = Sha256::new();
+        let mut ahead = ReadAhead::default();
+        ahead.plan(&path, alg, 0, 24 << 20, &start);
+        let cut = (ahead.take(&path, alg, 0, 24 << 20, 1 << 20, &start)).await;
+        let cut = cut.unwrap();
+        assert!(cut.len >= 1 << 20 && cut.len <= 3 << 20, "{}", cut.len);
+        let mut sum = Algorithm::Crc32.hasher();
+        sum.update(&data[..cut.len as usize]);
+        assert_eq!(cut.checksum, Some(sum.finish()));
+        assert_eq!(
+            cut.hasher_after.finalize(),
+            Sha256::digest(&data[..cut.len as usize])
+        );
+        ahead.plan(&path, alg, 0, 24 << 20, &start);
+        let whole = (ahead.take(&path, alg, 0, 24 << 20, 24 << 20, &start)).await;
+        let err = whole.err().expect("the file ends before the plan");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     }
 }
