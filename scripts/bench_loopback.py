@@ -15,7 +15,8 @@ Parts (--only, comma-separated; default all):
             serve, (b2) the same while `openssl dgst -sha256` hashes the file beside it: the
             floor for any client that hashes what it sends, (c) rsync -> rsync daemon (if
             rsync is installed); wall time, GiB/s, CPU s/GiB of client and server; --repeat
-            interleaved rounds, the median shown. Then the client's peak RSS (VmHWM) sending
+            interleaved rounds, the median shown; before each case 1.5x --size is written
+            and removed in the workdir (--no-warm skips it), see warm_memory. Then the client's peak RSS (VmHWM) sending
             an --rss-size sparse file. With --one-server, (a), (b) and (b2) all go to one
             long-running `upload serve` instead of a fresh one per case, as a user's server
             is: every round re-sends the same file under the same name, so the server already
@@ -614,6 +615,19 @@ def speed_floor(ctx: Ctx, d: Path, src: Path, sha: str) -> dict:
         beside=["openssl", "dgst", "-sha256", "-r", str(src)]))
 
 
+def warm_memory(d: Path, size: int) -> None:
+    """Writes and removes `size` bytes in `d` (a tmpfs) before a case. A virtual machine that
+    hands freed memory back to its host (free page reporting) pays for the first touch of it
+    again, so a case that happens to land on returned pages ran up to twice as slow; touching
+    as much memory as the case will use first gives every case the same start."""
+    block = bytes(4 * MIB)
+    path = d / "warm.bin"
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+    path.unlink()
+
+
 def median_row(runs: list[dict]) -> dict:
     """The run with the median wall time, with every run's wall time beside it."""
     ordered = sorted(runs, key=lambda r: r["wall_s"])
@@ -647,6 +661,8 @@ def part_speed(ctx: Ctx) -> dict:
     try:
         for round_ in range(a.repeat):
             for tag, case in cases:
+                if a.warm:
+                    warm_memory(d, a.size + a.size // 2)
                 runs[tag].append(case(ctx, d, src, sha))
             log(f"speed: round {round_ + 1}/{a.repeat} done")
     finally:
@@ -919,6 +935,10 @@ def main() -> int:
     p.add_argument("--one-server", action="store_true",
                    help="speed part: one long-running upload serve for every case and round, "
                         "which already holds what it is sent again (default: a fresh one each)")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="speed part: skip writing and removing 1.5x --size in the workdir "
+                        "before each case (it steadies figures on a VM that returns freed "
+                        "memory to its host)")
     p.add_argument("--slow-count", type=int, default=50, help="concurrent slow uploads (50)")
     p.add_argument("--slow-size", type=parse_size, default=2 * MIB, help="each (2MiB)")
     p.add_argument("--slow-rate", type=parse_byte_rate, default=32 * KIB,
