@@ -167,6 +167,39 @@ fn a_damaged_chunk_is_refused_and_resent() {
     server.assert_delivered("c.iso", &file);
 }
 
+/// Our server checks chunks with sha256-upto (a digest of the upload from its first byte), which
+/// a rejection repeats forever when the server holds other bytes before the chunk: three
+/// rejections in a row make the session say so and check chunks with crc32, and the file
+/// still arrives whole.
+#[test]
+fn sha256_upto_rejected_three_times_in_a_row_falls_back_to_crc32() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let proxy = Proxy::start(server.addr);
+    proxy.corrupt_several(2, 3, 1000);
+    let file = env.file("u.iso", 512 * 1024);
+    let (code, ev, stderr) = send(&env, &file, &proxy.url(), &["--chunk", "128KiB"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rejected = ev
+        .iter()
+        .filter(|e| e["event"] == "retry" && e["error"].as_str().unwrap().contains("460"))
+        .count();
+    assert_eq!(rejected, 3, "{ev:?}");
+    let notices: Vec<&str> = (ev.iter())
+        .filter(|e| e["event"] == "notice")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("sha256-upto") && n.contains("crc32 from here")),
+        "{notices:?}"
+    );
+    let done = event(&ev, "done").unwrap();
+    assert_eq!(done["resent_bytes"], 3 * 128 * 1024);
+    server.assert_delivered("u.iso", &file);
+}
+
 /// Kills the client, then edits the source before the rerun.
 fn interrupted_upload(env: &Env, url: &str) -> std::path::PathBuf {
     let file = env.file("s.iso", 1024 * 1024);

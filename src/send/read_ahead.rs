@@ -35,6 +35,7 @@ pub(super) struct Prepared {
 #[derive(Clone)]
 struct Checkpoint {
     end: u64,
+    /// A body checksum's state; none for sha256-upto, which is `hasher`'s digest.
     checksum: Option<ChecksumHasher>,
     hasher: Sha256,
 }
@@ -49,6 +50,7 @@ pub(super) struct ReadAhead {
 struct Read {
     offset: u64,
     len: u64,
+    alg: Option<Algorithm>,
     progress: watch::Receiver<Checkpoint>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: Arc<AtomicBool>,
@@ -74,7 +76,7 @@ impl ReadAhead {
         hasher: &Sha256,
     ) -> std::io::Result<Prepared> {
         let read = match self.pending.take() {
-            Some(r) if r.offset == offset && r.len == len => r,
+            Some(r) if r.offset == offset && r.len == len && r.alg == alg => r,
             // Planned for another chunk: of no use.
             _ => Read::start(path, alg, offset, len, hasher.clone()),
         };
@@ -104,7 +106,7 @@ impl Read {
     fn start(path: &Path, alg: Option<Algorithm>, offset: u64, len: u64, hasher: Sha256) -> Read {
         let begin = Checkpoint {
             end: offset,
-            checksum: alg.map(Algorithm::hasher),
+            checksum: alg.filter(|a| !a.covers_upload()).map(Algorithm::hasher),
             hasher,
         };
         let (tx, progress) = watch::channel(begin.clone());
@@ -124,6 +126,7 @@ impl Read {
         Read {
             offset,
             len,
+            alg,
             progress,
             task,
             stop,
@@ -147,9 +150,17 @@ impl Read {
             }
         };
         // The chunk ends here; the rest of the read is the next chunk's, read again from here.
+        let checksum = match (self.alg, cp.checksum) {
+            (_, Some(body)) => Some(body.finish()),
+            (Some(algorithm), None) => Some(Checksum {
+                algorithm,
+                digest: cp.hasher.clone().finalize().to_vec(),
+            }),
+            (None, None) => None,
+        };
         Ok(Prepared {
             len: cp.end - offset,
-            checksum: cp.checksum.map(ChecksumHasher::finish),
+            checksum,
             hasher_after: cp.hasher,
         })
     }
@@ -220,5 +231,33 @@ mod tests {
         let whole = (ahead.take(&path, alg, 0, 24 << 20, 24 << 20, &start)).await;
         let err = whole.err().expect("the file ends before the plan");
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    /// With sha256-upto a chunk's checksum is the whole-file hash up to its end, cut or not:
+    /// no body checksum is kept beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sha256_upto_checksum_is_the_hash_of_everything_before_the_chunks_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 13 + i / 997) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let alg = Some(Algorithm::Sha256Upto);
+        let upto = |to: u64| Checksum::of(Algorithm::Sha256Upto, &data[..to as usize]);
+        let start = Sha256::new();
+        let mut ahead = ReadAhead::default();
+        ahead.plan(&path, alg, 0, 8 << 20, &start);
+        let cut = (ahead.take(&path, alg, 0, 8 << 20, 1 << 20, &start)).await;
+        let cut = cut.unwrap();
+        assert_eq!(cut.checksum, Some(upto(cut.len)));
+        let (at, rest) = (cut.len, (8 << 20) - cut.len);
+        // Not read ahead: hashed on the spot, from the state at the cut.
+        let rest = (ahead.take(&path, alg, at, rest, rest, &cut.hasher_after)).await;
+        let rest = rest.unwrap();
+        assert_eq!(rest.checksum, Some(upto(8 << 20)));
+        assert_eq!(
+            rest.checksum.unwrap().digest,
+            Sha256::digest(&data).to_vec(),
+            "the last chunk's checksum is the file's SHA-256"
+        );
     }
 }

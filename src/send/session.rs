@@ -29,6 +29,9 @@ pub(super) struct Position {
     pub(super) hasher: Sha256,
 }
 
+/// sha256-upto checksums rejected in a row before a session checks chunks with crc32.
+const UPTO_REJECTIONS: u32 = 3;
+
 /// One transfer in progress.
 pub(super) struct Session<D> {
     pub(super) store: AsyncStore,
@@ -38,6 +41,10 @@ pub(super) struct Session<D> {
     pub(super) destination: D,
     pub(super) throttle: Throttle,
     pub(super) checksum: Option<Algorithm>,
+    /// Chunks in a row whose sha256-upto checksum the server rejected, and whether this
+    /// session gave sha256-upto up for crc32 (see [`Session::checksum_rejected`]).
+    pub(super) upto_rejected: u32,
+    pub(super) upto_given_up: bool,
     /// The destination's smallest worthwhile write (`Capabilities::piece_floor`).
     pub(super) piece_floor: usize,
     pub(super) stall: Duration,
@@ -185,6 +192,7 @@ impl<D: Destination> Session<D> {
                 Phase::Send => self.send_chunk().await.map(|last| {
                     // A chunk went through: the run of failures is over.
                     failing.clear();
+                    self.upto_rejected = 0;
                     self.report_progress(events);
                     last.map_or(Phase::Send, Phase::Done)
                 }),
@@ -195,6 +203,16 @@ impl<D: Destination> Session<D> {
                 Err(StepError::Stop(e)) => return Err(e),
                 Err(StepError::Recheck) => Phase::Sync,
                 Err(StepError::Net(e)) => {
+                    if matches!(e, ClientError::ChecksumMismatch) && self.checksum_rejected() {
+                        events(Event::Notice(format!(
+                            "the server rejected {UPTO_REJECTIONS} chunks in a row checked with \
+                             sha256-upto (a digest of the upload from its first byte): either \
+                             every one was damaged on the way, or the server's copy of the \
+                             bytes before offset {} is not this file's; checking chunks with \
+                             crc32 from here, and the whole file's SHA-256 decides at the end",
+                            self.offset()
+                        )));
+                    }
                     let (attempt, delay) = match failing.decide(&e) {
                         Decision::Stop => return Err(SendError::Server(e)),
                         Decision::GiveUp { attempts } => {
@@ -347,10 +365,33 @@ impl<D: Destination> Session<D> {
         }
     }
 
+    /// Counts a chunk the server rejected for its checksum; `true` when that makes this
+    /// session give sha256-upto up. A sha256-upto digest covers the upload from its first
+    /// byte, so unlike a body checksum it also fails, every time, when the server holds other
+    /// bytes before the chunk than the file does (a file changed and changed back, a damaged
+    /// copy on the server): retrying it would never end. Body checksums pass then, and the
+    /// whole file's digest fails at the end, as it would have without sha256-upto.
+    pub(super) fn checksum_rejected(&mut self) -> bool {
+        if self.checksum != Some(Algorithm::Sha256Upto) {
+            return false;
+        }
+        self.upto_rejected += 1;
+        if self.upto_rejected < UPTO_REJECTIONS {
+            return false;
+        }
+        self.upto_given_up = true;
+        // A server that offers sha256-upto offers crc32 too (see `Algorithm::Sha256Upto`).
+        self.checksum = Some(Algorithm::Crc32);
+        true
+    }
+
     /// Choose the chunk checksum, and refuse early what the server cannot take.
     async fn discover(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), StepError> {
         let caps = self.destination.discover().await?;
-        self.checksum = caps.checksum;
+        self.checksum = match caps.checksum {
+            Some(Algorithm::Sha256Upto) if self.upto_given_up => Some(Algorithm::Crc32),
+            offered => offered,
+        };
         self.piece_floor = caps.piece_floor;
         if self.checksum.is_none() {
             events(Event::Notice(

@@ -10,7 +10,8 @@
 //! trace in it.
 //!
 //! How a body ends decides what is kept:
-//! - complete, checksum matches (or none): commit;
+//! - complete, checksum matches (or none): commit; a `sha256-upto` checksum is the running
+//!   SHA-256 after the body, so it costs no pass of its own;
 //! - complete, checksum differs: discard, 460;
 //! - interrupted (client gone, idle timeout, takeover): with an `Upload-Checksum` the partial
 //!   body cannot be verified and is discarded; without one what arrived is committed, as tus
@@ -23,7 +24,7 @@ use super::names::{Id, safe_name};
 use super::running_sha::RunningSha;
 use super::store::{Info, Part, State, now_ms};
 use super::uploads::{Held, blocking};
-use crate::protocol::{Checksum, ChecksumHasher, Metadata, meta};
+use crate::protocol::{Algorithm, Checksum, ChecksumHasher, Metadata, meta};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -91,7 +92,11 @@ pub(crate) async fn append(
             sha
         }
     };
-    let checksum = headers.checksum.as_ref().map(|c| c.algorithm.hasher());
+    // A body checksum is computed beside the write; sha256-upto is the running SHA-256's.
+    let checksum = (headers.checksum.as_ref())
+        .map(|c| c.algorithm)
+        .filter(|a| !a.covers_upload())
+        .map(Algorithm::hasher);
     let store = app.uploads.store().clone();
     let open_id = id.clone();
     let part = blocking(move || store.open_part(&open_id, start)).await?;
@@ -159,8 +164,8 @@ pub(crate) async fn append(
         }
         return Err(ApiError::Interrupted { why, offset });
     }
-    if let (Some(expected), Some(hasher)) = (&headers.checksum, checksum)
-        && hasher.finish() != *expected
+    if let Some(expected) = &headers.checksum
+        && body_checksum(expected.algorithm, checksum, &sha) != *expected
     {
         discard(part).await?;
         return Err(ApiError::ChecksumMismatch { offset: start });
@@ -170,6 +175,22 @@ pub(crate) async fn append(
         complete(app, held).await.map(Some)
     } else {
         Ok(None)
+    }
+}
+
+/// The checksum of a whole body, as `algorithm` computes it: from the body's hasher, or for
+/// sha256-upto the running SHA-256 of the upload after it (`sha`).
+fn body_checksum(
+    algorithm: Algorithm,
+    hasher: Option<ChecksumHasher>,
+    sha: &RunningSha,
+) -> Checksum {
+    match hasher {
+        Some(h) => h.finish(),
+        None => Checksum {
+            algorithm,
+            digest: sha.clone().finalize().to_vec(),
+        },
     }
 }
 

@@ -12,8 +12,9 @@ pub struct Counters {
     /// Body bytes of PATCH requests that passed towards the server.
     pub patch_body_bytes: AtomicU64,
     pub patches: AtomicU64,
-    /// Flip one byte of the PATCH with this (1-based) index, at this body position.
+    /// Flip one byte of the PATCHes with these (1-based) indexes, at this body position.
     pub corrupt_patch: AtomicU64,
+    pub corrupt_through: AtomicU64,
     pub corrupt_at: AtomicU64,
     pub corrupted: AtomicBool,
     /// Connections opened before this generation stop moving data (a silently dead link).
@@ -67,8 +68,16 @@ impl Proxy {
 
     /// Damage one byte of the `index`-th PATCH (1-based) at body position `at`.
     pub fn corrupt(&self, index: u64, at: u64) {
+        self.corrupt_several(index, 1, at);
+    }
+
+    /// Damage one byte at body position `at` of `count` PATCHes in a row, from the
+    /// `first`-th (1-based).
+    pub fn corrupt_several(&self, first: u64, count: u64, at: u64) {
         self.counters.corrupt_at.store(at, Ordering::SeqCst);
-        self.counters.corrupt_patch.store(index, Ordering::SeqCst);
+        let through = &self.counters.corrupt_through;
+        through.store(first + count.max(1) - 1, Ordering::SeqCst);
+        self.counters.corrupt_patch.store(first, Ordering::SeqCst);
     }
 }
 
@@ -112,8 +121,9 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters, generation: u6
                 if in_patch {
                     c.patch_body_bytes.fetch_add(take as u64, Ordering::SeqCst);
                     let at = c.corrupt_at.load(Ordering::SeqCst);
-                    if c.corrupt_patch.load(Ordering::SeqCst) == patch_index
-                        && !c.corrupted.load(Ordering::SeqCst)
+                    let first = c.corrupt_patch.load(Ordering::SeqCst);
+                    if first > 0
+                        && (first..=c.corrupt_through.load(Ordering::SeqCst)).contains(&patch_index)
                         && at >= body_pos
                         && at < body_pos + take as u64
                     {

@@ -39,6 +39,41 @@ async fn checksum_mismatch_keeps_the_offset() {
     assert_eq!(std::fs::read(server.dir.join("c.bin")).unwrap(), data);
 }
 
+/// sha256-upto (ours) is the SHA-256 of the upload from its first byte through the body: the
+/// body's own SHA-256 is refused for any chunk but the first, and a refused chunk leaves the
+/// running hash as it was, so the right digest is taken next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha256_upto_covers_the_upload_from_its_first_byte() {
+    let env = Env::new();
+    let server = TestServer::on(&env.path("up")).await;
+    let data = pattern(3000, 6);
+    let path = create(&server, 3000, &[("filename", b"u.bin")]).await;
+    for i in 0..3 {
+        let (offset, end) = (i * 1000, (i + 1) * 1000);
+        let upto = |bytes: &[u8]| Checksum::of(Algorithm::Sha256Upto, bytes);
+        if i > 0 {
+            let body_only = server
+                .req("PATCH", &path)
+                .header("Upload-Offset", offset)
+                .header("Upload-Checksum", upto(&data[offset..end]))
+                .chunk(data[offset..end].to_vec())
+                .send()
+                .await;
+            assert_eq!(body_only.status, 460, "chunk {i}: {body_only:?}");
+            assert_eq!(head(&server, &path).await.offset(), offset as u64);
+        }
+        let right = server
+            .req("PATCH", &path)
+            .header("Upload-Offset", offset)
+            .header("Upload-Checksum", upto(&data[..end]))
+            .chunk(data[offset..end].to_vec())
+            .send()
+            .await;
+        assert_eq!(right.status, 204, "chunk {i}: {right:?}");
+    }
+    assert_eq!(std::fs::read(server.dir.join("u.bin")).unwrap(), data);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_file_digest_mismatch_publishes_nothing() {
     let env = Env::new();
