@@ -315,6 +315,15 @@ pub struct Checksum {
 }
 
 impl Checksum {
+    /// A chunk's sha256-upto checksum from the running SHA-256 after it: both ends take it
+    /// from there, never from a hasher of their own.
+    pub fn sha256_upto(running_digest: [u8; 32]) -> Self {
+        Checksum {
+            algorithm: Algorithm::Sha256Upto,
+            digest: running_digest.to_vec(),
+        }
+    }
+
     pub fn parse(value: &str) -> Result<Self, ProtocolError> {
         let bad = || ProtocolError::Checksum(value.chars().take(128).collect());
         let (name, digest) = value.trim().split_once(' ').ok_or_else(bad)?;

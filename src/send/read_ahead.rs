@@ -152,10 +152,7 @@ impl Read {
         // The chunk ends here; the rest of the read is the next chunk's, read again from here.
         let checksum = match (self.alg, cp.checksum) {
             (_, Some(body)) => Some(body.finish()),
-            (Some(algorithm), None) => Some(Checksum {
-                algorithm,
-                digest: cp.hasher.clone().finalize().to_vec(),
-            }),
+            (Some(_), None) => Some(Checksum::sha256_upto(cp.hasher.clone().finalize().into())),
             (None, None) => None,
         };
         Ok(Prepared {

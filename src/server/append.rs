@@ -165,7 +165,7 @@ pub(crate) async fn append(
         return Err(ApiError::Interrupted { why, offset });
     }
     if let Some(expected) = &headers.checksum
-        && body_checksum(expected.algorithm, checksum, &sha) != *expected
+        && body_checksum(checksum, &sha) != *expected
     {
         discard(part).await?;
         return Err(ApiError::ChecksumMismatch { offset: start });
@@ -178,20 +178,13 @@ pub(crate) async fn append(
     }
 }
 
-/// The checksum of a whole body, as `algorithm` computes it: from the body's hasher, or for
-/// sha256-upto the running SHA-256 of the upload after it (`sha`).
-fn body_checksum(
-    algorithm: Algorithm,
-    hasher: Option<ChecksumHasher>,
-    sha: &RunningSha,
-) -> Checksum {
-    match hasher {
-        Some(h) => h.finish(),
-        None => Checksum {
-            algorithm,
-            digest: sha.clone().finalize().to_vec(),
-        },
-    }
+/// The checksum of a whole body: its hasher's, or without one (sha256-upto) the running SHA-256
+/// of the upload after it (`sha`).
+fn body_checksum(hasher: Option<ChecksumHasher>, sha: &RunningSha) -> Checksum {
+    hasher.map_or_else(
+        || Checksum::sha256_upto(sha.clone().finalize()),
+        ChecksumHasher::finish,
+    )
 }
 
 /// Records a whole-file SHA-256 declared by a request (`Repr-Digest`), on disk before any byte
