@@ -438,7 +438,6 @@ fn session<D: destination::Destination>(
         last_chunk: 0,
         url_answered: false,
         upto_rejected: 0,
-        upto_given_up: false,
         base_sent: row.bytes_sent,
         base_resent: row.resent_bytes,
         delta: payload.delta,

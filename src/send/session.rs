@@ -41,10 +41,10 @@ pub(super) struct Session<D> {
     pub(super) destination: D,
     pub(super) throttle: Throttle,
     pub(super) checksum: Option<Algorithm>,
-    /// Chunks in a row whose sha256-upto checksum the server rejected, and whether this
-    /// session gave sha256-upto up for crc32 (see [`Session::checksum_rejected`]).
+    /// Chunks in a row whose sha256-upto checksum the server rejected; at
+    /// [`UPTO_REJECTIONS`] the session has given sha256-upto up for crc32 and the count
+    /// stays (see [`Session::checksum_rejected`]).
     pub(super) upto_rejected: u32,
-    pub(super) upto_given_up: bool,
     /// The destination's smallest worthwhile write (`Capabilities::piece_floor`).
     pub(super) piece_floor: usize,
     pub(super) stall: Duration,
@@ -192,7 +192,9 @@ impl<D: Destination> Session<D> {
                 Phase::Send => self.send_chunk().await.map(|last| {
                     // A chunk went through: the run of failures is over.
                     failing.clear();
-                    self.upto_rejected = 0;
+                    if !self.upto_given_up() {
+                        self.upto_rejected = 0;
+                    }
                     self.report_progress(events);
                     last.map_or(Phase::Send, Phase::Done)
                 }),
@@ -376,20 +378,23 @@ impl<D: Destination> Session<D> {
             return false;
         }
         self.upto_rejected += 1;
-        if self.upto_rejected < UPTO_REJECTIONS {
+        if !self.upto_given_up() {
             return false;
         }
-        self.upto_given_up = true;
         // A server that offers sha256-upto offers crc32 too (see `Algorithm::Sha256Upto`).
         self.checksum = Some(Algorithm::Crc32);
         true
+    }
+
+    fn upto_given_up(&self) -> bool {
+        self.upto_rejected >= UPTO_REJECTIONS
     }
 
     /// Choose the chunk checksum, and refuse early what the server cannot take.
     async fn discover(&mut self, events: &(dyn Fn(Event) + Send + Sync)) -> Result<(), StepError> {
         let caps = self.destination.discover().await?;
         self.checksum = match caps.checksum {
-            Some(Algorithm::Sha256Upto) if self.upto_given_up => Some(Algorithm::Crc32),
+            Some(Algorithm::Sha256Upto) if self.upto_given_up() => Some(Algorithm::Crc32),
             offered => offered,
         };
         self.piece_floor = caps.piece_floor;
