@@ -197,6 +197,18 @@ fn sha256_upto_rejected_three_times_in_a_row_falls_back_to_crc32() {
     );
     let done = event(&ev, "done").unwrap();
     assert_eq!(done["resent_bytes"], 3 * 128 * 1024);
+    // The first chunk and the three damaged attempts at the second went with sha256-upto,
+    // every PATCH after them with crc32.
+    let algorithms = proxy.checksum_algorithms();
+    assert!(algorithms.len() > 4, "{algorithms:?}");
+    assert!(
+        algorithms[..4].iter().all(|a| a == "sha256-upto"),
+        "{algorithms:?}"
+    );
+    assert!(
+        algorithms[4..].iter().all(|a| a == "crc32"),
+        "{algorithms:?}"
+    );
     server.assert_delivered("u.iso", &file);
 }
 

@@ -257,4 +257,24 @@ mod tests {
             "the last chunk's checksum is the file's SHA-256"
         );
     }
+
+    /// A read planned with another checksum (the session fell back from sha256-upto to
+    /// crc32 after it was started) is not taken: the chunk is hashed again with the one asked
+    /// for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_planned_with_another_checksum_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let start = Sha256::new();
+        let mut ahead = ReadAhead::default();
+        ahead.plan(&path, Some(Algorithm::Sha256Upto), 0, 2 << 20, &start);
+        let crc = Some(Algorithm::Crc32);
+        let taken = (ahead.take(&path, crc, 0, 2 << 20, 2 << 20, &start)).await;
+        assert_eq!(
+            taken.unwrap().checksum,
+            Some(Checksum::of(Algorithm::Crc32, &data))
+        );
+    }
 }

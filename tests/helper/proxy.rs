@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 #[derive(Default)]
@@ -12,6 +12,8 @@ pub struct Counters {
     /// Body bytes of PATCH requests that passed towards the server.
     pub patch_body_bytes: AtomicU64,
     pub patches: AtomicU64,
+    /// Each PATCH's `Upload-Checksum` algorithm, in order ("" for none).
+    pub checksum_algorithms: Mutex<Vec<String>>,
     /// Flip one byte of the PATCHes with these (1-based) indexes, at this body position.
     pub corrupt_patch: AtomicU64,
     pub corrupt_through: AtomicU64,
@@ -54,6 +56,11 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("http://{}/files/", self.addr)
+    }
+
+    /// Each PATCH's `Upload-Checksum` algorithm so far, in order ("" for none).
+    pub fn checksum_algorithms(&self) -> Vec<String> {
+        self.counters.checksum_algorithms.lock().unwrap().clone()
     }
 
     pub fn patch_body_bytes(&self) -> u64 {
@@ -143,6 +150,13 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, c: &Counters, generation: u6
                 in_patch = text.starts_with("patch ");
                 if in_patch {
                     patch_index = c.patches.fetch_add(1, Ordering::SeqCst) + 1;
+                    let algorithm = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("upload-checksum:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .unwrap_or_default();
+                    let mut seen = c.checksum_algorithms.lock().unwrap();
+                    seen.push(algorithm.to_string());
                 }
                 body_left = text
                     .lines()
